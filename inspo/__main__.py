@@ -1,0 +1,3 @@
+from inspo.cli import main
+
+main()

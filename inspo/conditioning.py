@@ -1,0 +1,100 @@
+"""What each response is conditioned on: the standard view log pi(y|x) or InSPO's cross-conditioned view.
+
+A conditioning names, for every log-prob the loss needs, the sequence of segments that is fed to the model; the
+last segment of each sequence is the scored target. Segments are named, so a layout can share common prefixes
+(``x`` is computed once per pair in the packed layout) without knowing which conditioning produced them:
+
+- ``x``: the prompt (chat template applied), ``y_w`` / ``y_l``: chosen / rejected response,
+- ``before`` / ``after``: the reflection template's text around the alternative response (InSPO only).
+
+InSPO (Li, Lan, Qi 2025, arXiv 2512.23126) scores each response while seeing the other one:
+a_w = log pi(y_w | x, y_l) and a_l = log pi(y_l | x, y_w); the reference stays log pi_ref(y | x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from transformers import PreTrainedTokenizerBase
+
+from inspo.errors import ConfigError
+
+Sequences = dict[str, tuple[str, ...]]
+"""Target name -> segment names; the last segment is the target."""
+
+REFERENCE_SEQUENCES: Sequences = {"chosen": ("x", "y_w"), "rejected": ("x", "y_l")}
+"""The reference model always scores responses unconditioned, log pi_ref(y | x), whatever the conditioning."""
+
+
+@dataclass(frozen=True)
+class ReflectionTemplate:
+    """Text placed around the alternative response: ``[x][before][y_alt][after][y_target]``.
+
+    The default (both empty) is the paper's raw concatenation ``[x][y_alt][y_target]``. A chat-style framing,
+    e.g. ``after_alternative="<|im_start|>user\\nGive a better answer.<|im_end|>\\n<|im_start|>assistant\\n"``,
+    shows the alternative as an earlier answer; which framing works best is an open research question.
+
+    Attributes:
+        before_alternative: text between the prompt and the alternative response.
+        after_alternative: text between the alternative response and the scored target.
+    """
+
+    before_alternative: str = ""
+    after_alternative: str = ""
+
+
+class Conditioning:
+    """Base class: maps a pair to named segments and says which sequences the policy scores.
+
+    Subclass and register in :data:`CONDITIONINGS` to try a new way of showing context to the policy.
+    """
+
+    name: ClassVar[str]
+    policy_sequences: ClassVar[Sequences]
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: ReflectionTemplate | None = None) -> None:
+        template = template or ReflectionTemplate()
+        # Template text is tokenised once, on its own, with no special tokens: it never merges with a response.
+        self.extra_segments = {
+            "before": tokenizer(template.before_alternative, add_special_tokens=False).input_ids,
+            "after": tokenizer(template.after_alternative, add_special_tokens=False).input_ids,
+        }
+
+    def segments(self, prompt: list[int], chosen: list[int], rejected: list[int]) -> dict[str, list[int]]:
+        """Token ids of every named segment of one pair."""
+        return {"x": prompt, "y_w": chosen, "y_l": rejected, **self.extra_segments}
+
+
+class StandardConditioning(Conditioning):
+    """DPO's view: p_w = log pi(y_w | x), p_l = log pi(y_l | x)."""
+
+    name = "standard"
+    policy_sequences = REFERENCE_SEQUENCES
+
+
+class InSPOConditioning(Conditioning):
+    """InSPO's view: a_w = log pi(y_w | x, y_l), a_l = log pi(y_l | x, y_w), plus the plain log pi(y | x).
+
+    The plain log-probs feed ORPO/SFT-type terms; with the raw template they come from the same rows at no cost
+    ([x, y_w] is a prefix of [x, y_w, y_l]).
+    """
+
+    name = "inspo"
+    policy_sequences: ClassVar[Sequences] = {
+        "chosen": ("x", "before", "y_l", "after", "y_w"),
+        "rejected": ("x", "before", "y_w", "after", "y_l"),
+        "chosen_plain": ("x", "y_w"),
+        "rejected_plain": ("x", "y_l"),
+    }
+
+
+CONDITIONINGS: dict[str, type[Conditioning]] = {c.name: c for c in (StandardConditioning, InSPOConditioning)}
+
+
+def make_conditioning(
+    name: str, tokenizer: PreTrainedTokenizerBase, template: ReflectionTemplate | None = None
+) -> Conditioning:
+    if name not in CONDITIONINGS:
+        raise ConfigError(f"unknown conditioning {name!r}; choose one of: {', '.join(sorted(CONDITIONINGS))}")
+    return CONDITIONINGS[name](tokenizer, template)

@@ -1,0 +1,218 @@
+"""How a batch of pairs becomes model rows: one padded row per sequence, or one packed row per pair.
+
+A conditioning names, per target, the segments it is conditioned on (``inspo.conditioning``). Within a pair
+those sequences share prefixes, so they form a prefix tree whose nodes are segments, e.g. for InSPO with the raw
+template: ``x -> y_w -> y_l`` and ``x -> y_l -> y_w``. A target's log-prob is read from its node; the first token
+of a node is predicted by the last token of its parent.
+
+- :class:`SeparateLayout` (the baseline, what the InSPO authors do): one right-padded row per leaf of the tree,
+  ordinary causal attention. Exact for every model and attention implementation.
+- :class:`PackedLayout` (``shared/DESIGN.md``, "Packed layout"): every node of a pair placed once in one row, with
+  explicit position ids (a node starts at the summed length of its ancestors) and a 4D mask in which a token sees
+  its own node causally and all of its ancestors, nothing else. InSPO's row is ``[x | y_w, y_l | y_l, y_w]``:
+  the prompt is computed once. Exact wherever the attention implementation honours a 4D mask.
+
+Labels are built per target span, never by shifting a whole row, so a seam between branches is never a target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from inspo.conditioning import Sequences
+from inspo.errors import ConfigError
+
+
+@dataclass
+class ModelRows:
+    """Model inputs for a batch of pairs, and where each target token is read from.
+
+    Attributes:
+        input_ids: [R, T] token ids (pad where nothing is).
+        position_ids: [R, T] explicit position ids.
+        attention_mask: [R, T] padding mask (1 = token) for causal rows, or [R, 1, T, T] bool (True = may attend).
+        pred_index: [N] flat index into the R*T outputs whose logits predict each target token.
+        labels: [N] the target token ids.
+        slot: [N] target slot of each token: ``pair * len(names) + names.index(target)``.
+        names: the target names, in slot order.
+        num_pairs: number of pairs B.
+    """
+
+    input_ids: Tensor
+    position_ids: Tensor
+    attention_mask: Tensor
+    pred_index: Tensor
+    labels: Tensor
+    slot: Tensor
+    names: tuple[str, ...]
+    num_pairs: int
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_pairs * len(self.names)
+
+
+@dataclass(eq=False)
+class _Node:
+    ids: list[int]
+    start_position: int  # position id of the first token: the summed length of the ancestors
+    parent: _Node | None
+    children: list[_Node] = field(default_factory=list)
+
+    def ancestors(self) -> list[_Node]:
+        node, out = self.parent, []
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out
+
+
+def prefix_tree(segments: dict[str, list[int]], sequences: Sequences) -> tuple[list[_Node], dict[str, _Node]]:
+    """Nodes of one pair's prefix tree (parents before children) and the node holding each target."""
+    nodes: dict[tuple[str, ...], _Node] = {}
+    targets: dict[str, _Node] = {}
+    for name, keys in sequences.items():
+        path = tuple(k for k in keys if segments[k])  # an empty template segment is no node at all
+        if not path or path[-1] != keys[-1]:
+            raise ValueError(f"target {name!r} ({keys[-1]}) has no tokens")
+        parent: _Node | None = None
+        for depth in range(1, len(path) + 1):
+            node = nodes.get(path[:depth])
+            if node is None:
+                start = 0 if parent is None else parent.start_position + len(parent.ids)
+                node = nodes[path[:depth]] = _Node(segments[path[depth - 1]], start, parent)
+                if parent is not None:
+                    parent.children.append(node)
+            parent = node
+        if parent.parent is None:
+            raise ValueError(f"target {name!r} has no context to be predicted from")
+        targets[name] = parent
+    return list(nodes.values()), targets
+
+
+class Layout:
+    """Base class: turns pairs (named segments) into :class:`ModelRows` for a set of target sequences."""
+
+    name: ClassVar[str]
+    needs_4d_mask: ClassVar[bool] = False
+
+    def build(
+        self, pairs: list[dict[str, list[int]]], sequences: Sequences, pad_id: int, device: torch.device | str = "cpu"
+    ) -> ModelRows:
+        rows: list[list[int]] = []
+        positions: list[list[int]] = []
+        masks: list[Tensor] = []
+        pred, labels, slots = [], [], []
+        names = tuple(sequences)
+        for p, segments in enumerate(pairs):
+            nodes, targets = prefix_tree(segments, sequences)
+            # node -> (row, offset of its first token, offset of the token that predicts its first token)
+            where = self._place(nodes, rows, positions, masks)
+            for n, name in enumerate(names):
+                node = targets[name]
+                row, offset, first = where[node]
+                pred.extend([(row, first)] + [(row, offset + k) for k in range(len(node.ids) - 1)])
+                labels.extend(node.ids)
+                slots.extend([p * len(names) + n] * len(node.ids))
+        length = max(map(len, rows))
+        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        for r, (ids, pos) in enumerate(zip(rows, positions)):
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            position_ids[r, : len(pos)] = torch.tensor(pos)
+        pred_index = torch.tensor([r * length + t for r, t in pred], dtype=torch.long)
+        return ModelRows(
+            input_ids=input_ids.to(device),
+            position_ids=position_ids.to(device),
+            attention_mask=self._mask(rows, masks, length).to(device),
+            pred_index=pred_index.to(device),
+            labels=torch.tensor(labels, dtype=torch.long, device=device),
+            slot=torch.tensor(slots, dtype=torch.long, device=device),
+            names=names,
+            num_pairs=len(pairs),
+        )
+
+    def _place(
+        self, nodes: list[_Node], rows: list[list[int]], positions: list[list[int]], masks: list[Tensor]
+    ) -> dict[_Node, tuple[int, int, int]]:
+        raise NotImplementedError
+
+    def _mask(self, rows: list[list[int]], masks: list[Tensor], length: int) -> Tensor:
+        raise NotImplementedError
+
+
+class SeparateLayout(Layout):
+    """One right-padded causal row per leaf sequence (e.g. InSPO: [x, y_l, y_w] and [x, y_w, y_l])."""
+
+    name = "separate"
+
+    def _place(self, nodes, rows, positions, masks):
+        where: dict[_Node, tuple[int, int, int]] = {}
+        for leaf in (n for n in nodes if not n.children):
+            path = [*reversed(leaf.ancestors()), leaf]
+            row, offset = len(rows), 0
+            ids: list[int] = []
+            for node in path:
+                # a node is read from the first row holding it; its parent is right before it in that row
+                where.setdefault(node, (row, offset, offset - 1))
+                ids += node.ids
+                offset += len(node.ids)
+            rows.append(ids)
+            positions.append(list(range(len(ids))))
+        return where
+
+    def _mask(self, rows, masks, length):
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for r, ids in enumerate(rows):
+            mask[r, : len(ids)] = 1
+        return mask
+
+
+class PackedLayout(Layout):
+    """One row per pair holding every segment once: prefix shared, branches isolated by a 4D mask."""
+
+    name = "packed"
+    needs_4d_mask = True
+
+    def _place(self, nodes, rows, positions, masks):
+        where: dict[_Node, tuple[int, int, int]] = {}
+        row, offset = len(rows), 0
+        ids: list[int] = []
+        pos: list[int] = []
+        for node in nodes:  # parents come before children
+            parent_end = -1 if node.parent is None else where[node.parent][1] + len(node.parent.ids) - 1
+            where[node] = (row, offset, parent_end)
+            ids += node.ids
+            pos += range(node.start_position, node.start_position + len(node.ids))
+            offset += len(node.ids)
+        mask = torch.zeros((offset, offset), dtype=torch.bool)
+        for node in nodes:
+            o, n = where[node][1], len(node.ids)
+            mask[o : o + n, o : o + n] = torch.ones((n, n), dtype=torch.bool).tril()
+            for ancestor in node.ancestors():
+                a = where[ancestor][1]
+                mask[o : o + n, a : a + len(ancestor.ids)] = True
+        rows.append(ids)
+        positions.append(pos)
+        masks.append(mask)
+        return where
+
+    def _mask(self, rows, masks, length):
+        # Padding queries attend to themselves only: a fully masked query row would give NaN under sdpa.
+        out = torch.eye(length, dtype=torch.bool).repeat(len(rows), 1, 1)
+        for r, mask in enumerate(masks):
+            out[r, : mask.shape[0], : mask.shape[1]] = mask
+        return out.unsqueeze(1)
+
+
+LAYOUTS: dict[str, type[Layout]] = {c.name: c for c in (SeparateLayout, PackedLayout)}
+
+
+def make_layout(name: str) -> Layout:
+    if name not in LAYOUTS:
+        raise ConfigError(f"unknown layout {name!r}; choose one of: {', '.join(sorted(LAYOUTS))}")
+    return LAYOUTS[name]()

@@ -1,0 +1,81 @@
+"""Token log-probabilities at target positions only, chunked, accumulated in fp32.
+
+A causal LM's full output is [tokens x vocab] logits; for SmolLM2 (49k vocab) that is 200 KB per token in fp32,
+more than the rest of the step. Only target tokens need a distribution, so we run the model body, gather the
+hidden states that predict targets, and apply the output projection + log-softmax to those rows, ``chunk_size``
+at a time. Under autograd each chunk is checkpointed (recomputed in backward), so at most one chunk of
+[chunk_size x vocab] fp32 logits is alive at a time. The log-softmax is always computed in fp32, also for bf16
+models, because the normaliser of a 50k-way softmax loses ~2 digits in bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from inspo.layout import ModelRows
+
+
+def _model_kwargs(model: nn.Module, rows: ModelRows) -> dict[str, Tensor]:
+    mask = rows.attention_mask
+    if mask.dim() == 4 and getattr(model.config, "_attn_implementation", "sdpa") == "eager":
+        # eager attention adds the mask to the scores: it needs an additive float mask, not a boolean one.
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return {"input_ids": rows.input_ids, "attention_mask": mask, "position_ids": rows.position_ids}
+
+
+def _postprocess_logits(model: nn.Module, logits: Tensor) -> Tensor:
+    """Apply the model family's own logit transforms (Gemma-2 soft-capping, Cohere/Granite scaling) in fp32."""
+    config = model.config
+    logits = logits.float()
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    if getattr(config, "final_logit_softcapping", None):
+        cap = config.final_logit_softcapping
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _chunk_logps(head: nn.Module, model: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
+    logits = _postprocess_logits(model, head(hidden))
+    return logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def token_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024) -> Tensor:
+    """Log-prob of every target token of ``rows`` (shape [N], fp32), without full-vocabulary logits per row.
+
+    Args:
+        model: a Hugging Face causal LM (``get_decoder()`` and ``get_output_embeddings()`` are used).
+        rows: the batch built by a layout.
+        chunk_size: target tokens per output-projection chunk.
+    """
+    body, head = model.get_decoder(), model.get_output_embeddings()
+    hidden = body(**_model_kwargs(model, rows), use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows.pred_index)
+    out = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, y = hidden[start : start + chunk_size], rows.labels[start : start + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            out.append(checkpoint(_chunk_logps, head, model, h, y, use_reentrant=False))
+        else:
+            out.append(_chunk_logps(head, model, h, y))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def token_logps_full(model: nn.Module, rows: ModelRows) -> Tensor:
+    """Reference implementation: full-vocabulary logits from ``model(...)``, then the same gather. For checks."""
+    logits = model(**_model_kwargs(model, rows), use_cache=False).logits.float()
+    logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows.pred_index)
+    return F.log_softmax(logits, -1).gather(-1, rows.labels.unsqueeze(-1)).squeeze(-1)
+
+
+def target_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024) -> Tensor:
+    """Summed log-prob of every target, as a [num_pairs, len(rows.names)] fp32 tensor."""
+    logps = token_logps(model, rows, chunk_size)
+    sums = logps.new_zeros(rows.num_slots).index_add(0, rows.slot, logps)
+    return sums.view(rows.num_pairs, len(rows.names))

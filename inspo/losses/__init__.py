@@ -1,0 +1,29 @@
+"""DPO-family preference losses. Importing this package registers every loss in :data:`LOSSES`."""
+
+from inspo.losses.base import LOSSES, LossOutput, PairLogps, PreferenceLoss, logratios, register_loss, sft_nll
+from inspo.losses.dpo import DPOLoss
+from inspo.losses.hinge import HingeLoss
+from inspo.losses.ipo import IPOLoss
+from inspo.losses.onesided import OneSidedLoss
+from inspo.losses.orpo import ORPOLoss
+from inspo.losses.rdpo import RDPOLoss
+from inspo.losses.robust import RobustDPOLoss
+from inspo.losses.simpo import SimPOLoss
+
+__all__ = [
+    "LOSSES",
+    "DPOLoss",
+    "HingeLoss",
+    "IPOLoss",
+    "LossOutput",
+    "ORPOLoss",
+    "OneSidedLoss",
+    "PairLogps",
+    "PreferenceLoss",
+    "RDPOLoss",
+    "RobustDPOLoss",
+    "SimPOLoss",
+    "logratios",
+    "register_loss",
+    "sft_nll",
+]

@@ -1,0 +1,56 @@
+"""DPO (Rafailov et al. 2023) with optional conservative label smoothing (cDPO, Mitchell 2023)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from inspo.errors import ConfigError
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+
+
+@register_loss("dpo")
+class DPOLoss(PreferenceLoss):
+    """Direct Preference Optimization, optionally conservative (cDPO).
+
+    Paper: "Direct Preference Optimization: Your Language Model is Secretly a Reward Model", Rafailov, Sharma,
+    Mitchell, Ermon, Manning, Finn, arXiv 2305.18290 (2023). Label smoothing is conservative DPO from Mitchell,
+    "A note on DPO with noisy preferences & relationship to IPO" (2023): the label is assumed flipped with
+    probability ``eps``.
+
+    With ``h = (policy.chosen - reference.chosen) - (policy.rejected - reference.rejected)``::
+
+        L = -(1 - eps) * log sigma(beta * h) - eps * log sigma(-beta * h)
+
+    Under InSPO ``policy.chosen`` / ``policy.rejected`` are the cross-conditioned a_w, a_l; the reference is
+    always unconditioned. Rewards: ``beta * (policy - reference)`` per response.
+
+    Typical hyperparameters: beta 0.01-0.5 (0.1 in the InSPO paper), label_smoothing 0 (DPO) or 0.1-0.3 (cDPO).
+    With eps > 0 the loss is minimised at ``beta * h = log((1 - eps) / eps)`` instead of at infinity, so it stops
+    pushing pairs that are already well separated.
+
+    Args:
+        beta: inverse temperature of the implicit reward (> 0).
+        label_smoothing: assumed probability eps that a preference label is flipped (0 <= eps < 0.5).
+        sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+    """
+
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0) -> None:
+        super().__init__(sft_weight=sft_weight)
+        if not beta > 0:
+            raise ConfigError(f"DPOLoss: beta must be > 0, got {beta}")
+        if not 0 <= label_smoothing < 0.5:
+            raise ConfigError(f"DPOLoss: label_smoothing must be in [0, 0.5), got {label_smoothing}")
+        self.beta = beta
+        self.label_smoothing = label_smoothing
+
+    def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        assert reference is not None  # checked by PreferenceLoss.forward
+        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        logits = self.beta * (chosen_ratio - rejected_ratio)
+        eps = self.label_smoothing
+        losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
+        return LossOutput(
+            losses=losses,
+            chosen_rewards=(self.beta * chosen_ratio).detach(),
+            rejected_rewards=(self.beta * rejected_ratio).detach(),
+        )

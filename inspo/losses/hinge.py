@@ -1,0 +1,46 @@
+"""SLiC-HF hinge loss (Zhao et al. 2023) in the reference-ratio form used by DPO-family libraries."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from inspo.errors import ConfigError
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+
+
+@register_loss("hinge")
+class HingeLoss(PreferenceLoss):
+    """Hinge (SLiC) loss on the DPO log-ratio gap.
+
+    Paper: "SLiC-HF: Sequence Likelihood Calibration with Human Feedback", Zhao, Joshi, Liu, Khalman, Saleh,
+    Liu, arXiv 2305.10425 (2023). SLiC's calibration loss is ``max(0, delta - log pi(y_w) + log pi(y_l))``;
+    like TRL's ``hinge`` we use the reference ratios and write ``delta = 1 / beta``, scaled by beta.
+
+    With ``h = (policy.chosen - reference.chosen) - (policy.rejected - reference.rejected)``::
+
+        L = relu(1 - beta * h)
+
+    The loss and its gradient are exactly zero once ``beta * h >= 1``. Rewards: ``beta * (policy - reference)``.
+
+    Typical hyperparameters: beta 0.1 (margin of 10 nats) to 1.
+
+    Args:
+        beta: inverse margin (> 0); pairs stop contributing once h >= 1 / beta.
+        sft_weight: weight of the chosen-response NLL term (SLiC-HF's regulariser; see :class:`PreferenceLoss`).
+    """
+
+    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
+        super().__init__(sft_weight=sft_weight)
+        if not beta > 0:
+            raise ConfigError(f"HingeLoss: beta must be > 0, got {beta}")
+        self.beta = beta
+
+    def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        assert reference is not None  # checked by PreferenceLoss.forward
+        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        losses = F.relu(1 - self.beta * (chosen_ratio - rejected_ratio))
+        return LossOutput(
+            losses=losses,
+            chosen_rewards=(self.beta * chosen_ratio).detach(),
+            rejected_rewards=(self.beta * rejected_ratio).detach(),
+        )

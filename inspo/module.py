@@ -1,0 +1,237 @@
+"""PreferenceModule: the policy, its frozen reference, one pair forward and one training step for every loss."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from typing_extensions import override
+
+from inspo.conditioning import REFERENCE_SEQUENCES, ReflectionTemplate, Sequences, make_conditioning
+from inspo.data.datamodule import PairBatch
+from inspo.errors import ConfigError, InspoError
+from inspo.layout import make_layout
+from inspo.logprobs import target_logps
+from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss
+from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
+from inspo.optim import OptimConfig, make_optimizer
+
+log = logging.getLogger("inspo")
+
+METRICS = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp",
+           "rejected_logp")
+PROGRESS_BAR = ("loss", "reward_accuracy", "reward_margin")
+
+
+def resolve_loss(loss: PreferenceLoss | str) -> PreferenceLoss:
+    """A loss instance from an instance or a registered short name (``dpo``, ``simpo``, ...)."""
+    if isinstance(loss, PreferenceLoss):
+        return loss
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; registered losses: {', '.join(sorted(LOSSES))}")
+    return LOSSES[loss]()
+
+
+class PreferenceModule(LightningModule):
+    """A policy trained with a pairwise preference loss against a frozen reference.
+
+    Args:
+        model: the policy: an HF hub id, a local HF folder, a ``.gguf`` file, or ``bundled:SmolLM2-135M-Instruct``.
+        loss: a registered loss name (``dpo``, ``ipo``, ``simpo``, ...) or a loss given by ``class_path``.
+        conditioning: ``inspo`` (log pi(y_w|x,y_l), log pi(y_l|x,y_w)) or ``standard`` (log pi(y|x)).
+        reflection_template: text around the alternative response under InSPO; default: raw concatenation.
+        reference: ``auto`` (``copy`` if the loss needs a reference, else ``none``), ``copy`` (frozen copy of the
+            initial policy), ``path`` (load ``reference_model``) or ``none``.
+        reference_model: the reference model name when ``reference: path``.
+        layout: ``separate`` (one padded row per sequence) or ``packed`` (one row per pair, prompt computed once).
+        dtype: parameter dtype of policy and reference: fp32, bf16 or fp16. Log-softmax is fp32 regardless.
+        attn_implementation: sdpa, eager, flex_attention, flash_attention_2, or None for the library default.
+        random_init: config overrides for a randomly initialised policy (tests, benchmarks); None loads weights.
+        disable_dropout: set dropout to 0 in policy and reference, so the log-ratio is 0 at step 0.
+        logprob_chunk_size: target tokens per output-projection chunk (bounds the [tokens x vocab] logits).
+        optim: optimizer and learning-rate schedule.
+        export_dir: where ``fit`` writes the trained policy as a plain HF folder at its end; ``auto`` is
+            ``<log_dir>/hf_model``; None writes nothing.
+    """
+
+    def __init__(
+        self,
+        model: str = BUNDLED_SMOLLM2,
+        loss: PreferenceLoss | str = "dpo",
+        conditioning: str = "inspo",
+        reflection_template: ReflectionTemplate | None = None,
+        reference: Literal["auto", "copy", "path", "none"] = "auto",
+        reference_model: str | None = None,
+        layout: Literal["separate", "packed"] = "separate",
+        dtype: str = "fp32",
+        attn_implementation: str | None = "sdpa",
+        random_init: dict[str, Any] | None = None,
+        disable_dropout: bool = True,
+        logprob_chunk_size: int = 1024,
+        optim: OptimConfig | None = None,
+        export_dir: str | None = "auto",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss"])
+        self.loss = resolve_loss(loss)
+        self.hparams["loss"] = {"class": type(self.loss).__qualname__, **_init_args(self.loss)}
+        if reference == "auto":
+            reference = "copy" if self.loss.requires_reference else "none"
+        if reference == "none" and self.loss.requires_reference:
+            raise ConfigError(f"loss {type(self.loss).__name__} needs a reference model; set model.reference to "
+                              "copy or path (or choose a reference-free loss: simpo, orpo)")
+        if reference == "path" and not reference_model:
+            raise ConfigError("model.reference is 'path' but model.reference_model is not set")
+        self.reference_mode = reference
+        self.layout = make_layout(layout)
+        self.optim = optim or OptimConfig()
+        if logprob_chunk_size < 1:
+            raise ConfigError(f"model.logprob_chunk_size must be >= 1, got {logprob_chunk_size}")
+        self.policy: nn.Module | None = None
+        self.reference: nn.Module | None = None
+        self.tokenizer = None
+        self.conditioning = None
+        self.metrics = nn.ModuleDict(
+            {f"{stage}/{name}": MeanMetric() for stage in ("train", "val", "test") for name in METRICS}
+        )
+        # The reference is never saved: it is rebuilt from its source (``copy`` is taken before a checkpoint is
+        # restored), so checkpoints hold the policy only and restoring them must not ask for reference weights.
+        self.strict_loading = False
+
+    # ---------------------------------------------------------------- models
+    @override
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.model)
+        self.conditioning = make_conditioning(hp.conditioning, self.tokenizer, hp.reflection_template)
+        load = {"dtype": hp.dtype, "attn_implementation": hp.attn_implementation}
+        self.policy = load_causal_lm(hp.model, random_init=hp.random_init, **load)
+        if self.reference_mode == "copy":
+            self.reference = copy.deepcopy(self.policy)
+        elif self.reference_mode == "path":
+            self.reference = load_causal_lm(hp.reference_model, **load)
+        for m in (self.policy, self.reference):
+            if m is not None and hp.disable_dropout:
+                for sub in m.modules():
+                    if isinstance(sub, nn.Dropout):
+                        sub.p = 0.0
+        if self.reference is not None:
+            self.reference.requires_grad_(False).eval()
+
+    @override
+    def train(self, mode: bool = True) -> PreferenceModule:
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # the reference never runs in train mode (dropout, norms)
+        return self
+
+    # ---------------------------------------------------------------- the pair forward
+    def score(self, model: nn.Module, batch: PairBatch, sequences: Sequences) -> PairLogps:
+        """Summed log-probs (and token counts) of the targets named by ``sequences`` for every pair."""
+        segments = [self.conditioning.segments(*p) for p in zip(batch.prompt, batch.chosen, batch.rejected)]
+        rows = self.layout.build(segments, sequences, self.tokenizer.pad_token_id, self.device)
+        sums = target_logps(model, rows, self.hparams.logprob_chunk_size)
+        counts = torch.bincount(rows.slot, minlength=rows.num_slots).view(rows.num_pairs, -1).float()
+        col = {name: i for i, name in enumerate(rows.names)}
+        return PairLogps(
+            chosen=sums[:, col["chosen"]],
+            rejected=sums[:, col["rejected"]],
+            chosen_tokens=counts[:, col["chosen"]],
+            rejected_tokens=counts[:, col["rejected"]],
+            chosen_plain=sums[:, col["chosen_plain"]] if "chosen_plain" in col else None,
+            rejected_plain=sums[:, col["rejected_plain"]] if "rejected_plain" in col else None,
+        )
+
+    def reference_logps(self, batch: PairBatch) -> PairLogps | None:
+        """log pi_ref(y|x) for both responses (always unconditioned), or None without a reference."""
+        if self.reference is None:
+            return None
+        with torch.no_grad():
+            return self.score(self.reference, batch, REFERENCE_SEQUENCES)
+
+    def pair_logps(self, batch: PairBatch) -> tuple[PairLogps, PairLogps | None]:
+        """The one pair forward: policy log-probs under the run's conditioning, and the reference's."""
+        return self.score(self.policy, batch, self.conditioning.policy_sequences), self.reference_logps(batch)
+
+    # ---------------------------------------------------------------- steps
+    def _common_step(self, batch: PairBatch, stage: str) -> Tensor:
+        policy, reference = self.pair_logps(batch)
+        out = self.loss(policy, reference)
+        loss = out.loss
+        if stage == "train" and not torch.isfinite(loss):
+            raise InspoError(f"non-finite loss ({loss.item()}) at step {self.global_step} on data rows {batch.rows}")
+        self._log_metrics(stage, out, policy, len(batch))
+        return loss
+
+    def _log_metrics(self, stage: str, out: LossOutput, policy: PairLogps, batch_size: int) -> None:
+        values = {
+            "loss": out.losses.detach(),
+            "reward_accuracy": (out.chosen_rewards > out.rejected_rewards).float(),
+            "reward_margin": out.chosen_rewards - out.rejected_rewards,
+            "chosen_reward": out.chosen_rewards,
+            "rejected_reward": out.rejected_rewards,
+            "chosen_logp": policy.chosen.detach(),
+            "rejected_logp": policy.rejected.detach(),
+        }
+        for name, value in values.items():
+            metric = self.metrics[f"{stage}/{name}"]
+            metric(value)  # forward: accumulates for the epoch and keeps this batch's value for on_step logging
+            self.log(f"{stage}/{name}", metric, on_step=stage == "train", on_epoch=True, batch_size=batch_size,
+                     prog_bar=name in PROGRESS_BAR)
+
+    @override
+    def training_step(self, batch: PairBatch, batch_idx: int) -> Tensor:
+        return self._common_step(batch, "train")
+
+    @override
+    def validation_step(self, batch: PairBatch, batch_idx: int) -> None:
+        self._common_step(batch, "val")
+
+    @override
+    def test_step(self, batch: PairBatch, batch_idx: int) -> None:
+        self._common_step(batch, "test")
+
+    @override
+    def predict_step(self, batch: PairBatch, batch_idx: int) -> dict[str, Tensor]:
+        policy, reference = self.pair_logps(batch)
+        out = self.loss(policy, reference)
+        return {"rows": torch.tensor(batch.rows), "loss": out.losses, "chosen_reward": out.chosen_rewards,
+                "rejected_reward": out.rejected_rewards}
+
+    @override
+    def configure_optimizers(self) -> dict:
+        return make_optimizer(self.policy, self.optim, int(self.trainer.estimated_stepping_batches))
+
+    # ---------------------------------------------------------------- checkpoints and export
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]
+
+    @override
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir is None or not self.trainer.is_global_zero:
+            return
+        out = self.export_path()
+        self.policy.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        log.info("inspo: trained policy written to %s", out)
+
+    def export_path(self) -> Path:
+        if self.hparams.export_dir != "auto":
+            return Path(self.hparams.export_dir)
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hf_model"
+
+
+def _init_args(module: nn.Module) -> dict[str, Any]:
+    """The scalar hyperparameters of a loss (for the saved hparams)."""
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
