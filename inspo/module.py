@@ -123,6 +123,7 @@ class PreferenceModule(LightningModule):
                 for sub in m.modules():
                     if isinstance(sub, nn.Dropout):
                         sub.p = 0.0
+        self.policy.train()  # from_pretrained returns eval mode; Lightning keeps the modes it finds
         if self.reference is not None:
             self.reference.requires_grad_(False).eval()
 

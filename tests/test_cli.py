@@ -1,0 +1,98 @@
+"""The ``inspo`` command end to end: real CLI, tiny random model, every YAML under configs/ parsed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from inspo.cli import main
+from inspo.losses import LOSSES
+from tests.conftest import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+# Fragments are parsed on top of the main config they are written for.
+BASES = {"loss": CONFIGS / "quickstart.yaml", "paper": CONFIGS / "paper" / "llama3-8b-inspo-dpo.yaml"}
+
+
+def inspo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["inspo", *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def run_dir_args(tmp_path: Path) -> list[str]:
+    return ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+
+
+def test_fit_tiny_end_to_end(tmp_path):
+    """`inspo fit --config configs/tiny.yaml`: trains, parameters change, an HF folder is written and reloads."""
+    result = inspo("fit", "--config", str(CONFIGS / "tiny.yaml"), *run_dir_args(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = list(tmp_path.glob("inspo/version_*/hf_model"))
+    assert len(exported) == 1, result.stderr[-2000:]
+    trained = AutoModelForCausalLM.from_pretrained(exported[0])
+    initial = tiny_model()
+    changed = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), initial.state_dict().values())]
+    assert len(changed) == len(initial.state_dict()) and all(changed)
+    assert (exported[0] / "tokenizer_config.json").is_file()
+    metrics = (exported[0].parent / "metrics.csv").read_text()
+    assert "train/loss_step" in metrics and "val/reward_accuracy" in metrics
+
+
+@pytest.mark.parametrize("conditioning", ["inspo", "standard"])
+def test_conditioning_on_the_command_line(capsys, conditioning):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--model.conditioning", conditioning, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert f"conditioning: {conditioning}" in capsys.readouterr().out
+
+
+def all_configs() -> list[Path]:
+    return sorted(CONFIGS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", all_configs(), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_parses(capsys, config):
+    base = BASES.get(config.parent.name)
+    args = ["--config", str(base)] if base is not None and config != base else []
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    assert "model:" in capsys.readouterr().out
+
+
+def test_every_loss_has_a_config():
+    names = {p.stem for p in (CONFIGS / "loss").glob("*.yaml")}
+    assert set(LOSSES) <= names
+
+
+def test_unknown_loss_lists_the_registered_names(tmp_path):
+    result = inspo("fit", "--config", str(CONFIGS / "tiny.yaml"), "--model.loss", "dpoo", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown loss 'dpoo'" in result.stderr
+    assert "registered losses: " + ", ".join(sorted(LOSSES)) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_row_missing_chosen_names_file_row_and_field(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}] * 3 + [{"prompt": "Say bye.", "rejected": "x"}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = inspo("fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.path", str(data), *run_dir_args(tmp_path),
+                   cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{data}: row 4: missing field 'chosen'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_python_dash_m_runs_the_same_cli():
+    result = subprocess.run([sys.executable, "-m", "inspo", "fit", "--help"], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0 and "--model.conditioning" in result.stdout

@@ -1,0 +1,139 @@
+"""PreferenceModule: the pair forward, the frozen reference, step-0 values, configuration errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from inspo.data.datamodule import PairBatch
+from inspo.errors import ConfigError
+from inspo.losses import LOSSES, DPOLoss, SimPOLoss
+from inspo.module import PreferenceModule
+from tests.conftest import TINY, random_pairs
+
+
+def make_module(**kwargs) -> PreferenceModule:
+    module = PreferenceModule(random_init=TINY, **kwargs)
+    module.configure_model()
+    return module
+
+
+def batch(n: int = 3, seed: int = 0) -> PairBatch:
+    pairs = random_pairs(n, [(5, 3, 4), (2, 1, 6), (7, 2, 2), (3, 3, 3)], seed=seed)
+    return PairBatch(*map(list, zip(*pairs)), rows=list(range(1, n + 1)))
+
+
+def logp(model, context: list[int], target: list[int]) -> float:
+    with torch.no_grad():
+        out = model(torch.tensor([context + target])).logits.float().log_softmax(-1)[0]
+    return sum(out[len(context) - 1 + i, t].item() for i, t in enumerate(target))
+
+
+@pytest.mark.parametrize("layout", ["separate", "packed"])
+def test_inspo_logps_equal_separately_built_sequences(layout):
+    """a_w = log pi(y_w|x,y_l), a_l = log pi(y_l|x,y_w) from [x,y_l,y_w] / [x,y_w,y_l]; reference from [x,y]."""
+    module = make_module(conditioning="inspo", layout=layout)
+    with torch.no_grad():
+        module.policy.lm_head.weight.add_(0.01)  # policy != reference, so a mix-up would show
+    b = batch()
+    policy, reference = module.pair_logps(b)
+    for i, (x, yw, yl) in enumerate(zip(b.prompt, b.chosen, b.rejected)):
+        assert policy.chosen[i].item() == pytest.approx(logp(module.policy, x + yl, yw), abs=1e-5)
+        assert policy.rejected[i].item() == pytest.approx(logp(module.policy, x + yw, yl), abs=1e-5)
+        assert policy.chosen_plain[i].item() == pytest.approx(logp(module.policy, x, yw), abs=1e-5)
+        assert policy.rejected_plain[i].item() == pytest.approx(logp(module.policy, x, yl), abs=1e-5)
+        # The reference is unconditioned (the authors' code conditioned it: that is a bug we must not repeat).
+        assert reference.chosen[i].item() == pytest.approx(logp(module.reference, x, yw), abs=1e-5)
+        assert reference.rejected[i].item() == pytest.approx(logp(module.reference, x, yl), abs=1e-5)
+        assert policy.chosen_tokens[i].item() == len(yw) and policy.rejected_tokens[i].item() == len(yl)
+
+
+def test_standard_logps_are_unconditioned():
+    module = make_module(conditioning="standard")
+    b = batch()
+    policy, _ = module.pair_logps(b)
+    assert policy.chosen_plain is None
+    for i, (x, yw, yl) in enumerate(zip(b.prompt, b.chosen, b.rejected)):
+        assert policy.chosen[i].item() == pytest.approx(logp(module.policy, x, yw), abs=1e-5)
+        assert policy.rejected[i].item() == pytest.approx(logp(module.policy, x, yl), abs=1e-5)
+
+
+def test_dpo_loss_is_ln2_at_step_zero_standard():
+    """Policy == reference: every log-ratio is 0, so L = -log sigma(0) = ln 2 = 0.693147."""
+    module = make_module(conditioning="standard", loss="dpo")
+    out = module.loss(*module.pair_logps(batch()))
+    torch.testing.assert_close(out.loss, torch.tensor(math.log(2)), atol=1e-6, rtol=0)
+
+
+def test_dpo_loss_is_ln2_at_step_zero_inspo_when_context_carries_nothing():
+    """Under InSPO the policy is conditioned (a_w = log pi(y_w|x,y_l)) and the reference is not (log pi_ref(y_w|x)).
+
+    With policy == reference the log-ratios are a_w - r_w = log pi(y_w|x,y_l) - log pi(y_w|x): zero exactly when
+    seeing the alternative changes nothing. We make the model context-blind (attention output projections set to
+    0: each position then depends on its own token only) and end prompt and responses with the same token (as the
+    chat template does: "assistant\n" and "<|im_end|>\n"), so the first response token is predicted from the same
+    token either way. Then InSPO's step-0 loss is ln 2 too.
+    """
+    module = make_module(conditioning="inspo", loss="dpo")
+    for model in (module.policy, module.reference):
+        for layer in model.model.layers:
+            torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+    b = batch()
+    for seq in (*b.prompt, *b.chosen, *b.rejected):
+        seq[-1] = 198
+    out = module.loss(*module.pair_logps(b))
+    torch.testing.assert_close(out.loss, torch.tensor(math.log(2)), atol=1e-6, rtol=0)
+
+
+def test_inspo_reference_is_unconditioned_so_step_zero_is_not_ln2_in_general():
+    """With a context-sensitive model the InSPO ratios at step 0 are log pi(y|x,y_alt) - log pi(y|x) != 0.
+
+    The authors' released code conditioned the reference as well, which would make this exactly ln 2.
+    """
+    module = make_module(conditioning="inspo", loss="dpo")
+    policy, reference = module.pair_logps(batch())
+    out = module.loss(policy, reference)
+    h = (policy.chosen - reference.chosen) - (policy.rejected - reference.rejected)
+    torch.testing.assert_close(out.loss, -torch.nn.functional.logsigmoid(0.1 * h).mean(), atol=1e-6, rtol=0)
+    assert h.abs().max() > 1e-3
+    assert abs(out.loss.item() - math.log(2)) > 1e-6
+    # the plain (unconditioned) policy terms do equal the reference at step 0
+    torch.testing.assert_close(policy.plain_chosen, reference.chosen, atol=1e-5, rtol=0)
+    torch.testing.assert_close(policy.plain_rejected, reference.rejected, atol=1e-5, rtol=0)
+
+
+def test_reference_is_frozen_and_stays_in_eval_mode():
+    module = make_module()
+    module.train()
+    assert not module.reference.training and module.policy.training
+    assert not any(p.requires_grad for p in module.reference.parameters())
+    loss = module.loss(*module.pair_logps(batch())).loss
+    loss.backward()
+    assert all(p.grad is None for p in module.reference.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.policy.parameters())
+
+
+def test_reference_is_not_saved_in_checkpoints():
+    module = make_module()
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"] and not any(k.startswith("reference.") for k in checkpoint["state_dict"])
+
+
+def test_reference_auto_follows_the_loss():
+    assert make_module(loss="simpo").reference is None
+    assert make_module(loss="dpo").reference is not None
+    assert isinstance(PreferenceModule(loss=SimPOLoss(beta=2.0)).loss, SimPOLoss)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="registered losses: " + ", ".join(sorted(LOSSES))):
+        PreferenceModule(loss="dpoo")
+    with pytest.raises(ConfigError, match="needs a reference model"):
+        PreferenceModule(loss=DPOLoss(), reference="none")
+    with pytest.raises(ConfigError, match="reference_model"):
+        PreferenceModule(reference="path")
+    with pytest.raises(ConfigError, match="choose one of: inspo, standard"):
+        make_module(conditioning="insp")
