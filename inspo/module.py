@@ -16,11 +16,12 @@ from typing_extensions import override
 from inspo.conditioning import REFERENCE_SEQUENCES, ReflectionTemplate, Sequences, make_conditioning
 from inspo.data.datamodule import PairBatch
 from inspo.errors import ConfigError, InspoError
-from inspo.layout import make_layout
+from inspo.layout import make_layout, packed_unsupported_reason
 from inspo.logprobs import target_logps
 from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss
 from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
 from inspo.optim import OptimConfig, make_optimizer
+from inspo.reference import ReferenceCache, cached_reference
 
 log = logging.getLogger("inspo")
 
@@ -47,9 +48,15 @@ class PreferenceModule(LightningModule):
         conditioning: ``inspo`` (log pi(y_w|x,y_l), log pi(y_l|x,y_w)) or ``standard`` (log pi(y|x)).
         reflection_template: text around the alternative response under InSPO; default: raw concatenation.
         reference: ``auto`` (``copy`` if the loss needs a reference, else ``none``), ``copy`` (frozen copy of the
-            initial policy), ``path`` (load ``reference_model``) or ``none``.
-        reference_model: the reference model name when ``reference: path``.
-        layout: ``separate`` (one padded row per sequence) or ``packed`` (one row per pair, prompt computed once).
+            initial policy), ``path`` (load ``reference_model``), ``cached`` (log pi_ref(y|x) of every pair computed
+            once, from ``reference_model`` if given else the initial policy, and stored on disk; no reference model
+            is held during training, see ``inspo.reference``) or ``none``.
+        reference_model: the reference model name when ``reference: path`` (or ``cached``).
+        layout: ``packed`` (one row per pair, prompt computed once, exact; falls back to ``separate`` with one log
+            line when the attention implementation cannot take a 4D mask) or ``separate`` (one padded row per
+            sequence).
+        max_tokens_per_row: packed layout only: token budget of a row holding several pairs as block-diagonal
+            segments (removes padding); None puts one pair per row.
         dtype: parameter dtype of policy and reference: fp32, bf16 or fp16. Log-softmax is fp32 regardless.
         attn_implementation: sdpa, eager, flex_attention, flash_attention_2, or None for the library default.
         random_init: config overrides for a randomly initialised policy (tests, benchmarks); None loads weights.
@@ -66,9 +73,10 @@ class PreferenceModule(LightningModule):
         loss: PreferenceLoss | str = "dpo",
         conditioning: str = "inspo",
         reflection_template: ReflectionTemplate | None = None,
-        reference: Literal["auto", "copy", "path", "none"] = "auto",
+        reference: Literal["auto", "copy", "path", "cached", "none"] = "auto",
         reference_model: str | None = None,
-        layout: Literal["separate", "packed"] = "separate",
+        layout: Literal["separate", "packed"] = "packed",
+        max_tokens_per_row: int | None = None,
         dtype: str = "fp32",
         attn_implementation: str | None = "sdpa",
         random_init: dict[str, Any] | None = None,
@@ -89,12 +97,13 @@ class PreferenceModule(LightningModule):
         if reference == "path" and not reference_model:
             raise ConfigError("model.reference is 'path' but model.reference_model is not set")
         self.reference_mode = reference
-        self.layout = make_layout(layout)
+        self.layout = make_layout(layout, max_tokens_per_row)
         self.optim = optim or OptimConfig()
         if logprob_chunk_size < 1:
             raise ConfigError(f"model.logprob_chunk_size must be >= 1, got {logprob_chunk_size}")
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None
+        self.reference_cache: ReferenceCache | None = None
         self.tokenizer = None
         self.conditioning = None
         self.metrics = nn.ModuleDict(
@@ -118,11 +127,17 @@ class PreferenceModule(LightningModule):
             self.reference = copy.deepcopy(self.policy)
         elif self.reference_mode == "path":
             self.reference = load_causal_lm(hp.reference_model, **load)
+        reason = packed_unsupported_reason(self.policy.config) if self.layout.needs_4d_mask else None
+        if reason is not None:
+            log.warning("inspo: layout 'packed' is not exact here (%s): using layout 'separate'", reason)
+            self.layout = make_layout("separate")
         for m in (self.policy, self.reference):
             if m is not None and hp.disable_dropout:
                 for sub in m.modules():
                     if isinstance(sub, nn.Dropout):
                         sub.p = 0.0
+        if self.reference_mode == "cached":
+            self.reference_cache = cached_reference(self)  # before any training step: the initial weights
         self.policy.train()  # from_pretrained returns eval mode; Lightning keeps the modes it finds
         if self.reference is not None:
             self.reference.requires_grad_(False).eval()
@@ -153,6 +168,8 @@ class PreferenceModule(LightningModule):
 
     def reference_logps(self, batch: PairBatch) -> PairLogps | None:
         """log pi_ref(y|x) for both responses (always unconditioned), or None without a reference."""
+        if self.reference_cache is not None:
+            return self.reference_cache.lookup(batch, self.device)
         if self.reference is None:
             return None
         with torch.no_grad():
@@ -220,9 +237,11 @@ class PreferenceModule(LightningModule):
 
     @override
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir is None or not self.trainer.is_global_zero:
+        if self.hparams.export_dir is None:
             return
-        out = self.export_path()
+        out = self.export_path()  # on every rank: trainer.log_dir is a collective under DDP
+        if not self.trainer.is_global_zero:
+            return
         self.policy.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         log.info("inspo: trained policy written to %s", out)
