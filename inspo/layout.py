@@ -10,7 +10,10 @@ of a node is predicted by the last token of its parent.
 - :class:`PackedLayout` (``shared/DESIGN.md``, "Packed layout"): every node of a pair placed once in one row, with
   explicit position ids (a node starts at the summed length of its ancestors) and a 4D mask in which a token sees
   its own node causally and all of its ancestors, nothing else. InSPO's row is ``[x | y_w, y_l | y_l, y_w]``:
-  the prompt is computed once. Exact wherever the attention implementation honours a 4D mask.
+  the prompt is computed once. Exact wherever the attention implementation honours a 4D mask (sdpa, eager, and
+  flex_attention through :func:`to_block_mask`); :func:`packed_unsupported_reason` says where it does not, and
+  the module then falls back to ``separate``. With ``max_tokens_per_row`` several pairs share a row as
+  block-diagonal segments.
 
 Labels are built per target span, never by shifting a whole row, so a seam between branches is never a target.
 """
@@ -18,7 +21,7 @@ Labels are built per target span, never by shifting a whole row, so a seam betwe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -105,7 +108,7 @@ class Layout:
     ) -> ModelRows:
         rows: list[list[int]] = []
         positions: list[list[int]] = []
-        masks: list[Tensor] = []
+        masks: list[Any] = []  # per row, whatever the layout's _mask needs
         pred, labels, slots = [], [], []
         names = tuple(sequences)
         for p, segments in enumerate(pairs):
@@ -137,11 +140,11 @@ class Layout:
         )
 
     def _place(
-        self, nodes: list[_Node], rows: list[list[int]], positions: list[list[int]], masks: list[Tensor]
+        self, nodes: list[_Node], rows: list[list[int]], positions: list[list[int]], masks: list[Any]
     ) -> dict[_Node, tuple[int, int, int]]:
         raise NotImplementedError
 
-    def _mask(self, rows: list[list[int]], masks: list[Tensor], length: int) -> Tensor:
+    def _mask(self, rows: list[list[int]], masks: list[Any], length: int) -> Tensor:
         raise NotImplementedError
 
 
@@ -173,46 +176,109 @@ class SeparateLayout(Layout):
 
 
 class PackedLayout(Layout):
-    """One row per pair holding every segment once: prefix shared, branches isolated by a 4D mask."""
+    """One row per pair holding every segment once: prefix shared, branches isolated by a 4D mask.
+
+    With ``max_tokens_per_row`` several pairs share a row as block-diagonal segments (first fit, in batch order):
+    a pair goes into the first row with room for all its tokens, else it starts a new row; a pair longer than the
+    budget gets a row of its own. Position ids restart at 0 for every pair and no token sees another pair, so the
+    log-probs are the same as with one pair per row; packing only removes padding.
+
+    Args:
+        max_tokens_per_row: token budget of a row holding several pairs; None puts each pair in its own row.
+    """
 
     name = "packed"
     needs_4d_mask = True
 
+    def __init__(self, max_tokens_per_row: int | None = None) -> None:
+        if max_tokens_per_row is not None and max_tokens_per_row < 1:
+            raise ConfigError(f"max_tokens_per_row must be >= 1 or None, got {max_tokens_per_row}")
+        self.max_tokens_per_row = max_tokens_per_row
+
+    def _row_for(self, size: int, rows: list[list[int]]) -> int:
+        """Index of the first row with room for ``size`` more tokens under the budget, or ``len(rows)``."""
+        if self.max_tokens_per_row is not None:
+            for r, ids in enumerate(rows):
+                if len(ids) + size <= self.max_tokens_per_row:
+                    return r
+        return len(rows)
+
     def _place(self, nodes, rows, positions, masks):
+        size = sum(len(node.ids) for node in nodes)
+        row = self._row_for(size, rows)
+        if row == len(rows):
+            rows.append([])
+            positions.append([])
+            masks.append([])
+        base = offset = len(rows[row])
         where: dict[_Node, tuple[int, int, int]] = {}
-        row, offset = len(rows), 0
-        ids: list[int] = []
-        pos: list[int] = []
         for node in nodes:  # parents come before children
             parent_end = -1 if node.parent is None else where[node.parent][1] + len(node.parent.ids) - 1
             where[node] = (row, offset, parent_end)
-            ids += node.ids
-            pos += range(node.start_position, node.start_position + len(node.ids))
+            rows[row] += node.ids
+            positions[row] += range(node.start_position, node.start_position + len(node.ids))
             offset += len(node.ids)
-        mask = torch.zeros((offset, offset), dtype=torch.bool)
+        block = torch.zeros((size, size), dtype=torch.bool)
         for node in nodes:
-            o, n = where[node][1], len(node.ids)
-            mask[o : o + n, o : o + n] = torch.ones((n, n), dtype=torch.bool).tril()
+            o, n = where[node][1] - base, len(node.ids)
+            block[o : o + n, o : o + n] = torch.ones((n, n), dtype=torch.bool).tril()
             for ancestor in node.ancestors():
-                a = where[ancestor][1]
-                mask[o : o + n, a : a + len(ancestor.ids)] = True
-        rows.append(ids)
-        positions.append(pos)
-        masks.append(mask)
+                a = where[ancestor][1] - base
+                block[o : o + n, a : a + len(ancestor.ids)] = True
+        masks[row].append((base, block))
         return where
 
     def _mask(self, rows, masks, length):
         # Padding queries attend to themselves only: a fully masked query row would give NaN under sdpa.
         out = torch.eye(length, dtype=torch.bool).repeat(len(rows), 1, 1)
-        for r, mask in enumerate(masks):
-            out[r, : mask.shape[0], : mask.shape[1]] = mask
+        for r, blocks in enumerate(masks):
+            for base, block in blocks:  # block-diagonal: one block per pair, nothing between pairs
+                n = block.shape[0]
+                out[r, base : base + n, base : base + n] = block
         return out.unsqueeze(1)
 
 
 LAYOUTS: dict[str, type[Layout]] = {c.name: c for c in (SeparateLayout, PackedLayout)}
 
+MASK_4D_ATTENTION = ("sdpa", "eager", "flex_attention")
+"""Attention implementations that honour a custom 4D mask (flex_attention through a BlockMask, see below)."""
 
-def make_layout(name: str) -> Layout:
+
+def make_layout(name: str, max_tokens_per_row: int | None = None) -> Layout:
+    """The layout called ``name``; ``max_tokens_per_row`` lets the packed layout put several pairs in a row."""
     if name not in LAYOUTS:
         raise ConfigError(f"unknown layout {name!r}; choose one of: {', '.join(sorted(LAYOUTS))}")
-    return LAYOUTS[name]()
+    return PackedLayout(max_tokens_per_row) if name == "packed" else LAYOUTS[name]()
+
+
+def packed_unsupported_reason(config: Any) -> str | None:
+    """Why the packed layout would not be exact for a model with this HF config, or None if it is.
+
+    flash-attention kernels take a padding mask only, not a 4D mask; a sliding-window model would have its
+    window dropped, because transformers uses a custom 4D mask as given, for every layer.
+    """
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in MASK_4D_ATTENTION:
+        return f"attention implementation {impl!r} cannot take a 4D attention mask"
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) is not False:
+        return f"the model uses sliding-window attention (window {window}), which a custom 4D mask would drop"
+    return None
+
+
+def to_block_mask(mask: Tensor, block_size: int = 128) -> Any:
+    """A flex_attention ``BlockMask`` for a [R, 1, T, T] bool mask (True = may attend).
+
+    flex_attention skips every ``block_size`` x ``block_size`` tile the mask leaves empty (the other branch, the
+    other pairs of a row), which sdpa cannot: that is the GPU fast path for packed rows. The mask function reads the
+    dense mask, so the BlockMask is exact by construction.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = mask[:, 0]
+
+    def mask_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return dense[b, q, kv]
+
+    rows, length = dense.shape[0], dense.shape[-1]
+    return create_block_mask(mask_mod, rows, None, length, length, device=mask.device, BLOCK_SIZE=block_size)

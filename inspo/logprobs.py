@@ -15,12 +15,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from inspo.layout import ModelRows
+from inspo.layout import ModelRows, to_block_mask
 
 
 def _model_kwargs(model: nn.Module, rows: ModelRows) -> dict[str, Tensor]:
     mask = rows.attention_mask
-    if mask.dim() == 4 and getattr(model.config, "_attn_implementation", "sdpa") == "eager":
+    impl = getattr(model.config, "_attn_implementation", "sdpa")
+    if mask.dim() == 4 and impl == "flex_attention":
+        mask = to_block_mask(mask)  # flex_attention reads a BlockMask; a tensor would be added to the scores
+    elif mask.dim() == 4 and impl == "eager":
         # eager attention adds the mask to the scores: it needs an additive float mask, not a boolean one.
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)

@@ -98,14 +98,16 @@ def resolve_model(name: str) -> str:
     return str(path) if path.exists() else name
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a model; a tokenizer without a pad token gets its EOS as pad.
 
     Padding never decides a label: every mask in inspo is built from explicit spans, so pad == eos is safe.
+    ``trust_remote_code`` runs Python code shipped with the model (off by default: it executes whatever the hub
+    repository contains).
     """
     source = resolve_model(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ModelSourceError(f"cannot load a tokenizer from {name!r}: {err}") from err
     if tokenizer.pad_token_id is None:
@@ -121,6 +123,9 @@ def load_causal_lm(
     attn_implementation: str | None = None,
     random_init: dict[str, Any] | None = None,
     seed: int = 0,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+    load_in_4bit: bool = False,
 ) -> PreTrainedModel:
     """Load a causal LM by name, or build a randomly initialised one from its config.
 
@@ -131,23 +136,54 @@ def load_causal_lm(
         random_init: if given (possibly empty), config overrides for a randomly initialised model instead of the
             pretrained weights, e.g. ``{"num_hidden_layers": 2, "hidden_size": 64}``.
         seed: seed of the random initialisation.
+        trust_remote_code: run Python code shipped with the model (off by default).
+        gradient_checkpointing: recompute each decoder layer in backward instead of storing its activations
+            (less memory, ~30% more compute); active in train mode only.
+        load_in_4bit: load the weights in 4-bit NF4 through bitsandbytes (QLoRA; CUDA GPU only).
     """
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     source = resolve_model(name)
-    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if load_in_4bit:
+        kwargs["quantization_config"] = _nf4_config(DTYPES[dtype])
     try:
         if random_init is None:
-            return AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        config = AutoConfig.from_pretrained(source)
-        for key, value in random_init.items():
-            if not hasattr(config, key):
-                raise ConfigError(f"model.random_init: {type(config).__name__} has no field {key!r}")
-            setattr(config, key, value)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return AutoModelForCausalLM.from_config(config, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        else:
+            model = _random_model(source, random_init, seed, kwargs)
     except OSError as err:
         raise ModelSourceError(f"cannot load model {name!r}: {err}") from err
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing also works when the inputs need no grad (frozen embeddings under LoRA).
+        # transformers >= 5.2x renamed gradient_checkpointing_enable (kept as a deprecated alias).
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _random_model(source: str, random_init: dict[str, Any], seed: int, kwargs: dict[str, Any]) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(source, trust_remote_code=kwargs["trust_remote_code"])
+    for key, value in random_init.items():
+        if not hasattr(config, key):
+            raise ConfigError(f"model.random_init: {type(config).__name__} has no field {key!r}")
+        setattr(config, key, value)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, **kwargs)
+
+
+def _nf4_config(compute_dtype: torch.dtype) -> Any:
+    """bitsandbytes 4-bit NF4 with double quantisation (the QLoRA recipe); fails clearly without a CUDA GPU."""
+    from transformers import BitsAndBytesConfig
+
+    from inspo.lora import check_4bit_available
+
+    check_4bit_available()
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)

@@ -13,13 +13,15 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from inspo.conditioning import REFERENCE_SEQUENCES, ReflectionTemplate, Sequences, make_conditioning
+from inspo.conditioning import CONDITIONINGS, REFERENCE_SEQUENCES, ReflectionTemplate, Sequences, make_conditioning
 from inspo.data.datamodule import PairBatch
-from inspo.errors import ConfigError, InspoError
+from inspo.errors import ConfigError
+from inspo.guards import NonFiniteLossError, OnNonFinite, check_on_nonfinite, nonfinite_message, skip_allowed
 from inspo.layout import make_layout, packed_unsupported_reason
 from inspo.logprobs import target_logps
+from inspo.lora import LoraSettings, adapter_state_keys, apply_lora, reference_adapter
 from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss
-from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
+from inspo.models import BUNDLED_SMOLLM2, DTYPES, load_causal_lm, load_tokenizer
 from inspo.optim import OptimConfig, make_optimizer
 from inspo.reference import ReferenceCache, cached_reference
 
@@ -65,6 +67,14 @@ class PreferenceModule(LightningModule):
         optim: optimizer and learning-rate schedule.
         export_dir: where ``fit`` writes the trained policy as a plain HF folder at its end; ``auto`` is
             ``<log_dir>/hf_model``; None writes nothing.
+        lora: train low-rank adapters instead of every weight (``rank``, ``alpha``, ``dropout``,
+            ``target_modules``, ``adapter`` to continue one, ``load_in_4bit`` for QLoRA); None trains all weights.
+            With LoRA, ``reference: auto`` is ``adapter``: the same model with its adapters off (or, when
+            continuing an adapter, a frozen copy of that adapter), no second model in memory.
+        gradient_checkpointing: recompute decoder layers in backward (less activation memory, more compute).
+        trust_remote_code: allow models whose code lives in their hub repository (off: it runs that code).
+        on_nonfinite: a NaN/inf training loss stops the run (``error``: step, data rows, last checkpoint) or
+            skips the batch and counts it in ``train/nonfinite_skipped`` (``skip``; single process only).
     """
 
     def __init__(
@@ -73,7 +83,7 @@ class PreferenceModule(LightningModule):
         loss: PreferenceLoss | str = "dpo",
         conditioning: str = "inspo",
         reflection_template: ReflectionTemplate | None = None,
-        reference: Literal["auto", "copy", "path", "cached", "none"] = "auto",
+        reference: Literal["auto", "copy", "path", "cached", "adapter", "none"] = "auto",
         reference_model: str | None = None,
         layout: Literal["separate", "packed"] = "packed",
         max_tokens_per_row: int | None = None,
@@ -84,13 +94,22 @@ class PreferenceModule(LightningModule):
         logprob_chunk_size: int = 1024,
         optim: OptimConfig | None = None,
         export_dir: str | None = "auto",
+        lora: LoraSettings | None = None,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        on_nonfinite: OnNonFinite = "error",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
         self.loss = resolve_loss(loss)
         self.hparams["loss"] = {"class": type(self.loss).__qualname__, **_init_args(self.loss)}
         if reference == "auto":
-            reference = "copy" if self.loss.requires_reference else "none"
+            reference = ("adapter" if lora is not None else "copy") if self.loss.requires_reference else "none"
+        if reference == "adapter" and lora is None:
+            raise ConfigError("model.reference 'adapter' runs the LoRA policy with its adapters off: set model.lora")
+        if lora is not None and lora.adapter and reference == "copy":
+            raise ConfigError("with model.lora.adapter the reference is that adapter, kept frozen: use "
+                              "model.reference adapter (or auto)")
         if reference == "none" and self.loss.requires_reference:
             raise ConfigError(f"loss {type(self.loss).__name__} needs a reference model; set model.reference to "
                               "copy or path (or choose a reference-free loss: simpo, orpo)")
@@ -99,6 +118,17 @@ class PreferenceModule(LightningModule):
         self.reference_mode = reference
         self.layout = make_layout(layout, max_tokens_per_row)
         self.optim = optim or OptimConfig()
+        # Names checked here, not when the model loads, so a typo fails before any data or weights are read.
+        if conditioning not in CONDITIONINGS:
+            choices = ", ".join(sorted(CONDITIONINGS))
+            raise ConfigError(f"unknown conditioning {conditioning!r}; choose one of: {choices}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"unknown model.dtype {dtype!r}; choose one of: {', '.join(sorted(DTYPES))}")
+        check_on_nonfinite(on_nonfinite)
+        self.nonfinite_skipped = 0
+        # Keep the instances: under LightningCLI the saved hparams hold dataclasses as dicts.
+        self.lora = lora
+        self.reflection_template = reflection_template
         if logprob_chunk_size < 1:
             raise ConfigError(f"model.logprob_chunk_size must be >= 1, got {logprob_chunk_size}")
         self.policy: nn.Module | None = None
@@ -119,9 +149,11 @@ class PreferenceModule(LightningModule):
         if self.policy is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.model)
-        self.conditioning = make_conditioning(hp.conditioning, self.tokenizer, hp.reflection_template)
-        load = {"dtype": hp.dtype, "attn_implementation": hp.attn_implementation}
+        self.tokenizer = load_tokenizer(hp.model, trust_remote_code=hp.trust_remote_code)
+        self.conditioning = make_conditioning(hp.conditioning, self.tokenizer, self.reflection_template)
+        load = {"dtype": hp.dtype, "attn_implementation": hp.attn_implementation,
+                "trust_remote_code": hp.trust_remote_code, "gradient_checkpointing": hp.gradient_checkpointing,
+                "load_in_4bit": self.lora is not None and self.lora.load_in_4bit}
         self.policy = load_causal_lm(hp.model, random_init=hp.random_init, **load)
         if self.reference_mode == "copy":
             self.reference = copy.deepcopy(self.policy)
@@ -136,6 +168,8 @@ class PreferenceModule(LightningModule):
                 for sub in m.modules():
                     if isinstance(sub, nn.Dropout):
                         sub.p = 0.0
+        if self.lora is not None:  # after the dropout loop: an explicit lora.dropout is kept
+            self.policy = apply_lora(self.policy, self.lora, hp.gradient_checkpointing)
         if self.reference_mode == "cached":
             self.reference_cache = cached_reference(self)  # before any training step: the initial weights
         self.policy.train()  # from_pretrained returns eval mode; Lightning keeps the modes it finds
@@ -170,6 +204,9 @@ class PreferenceModule(LightningModule):
         """log pi_ref(y|x) for both responses (always unconditioned), or None without a reference."""
         if self.reference_cache is not None:
             return self.reference_cache.lookup(batch, self.device)
+        if self.reference_mode == "adapter":
+            with torch.no_grad(), reference_adapter(self.policy) as reference:
+                return self.score(reference, batch, REFERENCE_SEQUENCES)
         if self.reference is None:
             return None
         with torch.no_grad():
@@ -180,14 +217,24 @@ class PreferenceModule(LightningModule):
         return self.score(self.policy, batch, self.conditioning.policy_sequences), self.reference_logps(batch)
 
     # ---------------------------------------------------------------- steps
-    def _common_step(self, batch: PairBatch, stage: str) -> Tensor:
+    def _common_step(self, batch: PairBatch, stage: str) -> Tensor | None:
         policy, reference = self.pair_logps(batch)
         out = self.loss(policy, reference)
         loss = out.loss
         if stage == "train" and not torch.isfinite(loss):
-            raise InspoError(f"non-finite loss ({loss.item()}) at step {self.global_step} on data rows {batch.rows}")
+            return self._nonfinite_loss(loss, batch)
         self._log_metrics(stage, out, policy, len(batch))
         return loss
+
+    def _nonfinite_loss(self, loss: Tensor, batch: PairBatch) -> None:
+        """Stop the run, or (``on_nonfinite: skip``) count the batch and return None: Lightning then skips it."""
+        message = nonfinite_message(loss, self.global_step, batch.rows, self._trainer)
+        if self.hparams.on_nonfinite == "error" or not skip_allowed(self._trainer):
+            raise NonFiniteLossError(message)
+        self.nonfinite_skipped += 1
+        log.warning("inspo: %s; batch skipped (%d so far)", message.split("; ")[0], self.nonfinite_skipped)
+        if self._trainer is not None:
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, batch_size=len(batch))
 
     def _log_metrics(self, stage: str, out: LossOutput, policy: PairLogps, batch_size: int) -> None:
         values = {
@@ -206,7 +253,7 @@ class PreferenceModule(LightningModule):
                      prog_bar=name in PROGRESS_BAR)
 
     @override
-    def training_step(self, batch: PairBatch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: PairBatch, batch_idx: int) -> Tensor | None:
         return self._common_step(batch, "train")
 
     @override
@@ -234,6 +281,9 @@ class PreferenceModule(LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
+        if self.lora is not None:  # the frozen base is rebuilt from its source: keep the adapters only
+            for key in adapter_state_keys(state):
+                del state[key]
 
     @override
     def on_fit_end(self) -> None:
@@ -242,8 +292,9 @@ class PreferenceModule(LightningModule):
         out = self.export_path()  # on every rank: trainer.log_dir is a collective under DDP
         if not self.trainer.is_global_zero:
             return
-        self.policy.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
+        from inspo.export import export_module
+
+        export_module(self, out)
         log.info("inspo: trained policy written to %s", out)
 
     def export_path(self) -> Path:

@@ -96,3 +96,10 @@ def test_python_dash_m_runs_the_same_cli():
     result = subprocess.run([sys.executable, "-m", "inspo", "fit", "--help"], capture_output=True, text=True,
                             timeout=300, check=False)
     assert result.returncode == 0 and "--model.conditioning" in result.stdout
+
+
+def test_reflection_template_from_the_command_line(tmp_path):
+    """The template arrives from the CLI as a dict; a one-batch run must use it (it once crashed here)."""
+    result = inspo("fit", "--config", str(CONFIGS / "tiny.yaml"), "--model.reflection_template.after_alternative",
+                   "Better answer:", "--trainer.fast_dev_run", "1", *run_dir_args(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -281,9 +281,9 @@ def test_datamodule_end_to_end(tmp_path, tokenizer, caplog):
     dm = PreferenceDataModule(path=str(write_jsonl(tmp_path / "x.jsonl", ROWS)), batch_size=4, val_fraction=0.25)
     with caplog.at_level(logging.INFO, logger="inspo"):
         dm.setup("fit")
-    assert dm.stats["rows_read"] == dm.stats["kept"] == 20 and dm.stats["dropped_truncation"] == 0
+    assert dm.stats["rows_read"] == dm.stats["kept"] == 20 and dm.stats["invalid"] == 0
     assert (dm.stats["train"], dm.stats["val"]) == (15, 5)
-    assert "rows_read=20 kept=20 dropped_truncation=0" in caplog.text
+    assert "rows read 20, kept 20, dropped 0," in caplog.text
     train_pairs = dm.train_pairs
     dm.setup("validate")  # idempotent
     assert dm.train_pairs is train_pairs
@@ -315,17 +315,6 @@ def test_datamodule_reports_the_first_bad_row(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [*ROWS[:3], {"prompt": "p", "rejected": "r"}, {"prompt": "q"}])
     with pytest.raises(DataError, match=r"x.jsonl: row 4: missing field 'chosen'"):
         PreferenceDataModule(path=str(path)).setup("fit")
-
-
-def test_datamodule_counts_dropped_pairs(tmp_path, monkeypatch):
-    """Dropping cannot happen with a valid budget (R >= 2 always); the counting is checked with a stub."""
-    real = datamodule_module.truncate_pair
-    monkeypatch.setattr(datamodule_module, "truncate_pair",
-                        lambda pair, *args, **kwargs: None if pair.row == 2 else real(pair, *args, **kwargs))
-    dm = PreferenceDataModule(path=str(write_jsonl(tmp_path / "x.jsonl", ROWS[:5])), val_fraction=0.0)
-    dm.setup("fit")
-    assert dm.stats["dropped_truncation"] == 1 and dm.stats["kept"] == 4
-    assert [p.row for p in dm.train_pairs] == [1, 3, 4, 5] and dm.val_pairs == []
 
 
 def test_datamodule_truncates_and_counts(tmp_path):

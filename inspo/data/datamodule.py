@@ -2,12 +2,14 @@
 
 Rows are read, validated (:mod:`inspo.data.formats`), tokenised and truncated (:mod:`inspo.data.tokenize`) once in
 :meth:`PreferenceDataModule.setup`; batches carry plain token-id lists, and the layout (``inspo.layout``) turns
-them into model rows. Any bad row stops setup with a :class:`~inspo.errors.DataError` naming file, row and field.
+them into model rows. Rows are validated before any model is loaded (:mod:`inspo.data.validate`): by default any
+bad row stops setup with a :class:`~inspo.errors.DataError` naming file, rows, field and reason.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,20 +17,15 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
 import inspo
-from inspo.data.formats import read_rows, to_record
-from inspo.data.tokenize import (
-    TokenizedPair,
-    adds_bos,
-    check_lengths,
-    has_chat_template,
-    tokenize_record,
-    truncate_pair,
-)
+from inspo.data.formats import read_rows
+from inspo.data.sampler import LengthBucketBatchSampler
+from inspo.data.tokenize import TokenizedPair, check_lengths, has_chat_template
+from inspo.data.validate import DataReport, Duplicates, OnInvalid, ReadOptions, read_pairs
 from inspo.errors import ConfigError, DataError
 from inspo.models import BUNDLED_SMOLLM2, load_tokenizer, resolve_model
 
@@ -89,10 +86,14 @@ class PreferenceDataModule(LightningDataModule):
         val_fraction: float = 0.1,
         val_path: str | None = None,
         max_pairs: int | None = None,
+        on_invalid: OnInvalid = "error",
+        min_valid_fraction: float = 0.9,
+        duplicates: Duplicates = "keep",
         batch_size: int = 4,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 42,
+        bucket_batches: int = 16,
     ) -> None:
         """Configure the data; nothing is read until :meth:`setup`.
 
@@ -113,10 +114,17 @@ class PreferenceDataModule(LightningDataModule):
             val_fraction: fraction of the pairs held out for validation (ignored when val_path is given).
             val_path: an explicit validation file instead of a split of the training data.
             max_pairs: use only the first N valid pairs of each source (quick runs).
+            on_invalid: ``error`` stops at setup if any row is invalid, naming file, rows, field and reason;
+                ``skip`` drops invalid rows and logs the counts (:mod:`inspo.data.validate`).
+            min_valid_fraction: with ``on_invalid: skip``, stop anyway if fewer than this fraction of rows is valid.
+            duplicates: ``keep`` or ``drop`` rows repeating an earlier (prompt, chosen, rejected); counted either way.
             batch_size: pairs per training batch (per device).
             eval_batch_size: pairs per validation/test/predict batch; defaults to batch_size.
             num_workers: DataLoader worker processes.
             seed: seed of the validation split and of the training order.
+            bucket_batches: training batches per length bucket: the shuffled order is cut into windows of this
+                many batches, each sorted by pair length (``inspo.data.sampler``), so a batch pads and packs
+                little; 1 keeps plain shuffled batches.
         """
         super().__init__()
         if path is not None and dataset is not None:
@@ -126,6 +134,10 @@ class PreferenceDataModule(LightningDataModule):
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if max_pairs is not None and max_pairs < 1:
             raise ConfigError(f"data.max_pairs must be at least 1, got {max_pairs}")
+        if not 0.0 <= min_valid_fraction <= 1.0:
+            raise ConfigError(f"data.min_valid_fraction must be in [0, 1], got {min_valid_fraction}")
+        if bucket_batches < 1:
+            raise ConfigError(f"data.bucket_batches must be at least 1, got {bucket_batches}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1")
         if num_workers < 0:
@@ -134,6 +146,7 @@ class PreferenceDataModule(LightningDataModule):
         self.train_pairs: list[TokenizedPair] | None = None
         self.val_pairs: list[TokenizedPair] | None = None
         self.stats: dict[str, int] = {}
+        self.reports: list[DataReport] = []
         self._tokenizer: PreTrainedTokenizerBase | None = None
 
     def get_tokenizer(self) -> PreTrainedTokenizerBase:
@@ -157,31 +170,29 @@ class PreferenceDataModule(LightningDataModule):
         tokenizer = self.get_tokenizer()
         if hp.chat_template and not has_chat_template(tokenizer):
             log.info("tokenizer %s has no chat template: prompts are used as plain text", hp.tokenizer)
+        options = ReadOptions.from_hparams(hp)
         source, rows = self._main_rows()
-        pairs, stats = self._tokenize_rows(source, rows, tokenizer)
+        pairs, report = read_pairs(source, rows, tokenizer, options)
+        self.reports = [report]
         if hp.val_path is not None:
-            val_pairs, val_stats = self._tokenize_rows(hp.val_path, read_rows(hp.val_path), tokenizer)
-            stats = {key: stats[key] + val_stats[key] for key in stats}
+            val_pairs, val_report = read_pairs(hp.val_path, read_rows(hp.val_path, keep_going=True), tokenizer, options)
+            self.reports.append(val_report)
             train_pairs = pairs
         else:
             train_pairs, val_pairs = split_pairs(pairs, hp.val_fraction, hp.seed)
-        if not train_pairs:
-            raise DataError(f"{source}: no training pairs left ({stats['rows_read']} rows read, "
-                            f"{stats['kept']} kept, {stats['dropped_truncation']} dropped by truncation)")
         self.train_pairs, self.val_pairs = train_pairs, val_pairs
+        stats = Counter[str]()
+        for one in self.reports:
+            stats.update(one.stats())
         self.stats = {**stats, "train": len(train_pairs), "val": len(val_pairs)}
-        log.info(
-            "data: rows_read=%d kept=%d dropped_truncation=%d truncated=%d train=%d val=%d (source %s)",
-            *(self.stats[key] for key in ("rows_read", "kept", "dropped_truncation", "truncated", "train", "val")),
-            source,
-        )
+        log.info("data: train=%d val=%d (source %s)", len(train_pairs), len(val_pairs), source)
 
     def _main_rows(self) -> tuple[str, Iterable[tuple[int, Any]]]:
         hp = self.hparams
         if hp.dataset is not None:
             return hp.dataset, enumerate(self._load_hf_dataset(), start=1)
         path = hp.path if hp.path is not None else str(bundled_dataset())
-        return path, read_rows(path)
+        return path, read_rows(path, keep_going=True)  # unreadable lines are counted, not fatal, under skip
 
     def _load_hf_dataset(self) -> Iterable[Any]:
         import datasets
@@ -193,35 +204,13 @@ class PreferenceDataModule(LightningDataModule):
             raise DataError(f"cannot load dataset {hp.dataset!r} (config {hp.dataset_config!r}, split "
                             f"{hp.split!r}): {err}") from None
 
-    def _tokenize_rows(
-        self, source: str, rows: Iterable[tuple[int, Any]], tokenizer: PreTrainedTokenizerBase
-    ) -> tuple[list[TokenizedPair], dict[str, int]]:
-        """Validate, tokenise and truncate rows; stop after ``max_pairs`` kept pairs."""
-        hp = self.hparams
-        add_bos = adds_bos(tokenizer)
-        # Keep a left-cut prompt's BOS only for models that use one (SmolLM2's bos_token is its turn marker).
-        keep_bos = tokenizer.bos_token_id if add_bos else None
-        pairs: list[TokenizedPair] = []
-        stats = {"rows_read": 0, "kept": 0, "dropped_truncation": 0, "truncated": 0}
-        for row, raw in rows:
-            if hp.max_pairs is not None and len(pairs) >= hp.max_pairs:
-                break
-            stats["rows_read"] += 1
-            record = to_record(raw, source, row, hp.prompt_field, hp.chosen_field, hp.rejected_field)
-            full = tokenize_record(record, tokenizer, hp.chat_template, add_bos=add_bos)
-            pair = truncate_pair(full, hp.max_length, hp.max_prompt_length, bos_token_id=keep_bos)
-            if pair is None:
-                stats["dropped_truncation"] += 1
-                continue
-            stats["truncated"] += pair is not full
-            pairs.append(pair)
-        stats["kept"] = len(pairs)
-        return pairs, stats
-
     @override
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return self._loader(self._pairs("train"), self.hparams.batch_size, shuffle=True, generator=generator)
+        hp, pairs = self.hparams, self._pairs("train")
+        sampler = RandomSampler(pairs, generator=torch.Generator().manual_seed(hp.seed))
+        batches = LengthBucketBatchSampler(sampler, hp.batch_size, lengths=[pair.longest for pair in pairs],
+                                           bucket_batches=hp.bucket_batches, seed=hp.seed)
+        return self._loader(pairs, 1, batch_sampler=batches)
 
     @override
     def val_dataloader(self) -> DataLoader:

@@ -7,8 +7,9 @@ Two row shapes are accepted, both mapped to :class:`PreferenceRecord`:
   ``rejected`` are either strings or message lists whose last message is the assistant's answer. A message list
   may repeat the whole conversation (as in UltraFeedback-binarized); only its final assistant message is kept.
 
-Every problem a user can cause is a :class:`~inspo.errors.DataError` of the form
-``data/x.jsonl: row 7: missing field 'chosen'``.
+Every problem with one row is a :class:`RowError` (a :class:`~inspo.errors.DataError`) of the form
+``data/x.jsonl: row 7: missing field 'chosen'``, carrying a short ``reason`` code (one of :data:`REASONS`) and the
+field at fault, so :mod:`inspo.data.validate` can count, report and (with ``data.on_invalid=skip``) drop them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,43 @@ from typing import Any
 from inspo.errors import DataError
 
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".parquet")
+KNOWN_ROLES = ("assistant", "system", "tool", "user")
+"""Chat roles a row may use; anything else (ShareGPT's ``human`` / ``gpt``, typos) is a row error, because most chat
+templates render an unknown role as text without complaint."""
+
+REASONS = {
+    "invalid_utf8": "invalid UTF-8",
+    "invalid_json": "invalid JSON",
+    "not_an_object": "row is not an object",
+    "missing_field": "missing field",
+    "null_field": "null field",
+    "wrong_type": "wrong type",
+    "empty": "empty or whitespace-only text",
+    "bad_message": "malformed chat message",
+    "unknown_role": "unknown chat role",
+    "last_turn_not_assistant": "last turn is not the assistant's",
+    "identical_responses": "chosen identical to rejected",
+    "untokenizable": "chat template or tokenizer cannot encode the row",
+    "prompt_too_long": "prompt leaves no token for a response",
+}
+"""Reason codes of :class:`RowError`, with the phrase used in reports."""
+
+
+class RowError(DataError):
+    """One invalid row.
+
+    Attributes:
+        source: the file path or dataset name.
+        row: the 1-based row number (the line number for JSON lines).
+        reason: a key of :data:`REASONS`.
+        field: the field at fault, or None when the whole row is (unreadable, not an object).
+        detail: the message without the ``source: row N:`` prefix.
+    """
+
+    def __init__(self, source: str, row: int, reason: str, detail: str, field: str | None = None) -> None:
+        unit = "line" if reason in ("invalid_utf8", "invalid_json") else "row"
+        super().__init__(f"{source}: {unit} {row}: {detail}")
+        self.source, self.row, self.reason, self.field, self.detail = source, row, reason, field, detail
 
 Prompt = str | list[dict[str, str]]
 
@@ -50,7 +88,7 @@ class PreferenceRecord:
         return isinstance(self.prompt, list)
 
 
-def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_rows(path: str | Path, keep_going: bool = False) -> Iterator[tuple[int, Any]]:
     """Yield ``(row_number, raw_row)`` from a ``.jsonl``, ``.json`` or ``.parquet`` file.
 
     Row numbers are 1-based: the line number for JSON lines (blank lines are skipped but counted), the index + 1
@@ -58,18 +96,21 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
     Args:
         path: the data file.
+        keep_going: in a JSON-lines file, yield a line that is not valid UTF-8 or not valid JSON as
+            ``(line_number, RowError)`` and go on, instead of raising the error.
 
     Raises:
-        DataError: the file is missing, has an unsupported extension, or is not valid JSON.
+        DataError: the file is missing, has an unsupported extension, or is not valid JSON / UTF-8 (for a JSON
+            array this is always raised: one syntax error makes the whole array unreadable).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        yield from _read_json_lines(path)
+        yield from _read_json_lines(path, keep_going)
     elif suffix == ".json":
-        yield from _read_json(path)
+        yield from _read_json(path, keep_going)
     elif suffix == ".parquet":
         yield from _read_parquet(path)
     else:
@@ -77,32 +118,52 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                         f"supported: {', '.join(SUPPORTED_EXTENSIONS)}")
 
 
-def _read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {number}: invalid JSON: {err.msg} (column {err.colno})") from None
+def _read_json_lines(path: Path, keep_going: bool = False) -> Iterator[tuple[int, Any]]:
+    # Lines are decoded one by one, so one bad byte costs one row (with its line number), not the whole file.
+    with path.open("rb") as handle:
+        for number, data in enumerate(handle, start=1):
+            row = _parse_line(path, number, data)
+            if isinstance(row, RowError) and not keep_going:
+                raise row
+            if row is not None:
+                yield number, row
 
 
-def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    text = path.read_text(encoding="utf-8")
+def _parse_line(path: Path, number: int, data: bytes) -> Any:
+    """The parsed JSON value of one line, None for a blank line, or a :class:`RowError`."""
     try:
-        data = json.loads(text)
+        line = data.decode("utf-8-sig" if number == 1 else "utf-8")  # tolerate a byte-order mark
+    except UnicodeDecodeError as err:
+        return RowError(str(path), number, "invalid_utf8",
+                        f"invalid UTF-8: byte 0x{data[err.start]:02x} at column {err.start + 1}")
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:  # err.pos, not colno: a truncated line would report the newline's column
+        return RowError(str(path), number, "invalid_json", f"invalid JSON: {err.msg} (column {err.pos + 1})")
+
+
+def _read_json(path: Path, keep_going: bool) -> Iterator[tuple[int, Any]]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}: line {line}: invalid UTF-8: byte 0x{data[err.start]:02x}") from None
+    try:
+        parsed = json.loads(text)
     except json.JSONDecodeError as err:
         if err.msg != "Extra data":  # "Extra data" after the first value: a JSON-lines file named .json
             raise DataError(f"{path}: invalid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
-        yield from _read_json_lines(path)
+        yield from _read_json_lines(path, keep_going)
         return
-    if isinstance(data, list):
-        yield from enumerate(data, start=1)
-    elif isinstance(data, dict):  # a JSON-lines file with a single row
-        yield 1, data
+    if isinstance(parsed, list):
+        yield from enumerate(parsed, start=1)
+    elif isinstance(parsed, dict):  # a JSON-lines file with a single row
+        yield 1, parsed
     else:
-        raise DataError(f"{path}: expected a JSON array of objects (or JSON lines), got {type(data).__name__}")
+        raise DataError(f"{path}: expected a JSON array of objects (or JSON lines), got {type(parsed).__name__}")
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -139,65 +200,86 @@ def to_record(
         rejected_field: name of the dispreferred response field (a string or a list of messages).
 
     Raises:
-        DataError: a missing, null, empty or wrongly typed field, naming the source, row and field.
+        RowError: a missing, null, empty or wrongly typed field, an unknown chat role, a response list whose last
+            turn is not the assistant's, or chosen identical to rejected; it names the source, row and field.
     """
-    where = f"{source}: row {row}"
+    at = _Where(source, row)
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: expected an object with fields {prompt_field!r}, {chosen_field!r}, "
-                        f"{rejected_field!r}, got {type(raw).__name__}")
-    prompt = _prompt(raw, prompt_field, where)
-    chosen = _response(raw, chosen_field, where)
-    rejected = _response(raw, rejected_field, where)
+        raise at.error("not_an_object", None, f"expected an object with fields {prompt_field!r}, {chosen_field!r}, "
+                       f"{rejected_field!r}, got {type(raw).__name__}")
+    prompt = _prompt(raw, prompt_field, at)
+    chosen = _response(raw, chosen_field, at)
+    rejected = _response(raw, rejected_field, at)
+    # Compared without surrounding whitespace: such a pair carries no preference, and under standard DPO its
+    # log-ratio difference is exactly 0 (a wasted, noisy step).
+    if chosen.strip() == rejected.strip():
+        raise at.error("identical_responses", f"{chosen_field}/{rejected_field}",
+                       f"fields {chosen_field!r} and {rejected_field!r} are identical")
     return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected, source=source, row=row)
 
 
-def _field(raw: dict[str, Any], name: str, where: str) -> Any:
+@dataclass(frozen=True)
+class _Where:
+    source: str
+    row: int
+
+    def error(self, reason: str, field: str | None, detail: str) -> RowError:
+        return RowError(self.source, self.row, reason, detail, field)
+
+
+def _field(raw: dict[str, Any], name: str, at: _Where) -> Any:
     if name not in raw:
-        raise DataError(f"{where}: missing field {name!r} (fields present: {', '.join(map(repr, raw)) or 'none'})")
+        raise at.error("missing_field", name,
+                       f"missing field {name!r} (fields present: {', '.join(map(repr, raw)) or 'none'})")
     value = raw[name]
     if value is None:
-        raise DataError(f"{where}: field {name!r} is null")
+        raise at.error("null_field", name, f"field {name!r} is null")
     return value
 
 
-def _prompt(raw: dict[str, Any], name: str, where: str) -> Prompt:
-    value = _field(raw, name, where)
+def _prompt(raw: dict[str, Any], name: str, at: _Where) -> Prompt:
+    value = _field(raw, name, at)
     if isinstance(value, str):
         if not value.strip():
-            raise DataError(f"{where}: field {name!r} is empty")
+            raise at.error("empty", name, f"field {name!r} is empty")
         return value
     if isinstance(value, list):
         if not value:
-            raise DataError(f"{where}: field {name!r} is an empty message list")
-        return [_message(item, name, index, where) for index, item in enumerate(value)]
-    raise DataError(f"{where}: field {name!r} must be a string or a list of messages, got {type(value).__name__}")
+            raise at.error("empty", name, f"field {name!r} is an empty message list")
+        return [_message(item, name, index, at) for index, item in enumerate(value)]
+    raise at.error("wrong_type", name,
+                   f"field {name!r} must be a string or a list of messages, got {type(value).__name__}")
 
 
-def _response(raw: dict[str, Any], name: str, where: str) -> str:
-    value = _field(raw, name, where)
+def _response(raw: dict[str, Any], name: str, at: _Where) -> str:
+    value = _field(raw, name, at)
     if isinstance(value, list):
         if not value:
-            raise DataError(f"{where}: field {name!r} is an empty message list")
-        last = _message(value[-1], name, len(value) - 1, where)
-        if last["role"] != "assistant":
-            raise DataError(f"{where}: field {name!r}: the last message must have role 'assistant', "
-                            f"got {last['role']!r}")
-        value = last["content"]
+            raise at.error("empty", name, f"field {name!r} is an empty message list")
+        messages = [_message(item, name, index, at) for index, item in enumerate(value)]
+        if messages[-1]["role"] != "assistant":
+            raise at.error("last_turn_not_assistant", name, f"field {name!r}: the last message must have role "
+                           f"'assistant', got {messages[-1]['role']!r}")
+        value = messages[-1]["content"]
     elif not isinstance(value, str):
-        raise DataError(f"{where}: field {name!r} must be a string or a list of messages, "
-                        f"got {type(value).__name__}")
+        raise at.error("wrong_type", name,
+                       f"field {name!r} must be a string or a list of messages, got {type(value).__name__}")
     if not value.strip():
-        raise DataError(f"{where}: field {name!r} is an empty response")
+        raise at.error("empty", name, f"field {name!r} is an empty response")
     return value
 
 
-def _message(item: Any, name: str, index: int, where: str) -> dict[str, str]:
-    label = f"{where}: field {name!r}: message {index}"
+def _message(item: Any, name: str, index: int, at: _Where) -> dict[str, str]:
+    label = f"field {name!r}: message {index}"
     if not isinstance(item, dict):
-        raise DataError(f"{label}: expected an object with 'role' and 'content', got {type(item).__name__}")
+        raise at.error("wrong_type", name,
+                       f"{label}: expected an object with 'role' and 'content', got {type(item).__name__}")
     for key in ("role", "content"):
         if key not in item:
-            raise DataError(f"{label}: missing key {key!r}")
+            raise at.error("bad_message", name, f"{label}: missing key {key!r}")
         if not isinstance(item[key], str):
-            raise DataError(f"{label}: {key!r} must be a string, got {type(item[key]).__name__}")
+            raise at.error("wrong_type", name, f"{label}: {key!r} must be a string, got {type(item[key]).__name__}")
+    if item["role"] not in KNOWN_ROLES:
+        raise at.error("unknown_role", name,
+                       f"{label}: unknown role {item['role']!r} (expected one of: {', '.join(KNOWN_ROLES)})")
     return {"role": item["role"], "content": item["content"]}

@@ -1,0 +1,154 @@
+"""Short command-line errors: a misspelled option names the key and suggests the closest valid one.
+
+jsonargparse answers a bad option with the full usage (~80 lines) and, for nested options, a union-type dump.
+:class:`InspoArgumentParser` prints one line instead, in the CLI's own format, and exits with status 2 like every
+other user error::
+
+    inspo: error: unknown option 'model.los' (did you mean 'model.loss'?); `inspo fit --help` lists every option
+
+Abbreviated options are refused (``--trainer.max_epoch`` would otherwise silently mean ``max_epochs``). With
+``INSPO_DEBUG=1`` jsonargparse's own output is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import os
+import re
+import sys
+import typing
+from typing import Any, NoReturn
+
+from jsonargparse import ActionConfigFile
+from lightning.pytorch.cli import LightningArgumentParser
+from typing_extensions import override
+
+# jsonargparse / argparse messages for an option that does not exist, anywhere in a (multi-line) message.
+UNKNOWN_KEY = [
+    re.compile(r"Subcommand '[^']+' does not accept option '(?P<key>[^']+)'"),
+    re.compile(r"Group '(?P<group>[^']+)' does not accept option '(?P<key>[^']+)'"),
+    re.compile(r"^Option '(?P<key>[^']+)' is not accepted"),
+    re.compile(r"unrecognized arguments: --(?P<key>[^\s=]+)"),
+    re.compile(r"ambiguous option: --(?P<key>[^\s=]+) could match"),
+]
+NESTED_UNKNOWN = re.compile(r"Option '(?P<key>[^']+)' is not accepted")
+PARSER_KEY = re.compile(r'^Parser key "(?P<parent>[^"]+)":')
+CLASS_PATH = re.compile(r"class_path '(?P<path>[^']+)'")
+TYPE = re.compile(r"<class '(?:builtins\.)?(?P<name>[\w.]+)'>")
+LITERAL = re.compile(r"Expected a typing\.Literal\[(?P<options>.*)\]\. Got value: (?P<value>.*)")
+EXPECTED = re.compile(r"^Expected a (?P<type>.+?)(\. Got value: (?P<value>.*))?$")
+GIVEN = re.compile(r"^\s*Given value: (?P<value>.*)$", re.MULTILINE)
+NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value")
+
+
+class InspoArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser with one-line errors (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    @override
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        # Nested parsers run with exit_on_error=False and expect the exception: leave those alone.
+        if not self.exit_on_error or os.environ.get("INSPO_DEBUG") or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        # An error in a config file is raised by the main parser, which does not know the subcommand: say "fit".
+        words = parser.prog.replace(" [options]", "").split()
+        subcommand = words[-1] if len(words) > 1 else "fit"
+        print(f"inspo: error: {explain(message, parser)}; `inspo {subcommand} --help` lists every option",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+def explain(message: str, parser: LightningArgumentParser) -> str:
+    """One line for a jsonargparse error message: the key at fault, what is wrong, a suggestion if any."""
+    message = message.strip()
+    names = option_names(parser)
+    for pattern in UNKNOWN_KEY:
+        match = pattern.search(message)
+        if match:
+            key = ".".join(filter(None, (match.groupdict().get("group"), match["key"])))
+            return f"unknown option {key!r}{suggest(key, names)}"
+    match = PARSER_KEY.match(message)
+    if match is None:
+        return message.splitlines()[0]
+    parent = match["parent"]
+    nested = NESTED_UNKNOWN.search(message)
+    if nested:
+        class_path = CLASS_PATH.search(message)
+        cls = _nested_class(class_path["path"] if class_path else None, _action(parser, parent))
+        infix = "." if cls is None or dataclasses.is_dataclass(cls) else ".init_args."  # how YAML nests it
+        fields = _init_names(cls)
+        key = f"{parent}{infix}{nested['key']}"
+        return f"unknown option {key!r}{suggest(key, [f'{parent}{infix}{name}' for name in fields])}"
+    literal = LITERAL.search(message)
+    if literal:
+        options = ", ".join(o.strip().strip("'\"") for o in literal["options"].split(","))
+        return f"{parent}: invalid value {literal['value'].strip()!r}; choose one of: {options}"
+    details = [TYPE.sub(r"\g<name>", line.strip().removeprefix("- ")) for line in message.splitlines()[1:]]
+    details = [line for line in details if line and not line.startswith(NOISE)]
+    expected = [EXPECTED.match(line) for line in details]
+    if details and all(expected):  # only type mismatches: say which value and which types
+        given = GIVEN.search(message)
+        value = expected[0]["value"] or (given["value"] if given else "?")
+        types = " or ".join("null" if m["type"] == "NoneType" else m["type"] for m in expected)
+        return f"{parent}: invalid value {value.strip()!r}: expected {types}"
+    return f"{parent}: {' '.join(details[:2]) or 'invalid value'}"
+
+
+def suggest(key: str, names: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest name, or an empty string."""
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def option_names(parser: LightningArgumentParser) -> list[str]:
+    """Every option key of ``parser`` and of its subcommands (``model.loss``, ``trainer.max_epochs``, ...)."""
+    names: list[str] = []
+    for action in parser._actions:
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict) and all(hasattr(sub, "_actions") for sub in choices.values()):
+            for sub in choices.values():  # the subcommands' parsers
+                names.extend(option_names(sub))
+        elif action.dest and not action.dest.endswith(".help") and not isinstance(action, ActionConfigFile):
+            names.append(action.dest)
+    return sorted(set(names))
+
+
+def _action(parser: LightningArgumentParser, dest: str) -> Any:
+    for action in parser._actions:
+        if action.dest == dest:
+            return action
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict):
+            for sub in choices.values():
+                found = _action(sub, dest) if hasattr(sub, "_actions") else None
+                if found is not None:
+                    return found
+    return None
+
+
+def _nested_class(class_path: str | None, action: Any) -> type | None:
+    """The class named by ``class_path``, or the (dataclass) type hint of ``action``."""
+    if class_path:
+        module, _, name = class_path.rpartition(".")
+        try:
+            return getattr(__import__(module, fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            return None
+    hint = getattr(action, "_typehint", None)
+    return next((c for c in typing.get_args(hint) or [hint] if inspect.isclass(c) and c is not type(None)), None)
+
+
+def _init_names(cls: type | None) -> list[str]:
+    """Fields of a dataclass, or the named init parameters of a class."""
+    if cls is None:
+        return []
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+    params = inspect.signature(cls).parameters.values()
+    return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]

@@ -1,0 +1,163 @@
+"""Sample generations during training: a few fixed prompts, the policy's answers next to the reference's.
+
+The policy generates from pi(y | x) alone, exactly as at inference: InSPO's alternative response exists only in
+training and is never shown here. The reference column is generated once at the start of training (the reference
+is frozen): the reference model, the LoRA base (adapters off) or, without a reference model (reference-free losses,
+a cached reference), the policy as it was when training started.
+
+Every table goes to ``samples.jsonl`` in the run folder (one line per prompt and step; ``inspo report`` plots the
+response lengths from it), to TensorBoard as a markdown text table and to W&B as a table, when those loggers run.
+Decoding is greedy, so two runs with the same weights print the same samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from torch import nn
+from typing_extensions import override
+
+from inspo.callbacks import run_dir
+
+log = logging.getLogger("inspo")
+
+SAMPLES_FILE = "samples.jsonl"
+SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)
+DEFAULT_PROMPTS = (
+    "Give three tips for staying healthy.",
+    "Explain in two sentences why the sky is blue.",
+    "Write a short, polite email declining a meeting invitation.",
+)
+
+
+class SampleGenerations(Callback):
+    """Every ``every_n_steps`` optimizer steps (and at the end), generate from fixed prompts and log a table.
+
+    Args:
+        every_n_steps: optimizer steps between two tables; 0 disables sampling.
+        prompts: the user messages to answer (the chat template is applied when the tokenizer has one);
+            default: three short instructions.
+        max_new_tokens: length cap of each generated response (greedy decoding).
+    """
+
+    def __init__(self, every_n_steps: int = 50, prompts: list[str] | None = None, max_new_tokens: int = 64) -> None:
+        super().__init__()
+        if every_n_steps < 0 or max_new_tokens < 1:
+            raise ValueError("samples.every_n_steps must be >= 0 and samples.max_new_tokens >= 1")
+        self.every_n_steps = every_n_steps
+        self.prompts = list(prompts) if prompts else list(DEFAULT_PROMPTS)
+        self.max_new_tokens = max_new_tokens
+        self._reference: list[dict[str, Any]] | None = None
+        self._reference_source = ""
+        self._last_step = -1
+
+    def _enabled(self, trainer: Trainer) -> bool:
+        # A sharded model cannot generate on one rank alone (its weights are gathered collectively); DDP ranks
+        # hold full copies, so rank 0 generates by itself.
+        return self.every_n_steps > 0 and not isinstance(trainer.strategy, SHARDED_STRATEGIES)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._enabled(trainer) or not trainer.is_global_zero:
+            return
+        with self._reference_model(pl_module) as (model, source):
+            self._reference_source = source
+            self._reference = [self._generate(model, pl_module, prompt) for prompt in self.prompts]
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step > 0 and step % max(self.every_n_steps, 1) == 0:
+            self._sample(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._sample(trainer, pl_module)
+
+    def _sample(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        step = trainer.global_step
+        folder = run_dir(trainer)
+        if not self._enabled(trainer) or step == self._last_step or not trainer.is_global_zero:
+            return
+        self._last_step = step
+        rows = []
+        for prompt, reference in zip(self.prompts, self._reference or [{}] * len(self.prompts)):
+            policy = self._generate(pl_module.policy, pl_module, prompt)
+            rows.append({"step": step, "prompt": prompt, "policy": policy["text"], "policy_tokens": policy["tokens"],
+                         "reference": reference.get("text"), "reference_tokens": reference.get("tokens"),
+                         "reference_source": self._reference_source, "max_new_tokens": self.max_new_tokens})
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / SAMPLES_FILE).open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        for logger in trainer.loggers:
+            log_table(logger, rows, step)
+
+    @contextmanager
+    def _reference_model(self, pl_module: LightningModule) -> Iterator[tuple[nn.Module, str]]:
+        from inspo.lora import reference_adapter
+
+        if getattr(pl_module, "reference", None) is not None:
+            yield pl_module.reference, "reference"
+        elif getattr(pl_module, "reference_mode", None) == "adapter":
+            with reference_adapter(pl_module.policy) as model:
+                yield model, "reference (adapter)"
+        else:
+            yield pl_module.policy, "initial policy"
+
+    def _generate(self, model: nn.Module, pl_module: LightningModule, prompt: str) -> dict[str, Any]:
+        """Greedy answer of ``model`` to ``prompt``: its text and its length in tokens (up to the first EOS)."""
+        tokenizer = pl_module.tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                tokenize=True, return_dict=False)
+        else:
+            ids = tokenizer(prompt).input_ids
+        input_ids = torch.tensor([list(ids)], device=pl_module.device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                     max_new_tokens=self.max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        finally:
+            model.train(was_training)
+        new = out[0, input_ids.shape[1]:].tolist()
+        if tokenizer.eos_token_id in new:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        return {"text": tokenizer.decode(new, skip_special_tokens=True), "tokens": len(new)}
+
+
+def markdown_table(rows: list[dict[str, Any]], width: int = 300) -> str:
+    """The samples of one step as a markdown table (cells cut to ``width`` characters, pipes escaped)."""
+
+    def cell(text: Any) -> str:
+        text = "" if text is None else str(text)
+        text = text if len(text) <= width else text[:width] + "..."
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| prompt | policy | reference |", "|---|---|---|"]
+    lines += [f"| {cell(r['prompt'])} | {cell(r['policy'])} | {cell(r['reference'])} |" for r in rows]
+    return "\n".join(lines)
+
+
+def log_table(logger: Any, rows: list[dict[str, Any]], step: int) -> None:
+    """Send a samples table to a logger that can show one (TensorBoard text, W&B table); others get the file."""
+    columns = ["step", "prompt", "policy", "reference", "policy_tokens", "reference_tokens"]
+    try:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text("samples", markdown_table(rows), global_step=step)
+        elif isinstance(logger, WandbLogger):
+            logger.log_text(key="samples", columns=columns, data=[[r[c] for c in columns] for r in rows], step=step)
+    except (OSError, RuntimeError, ValueError, TypeError) as err:  # the samples file has the table anyway
+        log.warning("inspo: could not log samples to %s: %s", type(logger).__name__, err)

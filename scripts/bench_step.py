@@ -1,0 +1,368 @@
+"""Optimizer-step benchmark: InSPO and DPO, separate vs packed rows, live vs cached reference, and TRL's DPOTrainer.
+
+Every variant trains the same model on the same pairs (random token ids of exactly P prompt, W chosen and L
+rejected tokens) with the same batch size, AdamW and grad-norm clipping at 1.0, fp32 on CPU (bf16 with --bf16 on
+GPU). Each variant lives in its own process (so its peak memory, RSS on CPU or max allocated on CUDA, is its own)
+and is stepped on demand: within a group of variants alive at once the parent runs one optimizer step of each in
+turn, rotating the order every step, so machine drift (other jobs on a shared machine) lands on every variant
+alike. The variants of the three target ratios share the first group. Seconds per pair are the median over the
+timed steps after warm-up. The cached-reference variants read one cache built before the first group (its build
+time is reported, not timed) in a temporary cache folder.
+
+TRL runs ``DPOTrainer`` (sigmoid loss, its own reference copy, no precomputed reference log-probs, fp32, no
+gradient checkpointing) on the same token ids: ``_prepare_dataset`` is bypassed because the pairs are already
+tokenised; everything else (collator, fused log-prob head, forward, optimizer) is TRL's own.
+
+    python scripts/bench_step.py --json                      # P=W=L=128 on SmolLM2-135M-Instruct
+    python scripts/bench_step.py --json --prompt 256 --chosen 64 --rejected 64
+    python scripts/bench_step.py --quick                     # small case, < 3 min on 2 CPU cores
+    python scripts/bench_step.py --scaling --json            # s/pair at 256..2048 tokens per pair per layout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES: dict[str, dict[str, int]] = {  # Llama-style configs (SmolLM2's vocabulary), randomly initialised
+    "tiny": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
+    "135m": {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+             "num_key_value_heads": 3},
+    "360m": {"num_hidden_layers": 32, "hidden_size": 960, "intermediate_size": 2560, "num_attention_heads": 15,
+             "num_key_value_heads": 5},
+    "1b": {"num_hidden_layers": 16, "hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 32,
+           "num_key_value_heads": 8},
+}
+OURS = [f"{c}_{layout}_{ref}" for c in ("standard", "inspo") for layout in ("separate", "packed")
+        for ref in ("live", "cached")]
+MODEL = "bundled:SmolLM2-135M-Instruct"
+
+
+def make_pairs(n: int, p: int, w: int, ln: int, seed: int = 0) -> list[tuple[list[int], list[int], list[int]]]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [tuple(torch.randint(100, 49000, (k,), generator=g).tolist() for k in (p, w, ln)) for _ in range(n)]
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    from inspo.models import load_causal_lm
+
+    random_init = SIZES[args.model_size] if args.model_size else None
+    return load_causal_lm(MODEL, dtype="bf16" if args.bf16 else "fp32", attn_implementation="sdpa",
+                          random_init=random_init, seed=0)
+
+
+def peak_memory(device: str) -> int:
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def wait_for_step() -> bool:
+    """Block until the parent says ``step`` (True) or ``done`` (False): the parent interleaves the variants."""
+    return sys.stdin.readline().strip() == "step"
+
+
+def report(kind: str, payload: Any) -> None:
+    print(f"{kind} {json.dumps(payload)}", flush=True)
+
+
+def serve_ours(args: argparse.Namespace, variant: str) -> None:
+    import torch
+
+    from inspo.conditioning import REFERENCE_SEQUENCES
+    from inspo.data.datamodule import PairBatch
+    from inspo.module import PreferenceModule
+
+    conditioning, layout, ref = variant.split("_")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = PreferenceModule(model=MODEL, loss="dpo", conditioning=conditioning, layout=layout,
+                              reference="copy" if ref == "live" else "cached", dtype="bf16" if args.bf16 else "fp32",
+                              random_init=SIZES[args.model_size] if args.model_size else None,
+                              max_tokens_per_row=args.max_tokens_per_row)
+    pairs = make_pairs(args.batch_size * (args.warmup + args.steps), args.prompt, args.chosen, args.rejected)
+    module.reference_pairs = [SimpleNamespace(prompt=p, chosen=c, rejected=r) for p, c, r in pairs]
+    start = time.perf_counter()
+    module.configure_model()  # cached: builds the reference cache, or finds it on disk
+    setup_seconds = time.perf_counter() - start
+    if args.build_only:
+        return report("RESULT", {"setup_seconds": setup_seconds})
+    module.to(device)
+    module.policy.train()
+    optimizer = torch.optim.AdamW(module.policy.parameters(), lr=1e-6)
+    batches = [PairBatch(*map(list, zip(*pairs[i : i + args.batch_size])), rows=list(range(args.batch_size)))
+               for i in range(0, len(pairs), args.batch_size)]
+    pad_id = module.tokenizer.pad_token_id
+    segments = [module.conditioning.segments(*p) for p in pairs[: args.batch_size]]
+    row_tokens = module.layout.build(segments, module.conditioning.policy_sequences, pad_id).input_ids.numel()
+    if ref == "live":
+        row_tokens += module.layout.build(segments, REFERENCE_SEQUENCES, pad_id).input_ids.numel()
+    report("READY", {"setup_seconds": setup_seconds})
+    for batch in batches:
+        if not wait_for_step():
+            break
+        sync(device)
+        start = time.perf_counter()
+        loss = module.loss(*module.pair_logps(batch)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.policy.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        report("TIME", time.perf_counter() - start)
+    wait_for_step()
+    report("RESULT", {"peak_memory_bytes": peak_memory(device), "row_tokens_per_step": row_tokens})
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def serve_trl(args: argparse.Namespace) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from inspo.models import load_tokenizer
+
+    class PretokenizedDPOTrainer(DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # the pairs are token ids already
+            return dataset
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            wait_for_step()
+            sync(device)
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            sync(device)
+            report("TIME", time.perf_counter() - self.start)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pairs = make_pairs(args.batch_size * (args.warmup + args.steps), args.prompt, args.chosen, args.rejected)
+    data = Dataset.from_list([{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in pairs])
+    config = DPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size,
+        max_steps=len(pairs) // args.batch_size, learning_rate=1e-6, lr_scheduler_type="constant", beta=0.1,
+        loss_type=["sigmoid"], max_length=None, precompute_ref_log_probs=False, use_cpu=device == "cpu",
+        bf16=args.bf16, report_to="none", save_strategy="no", logging_steps=10_000, dataloader_num_workers=0,
+        gradient_checkpointing=False, max_grad_norm=1.0, optim="adamw_torch", weight_decay=0.0, seed=0,
+        disable_dropout=True,
+    )
+    trainer = PretokenizedDPOTrainer(model=load_model(args), args=config, train_dataset=data,
+                                     processing_class=load_tokenizer(MODEL), callbacks=[StepTimer()])
+    report("READY", {})
+    trainer.train()
+    wait_for_step()
+    row_tokens = 2 * 2 * args.batch_size * (args.prompt + max(args.chosen, args.rejected))  # policy + reference
+    report("RESULT", {"peak_memory_bytes": peak_memory(device), "row_tokens_per_step": row_tokens})
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    serve_trl(args) if args.worker == "trl_dpo" else serve_ours(args, args.worker)
+
+
+class Worker:
+    """One variant in its own process (its peak memory is its own), stepped on demand by the parent."""
+
+    def __init__(self, variant: str, extra: list[str]) -> None:
+        self.variant = variant
+        self.process = subprocess.Popen([sys.executable, __file__, "--worker", variant, *extra], text=True,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+    def read(self, kind: str) -> Any:
+        for line in self.process.stdout:
+            if line.startswith(kind + " "):
+                return json.loads(line[len(kind) + 1 :])
+        raise RuntimeError(f"variant {self.variant} exited (code {self.process.wait()}) before {kind}")
+
+    def step(self) -> float:
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        return self.read("TIME")
+
+    def finish(self) -> dict[str, Any]:
+        self.process.stdin.write("done\n")
+        self.process.stdin.flush()
+        result = self.read("RESULT")
+        self.process.wait()
+        return result
+
+
+def summarise(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    pair_tokens = args.prompt + args.chosen + args.rejected
+    variants = {}
+    for name, run in runs.items():
+        step = statistics.median(run["step_seconds"])
+        variants[name] = {
+            "seconds_per_pair": step / args.batch_size,
+            "pair_tokens_per_s": args.batch_size * pair_tokens / step,
+            "model_tokens_per_s": run["row_tokens_per_step"] / step,
+            "peak_memory_mib": run["peak_memory_bytes"] / 2**20,
+            "step_seconds": run["step_seconds"],
+            "group": run["group"],
+        }
+
+    def ratio(a: str, b: str, key: str = "seconds_per_pair") -> float | None:
+        return variants[a][key] / variants[b][key] if a in variants and b in variants else None
+
+    return {
+        "variants": variants,
+        "ratios": {
+            "inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo"),
+            "inspo_packed_over_inspo_separate": ratio("inspo_separate_live", "inspo_packed_live"),
+            "inspo_packed_over_inspo_separate_cached": ratio("inspo_separate_cached", "inspo_packed_cached"),
+            "peak_mem_inspo_packed_over_trl_dpo": ratio("inspo_packed_live", "trl_dpo", "peak_memory_mib"),
+            "peak_mem_inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo", "peak_memory_mib"),
+        },
+    }
+
+
+def groups_of(variants: list[str], size: int) -> list[list[str]]:
+    """Groups of at most ``size`` variants; each ratio's two variants come first and share a group (size >= 2)."""
+    pairs = ("inspo_packed_cached", "trl_dpo", "inspo_separate_live", "inspo_packed_live", "inspo_separate_cached")
+    ordered = [v for v in pairs if v in variants] + [v for v in variants if v not in pairs]
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def benchmark(args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
+    extra = ["--prompt", str(args.prompt), "--chosen", str(args.chosen), "--rejected", str(args.rejected),
+             "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    extra += ["--model-size", args.model_size] if args.model_size else []
+    extra += ["--bf16"] if args.bf16 else []
+    extra += ["--threads", str(args.threads)] if args.threads else []
+    extra += ["--max-tokens-per-row", str(args.max_tokens_per_row)] if args.max_tokens_per_row else []
+    cached = [v for v in variants if v.endswith("_cached")]
+    build = None  # the key holds no layout or conditioning: one cache serves every cached variant (not timed)
+    if cached:
+        builder = Worker(cached[0], [*extra, "--build-only"])
+        build = builder.read("RESULT")["setup_seconds"]
+        builder.process.wait()
+    runs: dict[str, dict[str, Any]] = {}
+    for g, group in enumerate(groups_of(variants, args.group_size)):
+        workers = []
+        for variant in group:  # started one after the other: setups do not compete
+            workers.append(Worker(variant, extra))
+            workers[-1].read("READY")
+        times: dict[str, list[float]] = {v: [] for v in group}
+        for step in range(args.warmup + args.steps):
+            order = workers[step % len(workers) :] + workers[: step % len(workers)]  # rotate: no variant always first
+            for w in order:
+                seconds = w.step()
+                if step >= args.warmup:
+                    times[w.variant].append(seconds)
+            log(f"group {g} step {step}: " + ", ".join(f"{v} {t[-1]:.2f}s" for v, t in times.items() if t))
+        for w in workers:
+            runs[w.variant] = {**w.finish(), "step_seconds": times[w.variant], "group": g}
+    out = summarise(args, runs)
+    out["reference_cache_build_seconds"] = build
+    out["setup"] = {"prompt": args.prompt, "chosen": args.chosen, "rejected": args.rejected,
+                    "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+                    "model": f"random-init {args.model_size}" if args.model_size else MODEL,
+                    "dtype": "bf16" if args.bf16 else "fp32", "max_tokens_per_row": args.max_tokens_per_row,
+                    "threads": args.threads}
+    return out
+
+
+def scaling(args: argparse.Namespace) -> dict[str, Any]:
+    """s/pair of InSPO (cached reference) per layout at 256..2048 tokens per pair (P = T/2, W = L = T/4)."""
+    table = {}
+    for total in args.scaling_tokens:
+        args.prompt, args.chosen, args.rejected = total // 2, total // 4, total // 4
+        result = benchmark(args, ["inspo_separate_cached", "inspo_packed_cached"])
+        table[str(total)] = {v: r["seconds_per_pair"] for v, r in result["variants"].items()}
+        table[str(total)]["packed_speedup"] = result["ratios"]["inspo_packed_over_inspo_separate_cached"]
+        log(f"scaling {total}: {table[str(total)]}")
+    return {"seconds_per_pair": table, "setup": {"batch_size": args.batch_size, "steps": args.steps,
+                                                 "warmup": args.warmup, "split": "P = T/2, W = L = T/4"}}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens P")
+    parser.add_argument("--chosen", type=int, default=128, help="chosen-response tokens W")
+    parser.add_argument("--rejected", type=int, default=128, help="rejected-response tokens L")
+    parser.add_argument("--batch-size", type=int, default=2, help="pairs per optimizer step")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--group-size", type=int, default=2, help="variants alive (and alternating) at once")
+    parser.add_argument("--model-size", choices=sorted(SIZES), help="random-init Llama-style model of this size "
+                        "instead of the pretrained SmolLM2-135M-Instruct")
+    parser.add_argument("--bf16", action="store_true", help="bf16 parameters (GPU)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: torch's choice)")
+    parser.add_argument("--max-tokens-per-row", type=int, help="packed layout: several pairs per row up to this")
+    parser.add_argument("--variants", nargs="+", help=f"subset of {[*OURS, 'trl_dpo']}")
+    parser.add_argument("--quick", action="store_true", help="a small case: P=W=L=32, the variants of the three "
+                        "ratios only, 1 round (< 3 min on 2 CPU cores)")
+    parser.add_argument("--scaling", action="store_true", help="scaling run instead of the variant comparison")
+    parser.add_argument("--scaling-tokens", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    if args.quick:
+        args.prompt = args.chosen = args.rejected = 32
+        args.steps, args.warmup = 1, 1
+        args.variants = args.variants or ["inspo_separate_live", "inspo_packed_live", "inspo_packed_cached", "trl_dpo"]
+    from inspo.models import cache_dir
+
+    models = cache_dir() / "models"
+    os.environ["INSPO_CACHE"] = tempfile.mkdtemp(prefix="inspo-bench-")  # reference caches: built here, once
+    if models.is_dir():
+        (Path(os.environ["INSPO_CACHE"]) / "models").symlink_to(models)  # converted models: reused
+    try:
+        import trl  # noqa: F401
+
+        has_trl = True
+    except ImportError:
+        has_trl = False
+    variants = args.variants or [*OURS, *(["trl_dpo"] if has_trl else [])]
+    result = scaling(args) if args.scaling else benchmark(args, variants)
+    result["command"] = " ".join(["python", "scripts/bench_step.py", *sys.argv[1:]])
+    result["trl"] = __import__("trl").__version__ if has_trl else None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for name, row in result.get("variants", {}).items():
+            print(f"{name:24s} {row['seconds_per_pair']:8.3f} s/pair {row['pair_tokens_per_s']:8.1f} tok/s "
+                  f"{row['peak_memory_mib']:8.0f} MiB")
+        print(json.dumps(result.get("ratios", result.get("seconds_per_pair")), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Config mistakes through the real CLI: one line ``inspo: error: ...``, exit status 2, no usage dump, no traceback.
+
+Most cases call :func:`inspo.cli.main` in-process (the same LightningCLI parsing and instantiation as the console
+script, so a ConfigError raised inside a constructor takes the same path); one runs the ``inspo`` executable.
+``tests/test_cli.py`` already checks an unknown loss name (with the registered names) in a subprocess.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from inspo.cli import main
+from inspo.errors import ConfigError
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+HELP = "; `inspo fit --help` lists every option"
+
+CASES = [
+    (["--model.los", "dpo"], "unknown option 'model.los' (did you mean 'model.loss'?)" + HELP),
+    (["--trainer.max_epoch", "2"], "unknown option 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)" + HELP),
+    (["--model.optim.lrr", "1e-3"], "unknown option 'model.optim.lrr' (did you mean 'model.optim.lr'?)" + HELP),
+    (["--trainer.logger.init_args.save_dirr", "x"],
+     "unknown option 'trainer.logger.init_args.save_dirr' (did you mean 'trainer.logger.init_args.save_dir'?)" + HELP),
+    (["--model.layout", "pakced"], "model.layout: invalid value 'pakced'; choose one of: separate, packed" + HELP),
+    (["--data.on_invalid", "drop"], "data.on_invalid: invalid value 'drop'; choose one of: error, skip" + HELP),
+    (["--data.batch_size", "abc"], "data.batch_size: invalid value 'abc': expected int" + HELP),
+    (["--data.max_pairs", "many"], "data.max_pairs: invalid value 'many': expected int or null" + HELP),
+    (["--model.conditioning", "insp"], "unknown conditioning 'insp'; choose one of: inspo, standard"),
+    (["--model.dtype", "bf17"],
+     "unknown model.dtype 'bf17'; choose one of: bf16, bfloat16, float16, float32, fp16, fp32"),
+    (["--model.reference", "none"],
+     ("loss DPOLoss needs a reference model; set model.reference to copy or path (or choose a reference-free loss: "
+      "simpo, orpo)")),
+    (["--data.max_prompt_length", "300"],
+     "data.max_prompt_length (300) must be at most data.max_length - 2 (254): each response needs at least one token"),
+    (["--data.max_length", "2", "--data.max_prompt_length", "1"],
+     "data.max_prompt_length (1) must be at most data.max_length - 2 (0): each response needs at least one token"),
+]
+
+
+def run_main(capsys, tmp_path, *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.logger.init_args.save_dir", str(tmp_path), *args])
+    return info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(args) for args, _ in CASES])
+def test_config_mistake_gives_one_clear_line_and_status_2(capsys, caplog, tmp_path, args, expected):
+    caplog.set_level(logging.INFO, logger="inspo")
+    code, err = run_main(capsys, tmp_path, *args)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == f"inspo: error: {expected}"
+    assert "Traceback" not in err and "usage:" not in err
+    assert "rows read" not in caplog.text  # stopped before any data was read
+
+
+def test_misspelled_key_in_a_yaml_file(capsys, tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("data:\n  batchsize: 3\nmodel:\n  loss: dpo\n")
+    code, err = run_main(capsys, tmp_path, "--config", str(config))
+    assert code == 2
+    assert err.strip() == "inspo: error: unknown option 'data.batchsize' (did you mean 'data.batch_size'?)" + HELP
+
+
+def test_debug_shows_the_traceback_and_jsonargparse_usage(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("INSPO_DEBUG", "1")
+    with pytest.raises(ConfigError, match="needs a reference model"):
+        main(["fit", "--config", str(TINY), "--model.reference", "none"])
+    code, err = run_main(capsys, tmp_path, "--model.los", "dpo")
+    assert code == 2 and "usage:" in err and "--model.los" in err
+
+
+def test_console_script_misspelled_yaml_key(tmp_path):
+    """The installed ``inspo`` executable: exit status 2 and exactly one line on stderr."""
+    config = tmp_path / "mine.yaml"
+    config.write_text("model:\n  optim:\n    lr: 1.0e-3\n    warmup_ratoi: 0.1\n")
+    result = subprocess.run(["inspo", "fit", "--config", str(TINY), "--config", str(config)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "inspo: error: unknown option 'model.optim.warmup_ratoi' (did you mean 'model.optim.warmup_ratio'?)" + HELP
+    ]

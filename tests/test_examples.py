@@ -1,0 +1,93 @@
+"""The worked examples in tests/examples/ (README, "Extending"): a DPO variant in one file, chosen from YAML by
+class path and by short name, and a conditioning added by overriding one hook. Both train a step end to end."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from inspo.cli import InspoCLI, main
+from inspo.conditioning import CONDITIONINGS
+from inspo.data.datamodule import PreferenceDataModule
+from inspo.losses import LOSSES, PairLogps
+from inspo.module import PreferenceModule
+from tests.test_cli import CONFIGS
+from tests.test_losses import direction_violations
+from tests.test_module import batch, logp
+
+
+@pytest.fixture
+def examples():
+    """Import the examples; their registrations are undone afterwards, so other tests see the stock registries."""
+    saved = dict(LOSSES), dict(CONDITIONINGS)
+    loss = importlib.import_module("tests.examples.sigmoid_margin")
+    peek = importlib.import_module("tests.examples.peek")
+    LOSSES["sigmoid_margin"] = loss.SigmoidMarginLoss  # again: a cached import does not re-run the decorator
+    CONDITIONINGS["peek"] = peek.PeekConditioning
+    yield loss, peek
+    for registry, before in zip((LOSSES, CONDITIONINGS), saved):
+        registry.clear()
+        registry.update(before)
+
+
+def module_from_yaml(tmp_path, yaml: str) -> PreferenceModule:
+    (tmp_path / "extra.yaml").write_text(yaml)
+    cli = InspoCLI(PreferenceModule, PreferenceDataModule, run=False,
+                   args=["--config", str(CONFIGS / "tiny.yaml"), "--config", str(tmp_path / "extra.yaml"),
+                         "--trainer.default_root_dir", str(tmp_path)])
+    return cli.model
+
+
+def test_loss_from_yaml_by_class_path_and_by_short_name(examples, tmp_path):
+    loss_module, _ = examples
+    by_path = module_from_yaml(tmp_path, "model:\n  loss:\n    class_path: tests.examples.sigmoid_margin."
+                                         "SigmoidMarginLoss\n    init_args: {margin: 1.0}\n")
+    assert isinstance(by_path.loss, loss_module.SigmoidMarginLoss) and by_path.loss.margin == 1.0
+    by_name = module_from_yaml(tmp_path, "model:\n  loss: sigmoid_margin\n")
+    assert isinstance(by_name.loss, loss_module.SigmoidMarginLoss) and by_name.loss.margin == 0.5
+
+
+def test_loss_golden_value_and_directions(examples):
+    """beta 0.1, margin 0.5, h = (−10 − −11) − (−12 − −11) = 2: L = −log σ(0.2 − 0.5) = log(1 + e^0.3) = 0.854355."""
+    loss = examples[0].SigmoidMarginLoss()
+    one = torch.tensor([1.0])
+    policy = PairLogps(torch.tensor([-10.0]), torch.tensor([-12.0]), one, one)
+    reference = PairLogps(torch.tensor([-11.0]), torch.tensor([-11.0]), one, one)
+    assert loss(policy, reference).loss.item() == pytest.approx(math.log(1 + math.exp(0.3)), abs=1e-6)
+    assert direction_violations(loss) == [] and direction_violations(loss, inspo=True) == []
+
+
+@pytest.mark.parametrize("layout", ["separate", "packed"])
+def test_peek_conditioning_scores_the_truncated_alternative(examples, tmp_path, layout):
+    """a_w = log pi(y_w | x, y_l[:K]), a_l = log pi(y_l | x, y_w[:K]); selected from YAML by its short name."""
+    k = examples[1].PEEK_TOKENS
+    module = module_from_yaml(tmp_path, f"model:\n  conditioning: peek\n  layout: {layout}\n")
+    module.configure_model()  # tiny.yaml: the tiny random model
+    assert type(module.conditioning).__name__ == "PeekConditioning"
+    b = batch()
+    policy, _ = module.pair_logps(b)
+    for i, (x, yw, yl) in enumerate(zip(b.prompt, b.chosen, b.rejected)):
+        assert policy.chosen[i].item() == pytest.approx(logp(module.policy, x + yl[:k], yw), abs=1e-5)
+        assert policy.rejected[i].item() == pytest.approx(logp(module.policy, x + yw[:k], yl), abs=1e-5)
+        assert policy.chosen_plain[i].item() == pytest.approx(logp(module.policy, x, yw), abs=1e-5)
+    module.loss(*module.pair_logps(b)).loss.backward()
+    assert module.policy.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_inspo_plugins_imports_modules_first(examples, monkeypatch, capsys, tmp_path):
+    """INSPO_PLUGINS imports the listed modules before parsing (so short names resolve); a bad name is one line."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "tests.examples.peek")
+    monkeypatch.setenv("INSPO_PLUGINS", "tests.examples.peek")
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path)])  # no run there: exits 2 after the plugins were imported
+    assert "tests.examples.peek" in sys.modules
+    monkeypatch.setenv("INSPO_PLUGINS", "tests.examples.no_such_module")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tmp_path)])
+    assert exit_info.value.code == 2 and "INSPO_PLUGINS: cannot import 'tests.examples.no_such_module'" in \
+        capsys.readouterr().err

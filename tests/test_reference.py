@@ -1,0 +1,136 @@
+"""Reference cache: values equal the live reference; hit, miss, invalidation of every key part, corruption."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from inspo import reference
+from inspo.data.datamodule import PairBatch
+from inspo.errors import InspoError
+from inspo.module import PreferenceModule
+from inspo.reference import load_cache, load_or_build
+from tests.conftest import TINY, random_pairs, tiny_model
+
+SETTINGS = {"tokenizer": "bundled", "chat_template": True, "max_length": 512, "max_prompt_length": 256}
+
+
+def records(seed: int = 0) -> list[SimpleNamespace]:
+    return [SimpleNamespace(prompt=p, chosen=c, rejected=r) for p, c, r in random_pairs(5, seed=seed)]
+
+
+def batch_of(pairs: list[SimpleNamespace]) -> PairBatch:
+    return PairBatch([p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs],
+                     rows=list(range(1, len(pairs) + 1)))
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Counts how often the reference is actually run."""
+    calls = []
+    compute = reference.compute_reference_logps
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(reference, "compute_reference_logps", counting)
+    return calls
+
+
+def build(tmp_path, pairs=None, model=None, settings=SETTINGS):
+    return load_or_build(pairs or records(), model or tiny_model(), settings, pad_id=0, folder=tmp_path)
+
+
+def test_cached_logps_equal_the_live_reference(tmp_path):
+    """The live reference (copy mode) and the cache agree to 1e-5 (+1e-6 relative: sums near 60 nats), token counts
+    included."""
+    module = PreferenceModule(random_init=TINY, reference="copy")
+    module.configure_model()
+    pairs = records()
+    cache = load_or_build(pairs, module.reference, SETTINGS, pad_id=0, folder=tmp_path)
+    live, cached = module.reference_logps(batch_of(pairs)), cache.lookup(batch_of(pairs[::-1]))
+    torch.testing.assert_close(cached.chosen, live.chosen.flip(0), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(cached.rejected, live.rejected.flip(0), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(cached.chosen_tokens, live.chosen_tokens.flip(0))
+
+
+def test_hit_miss_and_invalidation_of_every_key_part(tmp_path, builds):
+    build(tmp_path)
+    assert len(builds) == 1 and len(list(tmp_path.glob("*.refcache"))) == 1
+    build(tmp_path)  # hit: same data, weights and settings
+    build(tmp_path, pairs=records()[::-1])  # hit: the same pairs in another order
+    assert len(builds) == 1
+    changed = records()
+    changed[2].chosen = changed[2].chosen[:-1] + [changed[2].chosen[-1] + 1]  # one token of one pair
+    other_weights = tiny_model()
+    with torch.no_grad():
+        other_weights.lm_head.weight[0, 0] += 1e-3
+    misses = [
+        {"pairs": changed},  # dataset content
+        {"model": other_weights},  # reference weights
+        {"model": tiny_model(dtype="bf16")},  # dtype
+        {"model": tiny_model("eager")},  # attention implementation
+        {"settings": {**SETTINGS, "max_length": 256}},  # truncation
+        {"settings": {**SETTINGS, "chat_template": False}},  # template
+        {"settings": {**SETTINGS, "tokenizer": "other"}},  # tokenizer
+    ]
+    for n, kwargs in enumerate(misses, start=2):
+        build(tmp_path, **kwargs)
+        assert len(builds) == n, kwargs
+    assert len(list(tmp_path.glob("*.refcache"))) == len(misses) + 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "header", "empty"])
+def test_corrupt_or_partial_cache_is_rebuilt(tmp_path, builds, caplog, damage):
+    good = build(tmp_path)
+    (path,) = tmp_path.glob("*.refcache")
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) - 50])
+    elif damage == "flip":
+        path.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
+    elif damage == "header":
+        path.write_bytes(b"not json\n" + data.split(b"\n", 1)[1])
+    else:
+        path.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="inspo"):
+        rebuilt = build(tmp_path)
+    assert len(builds) == 2
+    assert any("corrupt or partial" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(rebuilt.logps, good.logps)
+    key = path.stem
+    assert load_cache(path, key) is not None  # the rebuilt file is whole again
+    assert not list(tmp_path.glob("*.tmp*"))  # the temporary file was renamed into place
+
+
+def test_unknown_pair_is_an_error(tmp_path):
+    cache = build(tmp_path)
+    with pytest.raises(InspoError, match="data row 1 is not in the reference cache"):
+        cache.lookup(batch_of(records(seed=1)[:1]))
+
+
+def test_module_cached_mode_runs_without_a_reference_model(tmp_path, monkeypatch):
+    """``reference: cached`` through a Trainer: the pairs come from the datamodule, no reference model is held, the
+    cache file exists, and its values are the initial policy's (copy semantics) for every train and val pair."""
+    from lightning.pytorch import Trainer
+
+    from inspo.data.datamodule import PreferenceDataModule, collate_pairs
+
+    monkeypatch.setattr(reference, "cache_dir", lambda: tmp_path)
+    module = PreferenceModule(random_init=TINY, reference="cached", export_dir=None)
+    data = PreferenceDataModule(max_pairs=8, batch_size=4, max_length=96, max_prompt_length=48)
+    trainer = Trainer(accelerator="cpu", limit_val_batches=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, data, verbose=False)
+    assert module.reference is None and len(module.reference_cache) == 8
+    assert len(list((tmp_path / "reference").glob("*.refcache"))) == 1
+    batch = collate_pairs(data.train_pairs + data.val_pairs)
+    with torch.no_grad():
+        live = module.score(module.policy.eval(), batch, reference.REFERENCE_SEQUENCES)
+    cached = module.reference_logps(batch)
+    torch.testing.assert_close(cached.chosen, live.chosen, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(cached.rejected, live.rejected, atol=1e-5, rtol=1e-6)

@@ -1,0 +1,123 @@
+"""What a run leaves behind: plain progress lines, sample tables, run stats, the exported HF folder, checkpoint
+export (`inspo export`) and the report (`inspo report`). One tiny LoRA fit in-process serves every test here."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from inspo.cli import main
+from inspo.export import EXPORT_INFO, generation_config
+from tests.conftest import tiny_model
+from tests.test_cli import CONFIGS
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory) -> tuple[Path, str]:
+    """A 4-step LoRA fit of the tiny model with samples every 2 steps; returns (run folder, captured stdout)."""
+    root = tmp_path_factory.mktemp("run")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        main(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--trainer.default_root_dir", str(root),
+              "--trainer.logger.init_args.save_dir", str(root), "--trainer.limit_train_batches", "4",
+              "--data.batch_size", "2",
+              "--trainer.limit_val_batches", "1", "--model.lora.rank", "4", "--model.lora.alpha", "8",
+              "--samples.every_n_steps", "2", "--samples.max_new_tokens", "8", "--progress_bar.plain", "true",
+              "--progress_bar.plain_every_n_steps", "2"])
+    (run,) = root.glob("inspo/version_*")
+    return run, stdout.getvalue()
+
+
+def test_plain_progress_lines_show_the_numbers_that_matter(lora_run):
+    _, out = lora_run
+    lines = [line for line in out.splitlines() if line.startswith("epoch 0 step")]
+    assert [line.split()[3] for line in lines] == ["1/4", "2/4", "4/4"], out
+    for name in ("loss", "acc", "margin", "lr", "tok/s"):
+        assert f" {name} " in lines[-1], lines[-1]
+    assert any(line.startswith("epoch 0 validation at step 4 | val_loss") for line in out.splitlines()), out
+    assert "\r" not in out
+
+
+def test_samples_and_run_stats(lora_run):
+    run, _ = lora_run
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [2, 2, 2, 4, 4, 4]
+    assert all(s["reference_source"] == "reference (adapter)" and s["reference"] is not None for s in samples)
+    assert all(0 <= s["policy_tokens"] <= 8 for s in samples)
+    stats = json.loads((run / "run_stats.json").read_text())
+    assert stats["reference_mode"] == "adapter" and stats["train"]["optimizer_steps"] == 4
+    assert stats["data"]["train"] > 0 and stats["train"]["pair_tokens_per_sec"] > 0
+    params = stats["parameters"]
+    assert params["policy_and_reference"] == params["policy"]  # the reference adds no weights
+    assert 0 < params["policy"]["trainable"] < params["policy"]["total"] / 50
+
+
+def test_fit_export_loads_with_plain_transformers(lora_run):
+    run, _ = lora_run
+    folder = run / "hf_model"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert not any("lora_" in k for k in model.state_dict())  # merged at the end of fit (the default)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    generation = GenerationConfig.from_pretrained(folder)
+    assert generation.eos_token_id == tokenizer.eos_token_id and generation.pad_token_id == tokenizer.pad_token_id
+    info = json.loads((folder / EXPORT_INFO).read_text())
+    assert info["format"] == "merged" and info["global_step"] == 4 and len(info["git"]["commit"] or "x" * 40) == 40
+    assert info["config"]["model"]["lora"]["rank"] == 4 and info["data"]["stats"]["train"] > 0
+
+
+def test_generation_config_takes_the_tokenizers_eos_and_pad(tokenizer):
+    model = tiny_model()
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = None, 7
+    config = generation_config(model, tokenizer)
+    assert config.pad_token_id == tokenizer.pad_token_id and config.eos_token_id == [7, tokenizer.eos_token_id]
+    assert model.generation_config.eos_token_id == 7  # the model's own config is left alone
+
+
+def test_export_command_round_trip(lora_run, tmp_path):
+    """`inspo export --ckpt`: the checkpoint (adapters only) rebuilt, merged or not, equals the fit-end export."""
+    run, _ = lora_run
+    (ckpt,) = run.glob("checkpoints/*.ckpt")
+    assert ckpt.stat().st_size < 1_000_000  # adapters only: the frozen base is rebuilt from its source
+    main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "merged")])
+    main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "adapter"), "--no-merge"])
+    x = torch.tensor([[1, 200, 300, 400, 2]])
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(run / "hf_model")(input_ids=x).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(input_ids=x).logits
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    info = json.loads((tmp_path / "merged" / EXPORT_INFO).read_text())
+    assert info["source"] == str(ckpt) and info["config"]["model"]["lora"]["rank"] == 4
+
+
+def test_export_command_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_report_writes_non_empty_pngs_and_a_summary(lora_run, tmp_path):
+    run, _ = lora_run
+    main(["report", str(run.parent.parent), "--out", str(tmp_path)])  # a parent folder finds the newest run
+    pngs = {p.stem: p for p in tmp_path.glob("*.png")}
+    assert set(pngs) == {"loss", "reward_accuracy", "reward_margin", "logps", "rewards", "sample_lengths",
+                         "lr_throughput"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in pngs.values())
+    report = (tmp_path / "report.md").read_text()
+    for text in ("## Config", "## Data", "## Final metrics", "## Throughput", "tokens/s", "## Samples at step 4",
+                 "![loss](loss.png)", "reference mode `adapter`"):
+        assert text in report, text
+
+
+def test_help_lists_the_extra_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "inspo export --ckpt" in out and "inspo report RUN_DIR" in out
