@@ -233,7 +233,12 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict
         }
 
     def ratio(a: str, b: str, key: str = "seconds_per_pair") -> float | None:
-        return variants[a][key] / variants[b][key] if a in variants and b in variants else None
+        """a / b; a speed ratio only when a and b alternated in one group (across groups drift would enter it)."""
+        if a not in variants or b not in variants:
+            return None
+        if key == "seconds_per_pair" and variants[a]["group"] != variants[b]["group"] and args.group_size != 1:
+            return None
+        return variants[a][key] / variants[b][key]
 
     return {
         "variants": variants,

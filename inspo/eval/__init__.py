@@ -1,0 +1,1 @@
+"""Evaluation: verifiable constraints and the gold reward, benchmark prompts, batched generation, win rates."""

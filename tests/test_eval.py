@@ -1,0 +1,161 @@
+"""The evaluator: win-rate and LC-win-rate arithmetic, bad-input messages, and `inspo eval` end to end (tiny model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+
+from inspo.cli import main as cli_main
+from inspo.eval.generate import left_pad
+from inspo.eval.winrate import compare, lc_win_rate, outcomes
+from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
+
+PROMPTS = [
+    {"id": "a", "prompt": "Describe the moon. Answer in at most 20 words.",
+     "constraints": [{"family": "max_words", "params": {"n": 20}}]},
+    {"id": "b", "prompt": "Describe frogs. Do not use any commas. End your answer with a question.",
+     "constraints": [{"family": "no_commas", "params": {}}, {"family": "ends_with_question", "params": {}}]},
+    {"id": "c", "prompt": "Explain tides. Include the word \"moon\" in your answer.",
+     "constraints": [{"family": "include_keyword", "params": {"word": "moon"}}]},
+]
+
+
+def test_outcomes_count_ties_as_half() -> None:
+    assert outcomes([1.0, 0.5, 0.0, 1 / 3], [0.5, 0.5, 1.0, 1 / 3]).tolist() == [1.0, 0.5, 0.0, 0.5]
+
+
+def test_win_rate_and_standard_error() -> None:
+    """Outcomes 1, 1, 0.5, 0: win rate 2.5 / 4 = 0.625; sample variance ((3/8)^2 * 2 + (1/8)^2 + (5/8)^2) / 3
+    = (18 + 1 + 25) / 192 = 44 / 192, so the standard error is sqrt(44 / 192 / 4) = 0.2394."""
+    result = compare([1, 1, 0.5, 0], [0, 0.5, 0.5, 1], [10, 10, 10, 10], [10, 10, 10, 10])
+    assert (result.wins, result.ties, result.losses) == (2, 1, 1)
+    assert result.win_rate == pytest.approx(0.625)
+    assert result.win_rate_se == pytest.approx(np.sqrt(44 / 192 / 4), abs=1e-9)
+
+
+def test_lc_win_rate_removes_a_pure_length_effect() -> None:
+    """80 prompts where the model is 5 tokens longer (60 wins, 20 losses), 20 where it is 5 shorter (5 wins, 15
+    losses). Raw win rate 65/100. The two-point logistic fit is saturated: sigma(a + b) = 3/4 and
+    sigma(a - b) = 1/4, so a = 0 and the LC win rate at zero length difference is exactly 1/2."""
+    model = [1.0] * 60 + [0.0] * 20 + [1.0] * 5 + [0.0] * 15
+    lengths = [15] * 80 + [5] * 20
+    result = compare(model, [0.5] * 100, lengths, [10] * 100)
+    assert result.win_rate == pytest.approx(0.65)
+    assert result.lc_win_rate == pytest.approx(0.5, abs=1e-6)
+    assert result.length_slope > 0
+
+
+def test_lc_win_rate_equals_win_rate_at_equal_lengths() -> None:
+    """With every length difference 0 only the intercept is fitted: sigma(a) = mean outcome = 0.7, and the
+    delta-method standard error is p (1 - p) / sqrt(n p (1 - p)) = sqrt(0.21 / 10)."""
+    outcome = np.array([1.0] * 6 + [0.5] * 2 + [0.0] * 2)
+    rate, se, slope = lc_win_rate(outcome, [0] * 10)
+    assert rate == pytest.approx(0.7, abs=1e-6)
+    assert se == pytest.approx(np.sqrt(0.21 / 10), rel=1e-3)
+    assert slope == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lc_win_rate_stays_finite_under_separation() -> None:
+    rate, se, _ = lc_win_rate(np.array([1.0, 1.0, 0.0, 0.0]), [3, 2, -2, -3])
+    assert np.isfinite(rate) and np.isfinite(se) and 0.0 < rate < 1.0
+
+
+def test_left_pad_right_aligns_rows() -> None:
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Two tiny random models (trained stand-in, baseline) and one whose tokenizer lost its chat template."""
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = load_tokenizer(BUNDLED_SMOLLM2)
+    folders = []
+    for seed, name in ((0, "trained"), (1, "base"), (0, "no_template")):
+        folder = root / name
+        load_causal_lm(BUNDLED_SMOLLM2, random_init=TINY, seed=seed).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders.append(folder)
+    (folders[2] / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((folders[2] / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folders[2] / "tokenizer_config.json").write_text(json.dumps(config))
+    return folders[0], folders[1], folders[2]
+
+
+def _prompts_file(path: Path, rows: list) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+def _eval(*args: str) -> None:
+    torch.set_num_threads(1)
+    cli_main(["eval", *args, "--max-new-tokens", "6", "--threads", "1"])
+
+
+def test_eval_end_to_end(tiny_folders: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    trained, base, _ = tiny_folders
+    prompts = _prompts_file(tmp_path / "prompts.jsonl", PROMPTS)
+    out = tmp_path / "eval"
+    _eval("--model", f"mine={trained}", "--baseline", str(base), "--prompts", str(prompts), "--out", str(out))
+    result = json.loads((out / "winrate.json").read_text())
+    model = result["models"]["mine"]
+    assert result["n_prompts"] == 3 and model["n"] == 3
+    assert model["wins"] + model["ties"] + model["losses"] == 3
+    assert 0.0 <= model["win_rate"] <= 1.0 and 0.0 <= model["lc_win_rate"] <= 1.0
+    assert set(model["win_rate_by_family"]) == {"max_words", "no_commas", "ends_with_question", "include_keyword"}
+    rows = [json.loads(line) for line in (out / "generations" / "mine.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["a", "b", "c"] and all(row["tokens"] <= 6 for row in rows)
+    for name in ("winrate.md", "winrate.png", "reward_vs_length.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| mine |" in capsys.readouterr().out
+    # A second run with the same settings reuses both models' generations.
+    stamp = (out / "generations" / "baseline.jsonl").stat().st_mtime_ns
+    _eval("--model", f"mine={trained}", "--baseline", str(base), "--prompts", str(prompts), "--out", str(out))
+    assert (out / "generations" / "baseline.jsonl").stat().st_mtime_ns == stamp
+
+
+def _error(capsys: pytest.CaptureFixture, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        _eval(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("inspo: error:")
+    return last
+
+
+def test_missing_model_folder(tiny_folders, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    prompts = _prompts_file(tmp_path / "p.jsonl", PROMPTS)
+    missing = tmp_path / "runs" / "nope" / "hf_model"
+    err = _error(capsys, "--model", str(missing), "--baseline", str(tiny_folders[1]), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "o"))
+    assert f"model folder not found: {missing}" in err
+
+
+@pytest.mark.parametrize(("row", "expected"), [
+    ('{"prompt": "Hi", "constraints": [', "line 2: invalid JSON"),
+    ({"constraints": [{"family": "no_commas"}]}, "line 2: missing or empty string field 'prompt'"),
+    ({"prompt": "Hi", "constraints": []}, "line 2: missing or empty list field 'constraints'"),
+    ({"prompt": "Hi", "constraints": [{"family": "shout"}]}, "line 2: constraint 0: unknown constraint family"),
+    ({"prompt": "Hi", "constraints": [{"family": "max_words", "params": {}}]}, "line 2: constraint 0:"),
+])
+def test_malformed_prompt_rows(tiny_folders, tmp_path: Path, capsys: pytest.CaptureFixture, row, expected) -> None:
+    prompts = _prompts_file(tmp_path / "p.jsonl", [PROMPTS[0], row, PROMPTS[1]])
+    err = _error(capsys, "--model", str(tiny_folders[0]), "--baseline", str(tiny_folders[1]), "--prompts",
+                 str(prompts), "--out", str(tmp_path / "o"))
+    assert f"{prompts}: {expected}" in err
+
+
+def test_tokenizer_without_chat_template(tiny_folders, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    prompts = _prompts_file(tmp_path / "p.jsonl", PROMPTS)
+    err = _error(capsys, "--model", str(tiny_folders[2]), "--baseline", str(tiny_folders[1]), "--prompts",
+                 str(prompts), "--out", str(tmp_path / "o"))
+    assert "has no chat template" in err and str(tiny_folders[2]) in err
