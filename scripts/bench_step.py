@@ -5,7 +5,8 @@ rejected tokens) with the same batch size, AdamW and grad-norm clipping at 1.0, 
 GPU). Each variant lives in its own process (so its peak memory, RSS on CPU or max allocated on CUDA, is its own)
 and is stepped on demand: within a group of variants alive at once the parent runs one optimizer step of each in
 turn, rotating the order every step, so machine drift (other jobs on a shared machine) lands on every variant
-alike. The variants of the three target ratios share the first group. Seconds per pair are the median over the
+alike; the two variants of each speed ratio share a group (default 2 alive at once: ~6 GB each for SmolLM2).
+Seconds per pair are the median over the
 timed steps after warm-up. The cached-reference variants read one cache built before the first group (its build
 time is reported, not timed) in a temporary cache folder.
 
@@ -13,7 +14,7 @@ TRL runs ``DPOTrainer`` (sigmoid loss, its own reference copy, no precomputed re
 gradient checkpointing) on the same token ids: ``_prepare_dataset`` is bypassed because the pairs are already
 tokenised; everything else (collator, fused log-prob head, forward, optimizer) is TRL's own.
 
-    python scripts/bench_step.py --json                      # P=W=L=128 on SmolLM2-135M-Instruct
+    python scripts/bench_step.py --json --threads 1          # P=W=L=128 on SmolLM2-135M-Instruct
     python scripts/bench_step.py --json --prompt 256 --chosen 64 --rejected 64
     python scripts/bench_step.py --quick                     # small case, < 3 min on 2 CPU cores
     python scripts/bench_step.py --scaling --json            # s/pair at 256..2048 tokens per pair per layout
@@ -268,7 +269,7 @@ def benchmark(args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
     extra += ["--max-tokens-per-row", str(args.max_tokens_per_row)] if args.max_tokens_per_row else []
     cached = [v for v in variants if v.endswith("_cached")]
     build = None  # the key holds no layout or conditioning: one cache serves every cached variant (not timed)
-    if cached:
+    if len(cached) > 1:  # a single cached variant builds it in its own (untimed) setup
         builder = Worker(cached[0], [*extra, "--build-only"])
         build = builder.read("RESULT")["setup_seconds"]
         builder.process.wait()
@@ -342,7 +343,7 @@ def main() -> None:
         return worker(args)
     if args.quick:
         args.prompt = args.chosen = args.rejected = 32
-        args.steps, args.warmup = 1, 1
+        args.steps, args.warmup, args.threads = 1, 1, args.threads or 1
         args.variants = args.variants or ["inspo_separate_live", "inspo_packed_live", "inspo_packed_cached", "trl_dpo"]
     from inspo.models import cache_dir
 
