@@ -341,22 +341,24 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    if args.quick:
-        args.prompt = args.chosen = args.rejected = 32
-        args.steps, args.warmup, args.threads = 1, 1, args.threads or 1
-        args.variants = args.variants or ["inspo_separate_live", "inspo_packed_live", "inspo_packed_cached", "trl_dpo"]
-    from inspo.models import cache_dir
-
-    models = cache_dir() / "models"
-    os.environ["INSPO_CACHE"] = tempfile.mkdtemp(prefix="inspo-bench-")  # reference caches: built here, once
-    if models.is_dir():
-        (Path(os.environ["INSPO_CACHE"]) / "models").symlink_to(models)  # converted models: reused
     try:
         import trl  # noqa: F401
 
         has_trl = True
     except ImportError:
         has_trl = False
+        log("trl is not installed (pip install -e .[bench]): TRL's DPOTrainer is left out")
+    if args.quick:
+        args.prompt = args.chosen = args.rejected = 32
+        args.steps, args.warmup, args.threads = 1, 1, args.threads or 1
+        args.variants = args.variants or ["inspo_separate_live", "inspo_packed_live", "inspo_packed_cached",
+                                          *(["trl_dpo"] if has_trl else [])]
+    from inspo.models import cache_dir
+
+    models = cache_dir() / "models"
+    os.environ["INSPO_CACHE"] = tempfile.mkdtemp(prefix="inspo-bench-")  # reference caches: built here, once
+    if models.is_dir():
+        (Path(os.environ["INSPO_CACHE"]) / "models").symlink_to(models)  # converted models: reused
     variants = args.variants or [*OURS, *(["trl_dpo"] if has_trl else [])]
     result = scaling(args) if args.scaling else benchmark(args, variants)
     result["command"] = " ".join(["python", "scripts/bench_step.py", *sys.argv[1:]])

@@ -15,7 +15,7 @@ import pytest
 
 import inspo
 from inspo.data import datamodule as datamodule_module
-from inspo.data.datamodule import PairBatch, PreferenceDataModule, bundled_dataset, collate_pairs, split_pairs
+from inspo.data.datamodule import BUNDLED_DATA, PairBatch, PreferenceDataModule, bundled_dataset, collate_pairs, split_pairs
 from inspo.data.formats import PreferenceRecord, read_rows, to_record
 from inspo.data.tokenize import TokenizedPair, adds_bos, tokenize_record, truncate_pair
 from inspo.errors import ConfigError, DataError
@@ -351,14 +351,21 @@ def test_hf_dataset_folder(tmp_path, monkeypatch):
 
 def test_default_source_is_the_bundled_file(tmp_path, monkeypatch):
     assert bundled_dataset() == Path(inspo.__file__).parent / "assets" / "prefs.jsonl"
-    monkeypatch.setattr(datamodule_module, "bundled_dataset", lambda: write_jsonl(tmp_path / "b.jsonl", ROWS[:4]))
+    monkeypatch.setattr(datamodule_module, "bundled_dataset",
+                        lambda name: write_jsonl(tmp_path / f"{name}.jsonl", ROWS[:4]))
     dm = PreferenceDataModule(val_fraction=0.0)
     dm.setup("fit")
     assert dm.stats["kept"] == 4
 
 
-@pytest.mark.skipif(not bundled_dataset().is_file(), reason="bundled data not written yet")
-def test_bundled_file_loads():
-    dm = PreferenceDataModule(max_pairs=16)
+@pytest.mark.parametrize("name", ["prefs", "verifiable"])
+def test_bundled_file_loads(name):
+    dm = PreferenceDataModule(path=None if name == "prefs" else f"bundled:{name}", val_fraction=0.0)
     dm.setup("fit")
-    assert dm.stats["kept"] == 16
+    rows = (Path(inspo.__file__).parent / "assets" / BUNDLED_DATA[name]).read_text().splitlines()
+    assert dm.stats["kept"] == len(rows) == len(dm.train_pairs)
+
+
+def test_unknown_bundled_dataset_is_named():
+    with pytest.raises(ConfigError, match="unknown bundled dataset 'bundled:nope'.*bundled:verifiable"):
+        PreferenceDataModule(path="bundled:nope", val_fraction=0.0).setup("fit")

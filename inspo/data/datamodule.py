@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
 import inspo
 from inspo.data.formats import read_rows
-from inspo.data.sampler import LengthBucketBatchSampler
+from inspo.data.sampler import LengthBucketBatchSampler, ResumableDataLoader
 from inspo.data.tokenize import TokenizedPair, check_lengths, has_chat_template
 from inspo.data.validate import DataReport, Duplicates, OnInvalid, ReadOptions, read_pairs
 from inspo.errors import ConfigError, DataError
@@ -32,9 +32,16 @@ from inspo.models import BUNDLED_SMOLLM2, load_tokenizer, resolve_model
 log = logging.getLogger("inspo")
 
 
-def bundled_dataset() -> Path:
-    """The offline preference data shipped with the package."""
-    return Path(inspo.__file__).parent / "assets" / "prefs.jsonl"
+BUNDLED_DATA = {"prefs": "prefs.jsonl", "verifiable": "verifiable/train.jsonl"}
+"""``data.path: bundled:NAME``: the preference files shipped in ``inspo/assets`` (readable from any folder)."""
+
+
+def bundled_dataset(name: str = "prefs") -> Path:
+    """The offline preference data shipped with the package: the hand-written pairs or the verifiable set."""
+    if name not in BUNDLED_DATA:
+        raise ConfigError(f"data.path: unknown bundled dataset 'bundled:{name}'; choose from "
+                          + ", ".join(f"bundled:{key}" for key in BUNDLED_DATA))
+    return Path(inspo.__file__).parent / "assets" / BUNDLED_DATA[name]
 
 
 @dataclass
@@ -98,8 +105,9 @@ class PreferenceDataModule(LightningDataModule):
         """Configure the data; nothing is read until :meth:`setup`.
 
         Args:
-            path: a local .jsonl, .json or .parquet file. If neither path nor dataset is given, the bundled
-                offline data (``inspo/assets/prefs.jsonl``) is used.
+            path: a local .jsonl, .json or .parquet file, or ``bundled:prefs`` (the hand-written pairs in
+                ``inspo/assets/prefs.jsonl``, the default when neither path nor dataset is given) or
+                ``bundled:verifiable`` (the on-policy verifiable pairs, ``inspo/assets/verifiable``).
             dataset: a Hugging Face ``datasets`` name or a local dataset folder, loaded with
                 ``datasets.load_dataset(dataset, dataset_config, split=split)``.
             dataset_config: the dataset configuration name, if it has several.
@@ -191,7 +199,10 @@ class PreferenceDataModule(LightningDataModule):
         hp = self.hparams
         if hp.dataset is not None:
             return hp.dataset, enumerate(self._load_hf_dataset(), start=1)
-        path = hp.path if hp.path is not None else str(bundled_dataset())
+        if hp.path is None or hp.path.startswith("bundled:"):
+            path = str(bundled_dataset(hp.path.removeprefix("bundled:") if hp.path else "prefs"))
+        else:
+            path = hp.path
         return path, read_rows(path, keep_going=True)  # unreadable lines are counted, not fatal, under skip
 
     def _load_hf_dataset(self) -> Iterable[Any]:
@@ -206,11 +217,26 @@ class PreferenceDataModule(LightningDataModule):
 
     @override
     def train_dataloader(self) -> DataLoader:
+        """Shuffled, length-bucketed batches (``inspo.data.sampler``) from a loader that checkpoints its position.
+
+        One process shuffles with a one-replica DistributedSampler; under DDP/FSDP Lightning puts in one per rank
+        with the same seed, so the pairs of a global batch do not depend on the number of processes.
+        """
         hp, pairs = self.hparams, self._pairs("train")
-        sampler = RandomSampler(pairs, generator=torch.Generator().manual_seed(hp.seed))
+        sampler = DistributedSampler(pairs, num_replicas=1, rank=0, shuffle=True, seed=hp.seed)
         batches = LengthBucketBatchSampler(sampler, hp.batch_size, lengths=[pair.longest for pair in pairs],
                                            bucket_batches=hp.bucket_batches, seed=hp.seed)
-        return self._loader(pairs, 1, batch_sampler=batches)
+        workers = self.hparams.num_workers
+        return ResumableDataLoader(pairs, batch_sampler=batches, collate_fn=collate_pairs, num_workers=workers,
+                                   persistent_workers=workers > 0, position=self._train_position)
+
+    def _train_position(self) -> tuple[int, bool]:
+        """(training batches taken in the current epoch, whether the epoch is finished), from the trainer."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, False
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done, done >= trainer.num_training_batches
 
     @override
     def val_dataloader(self) -> DataLoader:
