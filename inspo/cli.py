@@ -8,6 +8,11 @@ Errors a user can cause (bad data, bad config, missing files) print one line and
 Two subcommands are not Lightning's and take plain arguments: ``inspo export --ckpt PATH --out DIR`` (a
 checkpoint to a plain HF folder) and ``inspo report RUN_DIR`` (plots and a markdown summary of a run).
 ``INSPO_PLUGINS=my_losses,my_conditionings`` imports modules first, so their registered short names work.
+
+Checkpoints (``--checkpoint.*``, :class:`inspo.callbacks.ResumableCheckpoint`) are written atomically with a
+``last.ckpt`` link; ``inspo fit ... --ckpt_path last`` resumes mid-epoch at the same batch. Under Slurm the requeue
+signal saves and requeues (:class:`inspo.callbacks.SlurmRequeue`), and a requeued job (``SLURM_RESTART_COUNT`` > 0)
+resumes from ``last`` without being told.
 """
 
 from __future__ import annotations
@@ -21,12 +26,20 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from inspo.callbacks import InspoProgressBar, TrainingMonitor, check_logger_packages
+from inspo.callbacks import (
+    InspoProgressBar,
+    ResumableCheckpoint,
+    SlurmRequeue,
+    TrainingMonitor,
+    check_logger_packages,
+)
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.errors import ConfigError, InspoError
 from inspo.module import PreferenceModule
 from inspo.parser import InspoArgumentParser
 from inspo.samples import SampleGenerations
+
+log = logging.getLogger("inspo")
 
 COMMANDS = {"export": "inspo.export", "report": "inspo.report", "eval": "inspo.eval.evaluate"}
 """Subcommands outside LightningCLI (name -> module with a ``main(argv)``), imported only when used."""
@@ -47,17 +60,33 @@ class InspoCLI(LightningCLI):
         parser.add_lightning_class_args(TrainingMonitor, "monitor")
         parser.add_lightning_class_args(SampleGenerations, "samples")
         parser.add_lightning_class_args(InspoProgressBar, "progress_bar")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")  # only fit saves; resume checks: fit
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_logger_packages(config.get("trainer", {}).get("logger"))
+        if self.subcommand == "fit" and config.get("ckpt_path") is None and slurm_restart() > 0:
+            log.info("inspo: Slurm restart %d of job %s: resuming from the last checkpoint", slurm_restart(),
+                     os.environ.get("SLURM_JOB_ID"))
+            config["ckpt_path"] = "last"
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         keys = self._parser(self.subcommand).callback_keys
         if trainer.get("enable_progress_bar") is False:  # the user turned the bar off: ours goes too
             keys = [key for key in keys if key != "progress_bar"]
-        return self._instantiate_trainer(trainer, [self._get(self.config_init, key) for key in keys])
+        if trainer.get("enable_checkpointing") is False:  # no checkpoints: no checkpoint callback either
+            keys = [key for key in keys if key != "checkpoint"]
+        callbacks = [self._get(self.config_init, key) for key in keys]
+        return self._instantiate_trainer(trainer, [*callbacks, SlurmRequeue()])
+
+
+def slurm_restart() -> int:
+    """How many times Slurm has requeued this job (0 outside Slurm)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) if "SLURM_JOB_ID" in os.environ else 0
+    except ValueError:
+        return 0
 
 
 def main(args: list[str] | None = None) -> None:

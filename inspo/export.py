@@ -6,7 +6,9 @@ training config, the data settings and the git commit of the code that trained i
 
 Two entry points: :func:`export_module` at the end of ``fit`` (the live policy), and :func:`export_checkpoint`
 for ``inspo export --ckpt PATH --out DIR`` (rebuilds the policy from a Lightning checkpoint's hyperparameters;
-a LoRA checkpoint holds the adapters only, the base is reloaded from its source in full precision).
+a LoRA checkpoint holds the adapters only, the base is reloaded from its source in full precision). The checkpoint
+is a ``.ckpt`` file, or the folder a sharded strategy writes (FSDP2's distributed checkpoint: one shard file per
+rank and ``meta.pt``), read here in one process without any process group.
 """
 
 from __future__ import annotations
@@ -84,8 +86,12 @@ def generation_config(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> G
     return config
 
 
-def export_module(module: Any, out: Path, merge: bool | None = None) -> Path:
-    """Export the live policy of a :class:`~inspo.module.PreferenceModule` (called at the end of ``fit``)."""
+def export_module(module: Any, out: Path, merge: bool | None = None, policy: nn.Module | None = None) -> Path:
+    """Export the live policy of a :class:`~inspo.module.PreferenceModule` (called at the end of ``fit``).
+
+    ``policy``: a plain copy of the policy to write instead of ``module.policy`` (a sharded policy is gathered
+    into one first, see ``PreferenceModule.on_fit_end``).
+    """
     hp = module.hparams
     trainer = module._trainer
     folder = run_dir(trainer) if trainer is not None else None  # export runs on rank 0 only: no collectives
@@ -106,47 +112,103 @@ def export_module(module: Any, out: Path, merge: bool | None = None) -> Path:
         log.warning("inspo: QLoRA run: exporting the adapter only; merge it into a full-precision base with "
                     "`inspo export --ckpt CHECKPOINT --out DIR --merge`")
         merge = False
-    return export_policy(module.policy, module.tokenizer, out, merge=merge, info=info)
+    return export_policy(policy if policy is not None else module.policy, module.tokenizer, out, merge=merge, info=info)
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, merge: bool | None = None) -> Path:
-    """Rebuild the policy saved in a Lightning checkpoint of ``inspo fit`` and export it to ``out``.
+def rebuild_policy(hp: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, Any]:
+    """The policy of a run with hyperparameters ``hp`` (full precision, on CPU), with ``state`` loaded if given.
 
-    Args:
-        ckpt: a ``.ckpt`` file written by ``inspo fit``.
-        out: the HF folder to write.
-        merge: LoRA only: merge the adapter (default: the run's ``lora.merge_on_export``).
+    ``state`` holds the policy's keys without the ``policy.`` prefix; a LoRA run's state may hold the adapters only.
+    Returns (policy, LoRA settings or None).
     """
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise ConfigError(f"checkpoint not found: {ckpt}")
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    hp = checkpoint.get("hyper_parameters")
-    if not hp or "model" not in hp:
-        raise ConfigError(f"{ckpt} is not a checkpoint of `inspo fit` (no model hyperparameters in it)")
     lora = hp.get("lora")
     if isinstance(lora, dict):
         lora = LoraSettings(**lora)
     trust = bool(hp.get("trust_remote_code", False))
-    tokenizer = load_tokenizer(hp["model"], trust_remote_code=trust)
     # Export runs on CPU in the training dtype, never 4-bit: a QLoRA adapter is merged into a full-precision base.
     policy = load_causal_lm(hp["model"], dtype=hp.get("dtype", "fp32"),
                             attn_implementation=hp.get("attn_implementation"), random_init=hp.get("random_init"),
                             trust_remote_code=trust)
     if lora is not None:
         policy = apply_lora(policy, dataclasses.replace(lora, load_in_4bit=False))
-    state = {k.removeprefix("policy."): v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
-    result = policy.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if lora is None or "lora_" in k]
-    if result.unexpected_keys or missing:
-        raise ConfigError(f"{ckpt} does not match model {hp['model']!r}: missing {missing[:3]}, unexpected "
-                          f"{result.unexpected_keys[:3]}")
+    if state is not None:
+        result = policy.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if (lora is None or "lora_" in k) and k not in _tied_keys(policy)]
+        if result.unexpected_keys or missing:
+            raise ConfigError(f"the checkpoint does not match model {hp['model']!r}: missing {missing[:3]}, "
+                              f"unexpected {result.unexpected_keys[:3]}")
+    return policy, lora
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    """State-dict keys that share their tensor with an earlier key (a tied output projection)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        if id(value) in seen:
+            tied.add(key)
+        seen.setdefault(id(value), key)
+    return tied
+
+
+def read_checkpoint(ckpt: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(everything but the weights, the policy's weights without the ``policy.`` prefix) of a checkpoint of
+    ``inspo fit``: a ``.ckpt`` file or a sharded checkpoint folder."""
+    from inspo.distributed import CHECKPOINT_META
+
+    if ckpt.is_dir():
+        if not (ckpt / CHECKPOINT_META).is_file():
+            raise ConfigError(f"{ckpt} is a folder but not a sharded checkpoint of `inspo fit` (no {CHECKPOINT_META})")
+        meta = torch.load(ckpt / CHECKPOINT_META, map_location="cpu", weights_only=False)
+        return meta, _read_sharded_policy(ckpt)
+    if not ckpt.is_file():
+        raise ConfigError(f"checkpoint not found: {ckpt}")
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = {k.removeprefix("policy."): v for k, v in checkpoint.pop("state_dict", {}).items() if k.startswith("policy.")}
+    return checkpoint, state
+
+
+def _read_sharded_policy(folder: Path) -> dict[str, torch.Tensor]:
+    """The full ``policy.*`` tensors of a distributed-checkpoint folder, read in this process (no process group)."""
+    from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = FileSystemReader(str(folder))
+    prefix = "state_dict.policy."
+    entries = {k: v for k, v in reader.read_metadata().state_dict_metadata.items()
+               if k.startswith(prefix) and isinstance(v, TensorStorageMetadata)}
+    state = {k.removeprefix("state_dict."): torch.empty(v.size, dtype=v.properties.dtype) for k, v in entries.items()}
+    if state:
+        load({"state_dict": state}, storage_reader=reader, no_dist=True)
+    return {k.removeprefix("policy."): v for k, v in state.items()}
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, merge: bool | None = None) -> Path:
+    """Rebuild the policy saved in a Lightning checkpoint of ``inspo fit`` and export it to ``out``.
+
+    Args:
+        ckpt: a ``.ckpt`` file written by ``inspo fit``, or a sharded checkpoint folder (FSDP2).
+        out: the HF folder to write.
+        merge: LoRA only: merge the adapter (default: the run's ``lora.merge_on_export``).
+    """
+    ckpt = Path(ckpt)
+    checkpoint, state = read_checkpoint(ckpt)
+    hp = checkpoint.get("hyper_parameters")
+    if not hp or "model" not in hp:
+        raise ConfigError(f"{ckpt} is not a checkpoint of `inspo fit` (no model hyperparameters in it)")
+    if not state:
+        raise ConfigError(f"{ckpt} holds no policy weights")
+    tokenizer = load_tokenizer(hp["model"], trust_remote_code=bool(hp.get("trust_remote_code", False)))
+    try:
+        policy, lora = rebuild_policy(hp, state)
+    except ConfigError as err:
+        raise ConfigError(f"{ckpt}: {err}") from None
     if merge is None:
         merge = lora.merge_on_export if lora is not None else True
     info = {"source": str(ckpt), "global_step": checkpoint.get("global_step"), "base_model": hp["model"],
             "hparams": dict(hp),
             "data": {"hparams": dict(checkpoint.get("datamodule_hyper_parameters") or {}), "stats": None},
-            "config": _read_yaml(ckpt.parent.parent / "config.yaml")}
+            "config": _read_yaml(ckpt.resolve().parent.parent / "config.yaml")}
     return export_policy(policy, tokenizer, Path(out), merge=merge, info=info)
 
 
@@ -188,7 +250,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="inspo export", description="Export a checkpoint of `inspo fit` as a plain "
                                      "Hugging Face folder (weights, tokenizer, chat template, generation config, "
                                      f"{EXPORT_INFO}).")
-    parser.add_argument("--ckpt", required=True, help="a .ckpt file written by `inspo fit`")
+    parser.add_argument("--ckpt", required=True, help="a .ckpt file or a sharded checkpoint folder written by `inspo fit`")
     parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument("--merge", action=argparse.BooleanOptionalAction, default=None,
                         help="LoRA runs: merge the adapter into the base (default: the run's lora.merge_on_export)")

@@ -157,7 +157,8 @@ def count_parameters(*modules: nn.Module | None) -> dict[str, int]:
         if module is None:
             continue
         for param in module.parameters():
-            seen.setdefault(param.untyped_storage().data_ptr(), param)
+            sharded = type(param).__name__ == "DTensor" or type(param.data).__name__ == "DTensor"  # FSDP2: by object
+            seen.setdefault(id(param) if sharded else param.untyped_storage().data_ptr(), param)
     params = list(seen.values())
     return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad),
             "storages": len(params)}

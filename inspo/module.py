@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from inspo.conditioning import CONDITIONINGS, REFERENCE_SEQUENCES, ReflectionTemplate, Sequences, make_conditioning
 from inspo.data.datamodule import PairBatch
+from inspo.distributed import LogpScorer, full_state_dict, is_sharded, shard_model
 from inspo.errors import ConfigError
 from inspo.guards import NonFiniteLossError, OnNonFinite, check_on_nonfinite, nonfinite_message, skip_allowed
 from inspo.layout import make_layout, packed_unsupported_reason
@@ -22,7 +23,7 @@ from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora, reference_adapter
 from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss
 from inspo.models import BUNDLED_SMOLLM2, DTYPES, load_causal_lm, load_tokenizer
-from inspo.optim import OptimConfig, make_optimizer
+from inspo.optim import OptimConfig, make_optimizer, start_schedules
 from inspo.reference import ReferenceCache, cached_reference
 
 log = logging.getLogger("inspo")
@@ -30,6 +31,9 @@ log = logging.getLogger("inspo")
 METRICS = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp",
            "rejected_logp")
 PROGRESS_BAR = ("loss", "reward_accuracy", "reward_margin")
+RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference", "reference_model",
+               "dtype", "lora")
+"""Hyperparameters that define the trained model and its objective: a resumed run must have the same values."""
 
 
 def resolve_loss(loss: PreferenceLoss | str) -> PreferenceLoss:
@@ -142,6 +146,7 @@ class PreferenceModule(LightningModule):
         # The reference is never saved: it is rebuilt from its source (``copy`` is taken before a checkpoint is
         # restored), so checkpoints hold the policy only and restoring them must not ask for reference weights.
         self.strict_loading = False
+        self._scorers: dict[int, nn.Module] = {}  # id(model) -> its FSDP2 root unit (not a registered submodule)
 
     # ---------------------------------------------------------------- models
     @override
@@ -175,6 +180,11 @@ class PreferenceModule(LightningModule):
         self.policy.train()  # from_pretrained returns eval mode; Lightning keeps the modes it finds
         if self.reference is not None:
             self.reference.requires_grad_(False).eval()
+        if self.device_mesh is not None:  # FSDP2 (inspo.distributed.FSDP2Strategy): shard policy and reference
+            for model in (self.policy, self.reference):
+                if model is not None:
+                    scorer = LogpScorer(model, hp.logprob_chunk_size)
+                    self._scorers[id(model)] = shard_model(scorer, self.device_mesh["data_parallel"])
 
     @override
     def train(self, mode: bool = True) -> PreferenceModule:
@@ -188,7 +198,8 @@ class PreferenceModule(LightningModule):
         """Summed log-probs (and token counts) of the targets named by ``sequences`` for every pair."""
         segments = [self.conditioning.segments(*p) for p in zip(batch.prompt, batch.chosen, batch.rejected)]
         rows = self.layout.build(segments, sequences, self.tokenizer.pad_token_id, self.device)
-        sums = target_logps(model, rows, self.hparams.logprob_chunk_size)
+        scorer = self._scorers.get(id(model))
+        sums = scorer(rows) if scorer is not None else target_logps(model, rows, self.hparams.logprob_chunk_size)
         counts = torch.bincount(rows.slot, minlength=rows.num_slots).view(rows.num_pairs, -1).float()
         col = {name: i for i, name in enumerate(rows.names)}
         return PairLogps(
@@ -273,9 +284,38 @@ class PreferenceModule(LightningModule):
 
     @override
     def configure_optimizers(self) -> dict:
-        return make_optimizer(self.policy, self.optim, int(self.trainer.estimated_stepping_batches))
+        # Not trainer.estimated_stepping_batches here: it builds the train dataloader before a checkpoint is restored
+        # and Lightning then drops the loader's saved position. The schedule gets its length in on_train_start.
+        return make_optimizer(self.policy, self.optim)
+
+    @override
+    def on_train_start(self) -> None:
+        schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        start_schedules(schedulers, int(self.trainer.estimated_stepping_batches))
 
     # ---------------------------------------------------------------- checkpoints and export
+    @property
+    def unsaved_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes that checkpoints leave out (the frozen reference is rebuilt from its source)."""
+        return ("reference.",)
+
+    def check_resumable(self, checkpoint: dict[str, Any], source: Any = None) -> None:
+        """Raise a :class:`ConfigError` if ``checkpoint`` was trained with another model or loss config."""
+        saved = checkpoint.get("hyper_parameters")
+        if not saved:
+            return
+        where = source if source is not None else (self._trainer.ckpt_path if self._trainer is not None else "?")
+        for key in RESUME_KEYS:
+            before, now = _plain(saved.get(key)), _plain(self.hparams.get(key))
+            if before != now:
+                raise ConfigError(f"cannot resume from {where}: it was trained with model.{key}={before!r}, this run "
+                                  f"has model.{key}={now!r}; resume with the config it was trained with, or start a new "
+                                  "run without --ckpt_path")
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_resumable(checkpoint)
+
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
@@ -289,18 +329,37 @@ class PreferenceModule(LightningModule):
     def on_fit_end(self) -> None:
         if self.hparams.export_dir is None:
             return
+        if any(getattr(callback, "requeued", False) for callback in self.trainer.callbacks):
+            return  # stopped for a Slurm requeue: the next allocation goes on training and exports at its end
         out = self.export_path()  # on every rank: trainer.log_dir is a collective under DDP
+        state = full_state_dict(self.policy) if is_sharded(self.policy) else None  # a collective under FSDP2
         if not self.trainer.is_global_zero:
             return
-        from inspo.export import export_module
+        from inspo.export import export_module, rebuild_policy
 
-        export_module(self, out)
+        policy = rebuild_policy(dict(self.hparams), state)[0] if state is not None else None
+        export_module(self, out, policy=policy)
         log.info("inspo: trained policy written to %s", out)
 
     def export_path(self) -> Path:
         if self.hparams.export_dir != "auto":
             return Path(self.hparams.export_dir)
         return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hf_model"
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON-like data (dataclasses and namespaces as dicts, tuples as lists), for comparisons."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    elif hasattr(value, "__dict__") and not isinstance(value, (str, int, float, bool, type(None))):
+        value = dict(vars(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _init_args(module: nn.Module) -> dict[str, Any]:

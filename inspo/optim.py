@@ -1,4 +1,10 @@
-"""AdamW with linear warm-up and a cosine (or linear, or constant) decay to a floor, configured from YAML."""
+"""AdamW with linear warm-up and a cosine (or linear, or constant) decay to a floor, configured from YAML.
+
+The schedule's length (the run's optimizer steps) is set when training starts, not in ``configure_optimizers``:
+reading ``trainer.estimated_stepping_batches`` there builds the train dataloader before a checkpoint is restored,
+and Lightning then drops the dataloader's saved position (a resumed run would restart the epoch's data). The length
+is part of the scheduler's state, so a resumed run keeps the schedule it started with.
+"""
 
 from __future__ import annotations
 
@@ -57,13 +63,52 @@ def lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * decay
 
 
-def make_optimizer(model: nn.Module, config: OptimConfig, total_steps: int) -> dict:
-    """Lightning's ``configure_optimizers`` answer for the trainable parameters of ``model``."""
+class LRSchedule:
+    """The ``LambdaLR`` multiplier: :func:`lr_factor` over ``total_steps`` steps (None until training starts).
+
+    An object rather than a closure, so ``LambdaLR.state_dict()`` saves ``total_steps`` with the scheduler (its
+    attributes are plain values: checkpoints load with ``weights_only``).
+    """
+
+    def __init__(self, config: OptimConfig, total_steps: int | None = None) -> None:
+        self.warmup_ratio = config.warmup_ratio
+        self.schedule = config.schedule
+        self.min_lr_ratio = config.min_lr_ratio
+        self.total_steps = total_steps
+
+    def __call__(self, step: int) -> float:
+        config = OptimConfig(lr=1.0, warmup_ratio=self.warmup_ratio, schedule=self.schedule,
+                             min_lr_ratio=self.min_lr_ratio)
+        return lr_factor(step, self.total_steps or 1, config)
+
+
+def start_schedules(schedulers: list[torch.optim.lr_scheduler.LRScheduler], total_steps: int) -> None:
+    """Give every :class:`LRSchedule` without a length ``total_steps`` and set the current learning rates.
+
+    A schedule restored from a checkpoint keeps its length; its rates are recomputed, which changes nothing.
+    """
+    for scheduler in schedulers:
+        schedules = getattr(scheduler, "lr_lambdas", [])
+        if not any(isinstance(s, LRSchedule) for s in schedules):
+            continue
+        for schedule in schedules:
+            if isinstance(schedule, LRSchedule) and schedule.total_steps is None:
+                schedule.total_steps = total_steps
+        for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, schedules):
+            group["lr"] = base * schedule(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
+def make_optimizer(model: nn.Module, config: OptimConfig, total_steps: int | None = None) -> dict:
+    """Lightning's ``configure_optimizers`` answer for the trainable parameters of ``model``.
+
+    ``total_steps`` None: the schedule's length is set later with :func:`start_schedules`.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(config, total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,19 +1,27 @@
 """Length-bucketed training batches: pairs of similar length share a batch, so rows need little padding.
 
-The order of the pairs still comes from an ordinary sampler (a seeded ``RandomSampler`` on one device; under DDP
-Lightning swaps in a ``DistributedSampler``, which shards by rank): that stream is cut into windows of
+The order of the pairs still comes from an ordinary sampler (on one device a one-replica ``DistributedSampler``; under
+DDP/FSDP Lightning swaps in a ``DistributedSampler`` per rank, which shards a permutation of the same seed and epoch, so
+with ``bucket_batches=1`` the union of the ranks' batches at step t is the one-process batch of the same global size):
+that stream is cut into windows of
 ``bucket_batches * batch_size`` pairs, each window is sorted by length and cut into batches, and the batches of a
 window are served in a shuffled order. This is the "mega-batch" grouping of Megatron and HF's
 ``group_by_length``: batches stay random across windows, padding within a batch is small, and the order is a pure
 function of the seed and the epoch (resumes and reruns see the same batches).
+
+Resuming mid-epoch: :class:`ResumableDataLoader` is a DataLoader with ``state_dict()``/``load_state_dict()`` (Lightning
+saves them in every checkpoint): the epoch and how many of its batches the training loop has taken. A restored
+loader serves the same epoch's batches from the next one on, so a resumed run sees exactly the pairs that the
+interrupted run would have seen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
 
 class LengthBucketBatchSampler(BatchSampler):
@@ -25,7 +33,9 @@ class LengthBucketBatchSampler(BatchSampler):
         drop_last: drop the last, smaller batch of the epoch.
         lengths: the length of every dataset item (e.g. P + W + L tokens of a pair).
         bucket_batches: batches per sorted window; 1 keeps the sampler's batches unchanged.
-        seed: seed of the shuffled batch order inside each window (combined with the epoch).
+        seed: seed of the shuffled batch order inside each window (combined with the epoch); a DistributedSampler
+            given as ``sampler`` (Lightning injects one per rank) takes this seed too, so the pair order does not
+            depend on the global seed or the number of processes.
     """
 
     def __init__(
@@ -44,6 +54,9 @@ class LengthBucketBatchSampler(BatchSampler):
         self.bucket_batches = bucket_batches
         self.seed = seed
         self.epoch = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, batches): resume point of a restored loader
+        if isinstance(sampler, DistributedSampler):
+            sampler.seed = seed
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at every epoch; forwarded to the inner sampler (a DistributedSampler needs it)."""
@@ -51,7 +64,21 @@ class LengthBucketBatchSampler(BatchSampler):
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """The next iteration serves epoch ``epoch`` without its first ``batches`` batches (once)."""
+        self.set_epoch(epoch)
+        self._skip = (epoch, batches)
+
     def __iter__(self) -> Iterator[list[int]]:
+        skip, self._skip = self._skip, None
+        batches = self._epoch_batches()
+        if skip is not None and skip[0] == self.epoch:
+            for _ in range(skip[1]):
+                if next(batches, None) is None:
+                    return
+        yield from batches
+
+    def _epoch_batches(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         window: list[int] = []
         for index in self.sampler:
@@ -70,3 +97,41 @@ class LengthBucketBatchSampler(BatchSampler):
             batches.pop()
         order = torch.randperm(len(batches), generator=generator).tolist() if self.bucket_batches > 1 else None
         yield from (batches[b] for b in order) if order is not None else batches
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`LengthBucketBatchSampler` whose position Lightning saves and restores.
+
+    Args:
+        *args: DataLoader arguments; ``batch_sampler`` must be a :class:`LengthBucketBatchSampler`.
+        position: returns (batches of the current epoch the training loop has taken, whether that epoch is
+            finished); the datamodule reads the trainer's progress, so batches the loader prefetched but training
+            has not used are not counted. None counts the batches this loader has yielded.
+        **kwargs: DataLoader keyword arguments.
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], tuple[int, bool]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
+        self._yielded = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.batch_sampler
+        self._yielded = sampler._skip[1] if isinstance(sampler, LengthBucketBatchSampler) and sampler._skip else 0
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": E, "batches": B}``: B batches of epoch E have been trained on (a finished epoch: E + 1, 0)."""
+        sampler = self.batch_sampler
+        epoch = sampler.epoch if isinstance(sampler, LengthBucketBatchSampler) else 0
+        done, finished = self.position() if self.position is not None else (self._yielded, False)
+        return {"epoch": epoch + 1, "batches": 0} if finished else {"epoch": epoch, "batches": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue epoch ``state["epoch"]`` after its first ``state["batches"]`` batches."""
+        sampler = self.batch_sampler
+        if not isinstance(sampler, LengthBucketBatchSampler):
+            raise TypeError("ResumableDataLoader.load_state_dict needs a LengthBucketBatchSampler as batch_sampler")
+        sampler.resume_at(int(state["epoch"]), int(state["batches"]))

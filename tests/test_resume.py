@@ -1,0 +1,236 @@
+"""Faults and resumes: SIGKILL mid-epoch (even mid-write) and ``--ckpt_path last`` reproduce the uninterrupted run's
+later losses exactly; a simulated Slurm job saves and requeues on SIGUSR1 and its next allocation resumes on its own;
+a changed model or loss config on resume and an unusable checkpoint folder stop with one clear line.
+
+The runs are ``configs/tiny.yaml`` (1 process, batch 2, 8 steps, no validation, no samples, no export) in
+subprocesses; helper callbacks defined here are loaded into them by class path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback
+
+from inspo.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny.yaml"
+HERE = "tests.test_resume"  # the subprocesses import the helper callbacks from here (PYTHONPATH=repo root)
+QUICK = ["--samples.every_n_steps", "0", "--trainer.limit_val_batches", "0", "--model.export_dir", "null",
+         "--data.batch_size", "2", "--trainer.enable_progress_bar", "false"]
+
+
+# ---------------------------------------------------------------- callbacks run inside the subprocesses
+class RecordLosses(Callback):
+    """Appends ``{"step", "rank", "loss"}`` (the loss at full float precision) to ``<folder>/losses-<rank>.jsonl``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        line = {"step": trainer.global_step, "rank": trainer.global_rank, "loss": float(outputs["loss"])}
+        with open(self.folder / f"losses-{trainer.global_rank}.jsonl", "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+
+class SignalAt(Callback):
+    """Sends ``signum`` to this process after optimizer step ``step``."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class CrashWhileSaving(Callback):
+    """At step ``step`` the checkpoint writer puts half a file where it was asked to write, then SIGKILLs itself."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        strategy = trainer.strategy
+        save = strategy.save_checkpoint
+
+        def crashing_save(checkpoint: dict, filepath: Any, *args: Any, **kwargs: Any) -> None:
+            if trainer.global_step == self.step:
+                Path(filepath).write_bytes(b"PK\x03\x04" + b"\0" * 1000)  # the start of a zip, then the crash
+                os.kill(os.getpid(), signal.SIGKILL)
+            save(checkpoint, filepath, *args, **kwargs)
+
+        strategy.save_checkpoint = crashing_save
+
+
+# ---------------------------------------------------------------- helpers
+def run_fit(root: Path, *args: str, callbacks: list[dict] | None = None, env: dict[str, str] | None = None,
+            devices: int = 1) -> subprocess.CompletedProcess:
+    """``python -m inspo fit`` of configs/tiny.yaml writing under ``root`` (losses recorded in ``root``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    extra = root / f"callbacks-{len(list(root.glob('callbacks-*.yaml')))}.yaml"
+    record = {"class_path": f"{HERE}.RecordLosses", "init_args": {"folder": str(root)}}
+    extra.write_text(yaml.safe_dump({"trainer": {"callbacks": [record, *(callbacks or [])]}}))
+    command = [sys.executable, "-m", "inspo", "fit", "--config", str(TINY), "--config", str(extra),
+               "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+               "--trainer.devices", str(devices), *QUICK, *args]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def losses(root: Path) -> dict[int, float]:
+    """Step (1-based optimizer step that the loss led to) -> global-batch loss (mean over ranks); later lines win."""
+    per_step: dict[int, dict[int, float]] = {}
+    for path in root.glob("losses-*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            per_step.setdefault(row["step"], {})[row["rank"]] = row["loss"]
+    return {step: sum(ranks.values()) / len(ranks) for step, ranks in sorted(per_step.items())}
+
+
+def tail(result: subprocess.CompletedProcess) -> str:
+    return (result.stdout + result.stderr)[-3000:]
+
+
+def last_target(root: Path) -> Path:
+    (link,) = root.glob("inspo/version_*/checkpoints/last.ckpt")
+    return link.resolve()
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> dict[int, float]:
+    """The uninterrupted run: 8 steps, checkpoints every 2."""
+    root = tmp_path_factory.mktemp("baseline")
+    result = run_fit(root, "--checkpoint.every_n_train_steps", "2")
+    assert result.returncode == 0, tail(result)
+    out = losses(root)
+    assert sorted(out) == list(range(1, 9)) and len(set(out.values())) == 8
+    return out
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory) -> Path:
+    """A run SIGKILLed while writing its step-6 checkpoint (after the step-4 one)."""
+    root = tmp_path_factory.mktemp("crashed")
+    crash = {"class_path": f"{HERE}.CrashWhileSaving", "init_args": {"step": 6}}
+    result = run_fit(root, "--checkpoint.every_n_train_steps", "2", callbacks=[crash])
+    assert result.returncode == -signal.SIGKILL, tail(result)
+    return root
+
+
+# ---------------------------------------------------------------- tests
+def test_sigkill_mid_write_leaves_a_good_last_and_resume_is_exact(crashed, baseline):
+    """The crash left no corrupt checkpoint under a checkpoint name; ``last`` is step 4; ``--ckpt_path last``
+    continues at the same batch with the same optimizer, scheduler and RNG state: steps 5-8 equal the baseline."""
+    assert sorted(losses(crashed)) == list(range(1, 7))
+    target = last_target(crashed)
+    assert target.name == "epoch=0-step=4.ckpt"
+    for path in crashed.glob("inspo/version_0/checkpoints/*.ckpt"):  # every file under a checkpoint name loads
+        assert torch.load(path, map_location="cpu", weights_only=False)["global_step"] in (2, 4)
+    assert list(crashed.glob("inspo/version_0/checkpoints/.partial.*"))  # the half-written file kept its temp name
+    for path in crashed.glob("losses-*.jsonl"):
+        path.unlink()
+    result = run_fit(crashed, "--checkpoint.every_n_train_steps", "2", "--ckpt_path", "last")
+    assert result.returncode == 0, tail(result)
+    resumed = losses(crashed)
+    assert sorted(resumed) == [5, 6, 7, 8]
+    assert resumed == {step: baseline[step] for step in (5, 6, 7, 8)}  # exactly, not within a tolerance
+
+
+def test_slurm_sigusr1_saves_requeues_and_the_next_allocation_resumes(tmp_path, baseline):
+    """Simulated Slurm job 4242 (SLURM_* set, a stub ``scontrol`` on PATH): SIGUSR1 after step 3 saves at the step
+    boundary and calls ``scontrol requeue 4242``; the requeued job (SLURM_RESTART_COUNT=1) resumes by itself."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol-calls.txt"
+    stub = bin_dir / "scontrol"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "inspo-test", "SLURM_NTASKS": "1",
+             "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    root = tmp_path / "run"
+    signal_at = {"class_path": f"{HERE}.SignalAt", "init_args": {"step": 3, "signum": int(signal.SIGUSR1)}}
+    first = run_fit(root, callbacks=[signal_at], env=slurm)
+    assert first.returncode == 0, tail(first)
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert sorted(losses(root)) == [1, 2, 3]  # stopped right after saving
+    assert last_target(root).name == "epoch=0-step=3.ckpt"
+    assert not list(root.glob("inspo/version_0/hf_model"))  # a preempted run does not export
+    for path in root.glob("losses-*.jsonl"):
+        path.unlink()
+    second = run_fit(root, env={**slurm, "SLURM_RESTART_COUNT": "1"})
+    assert second.returncode == 0, tail(second)
+    assert losses(root) == {step: baseline[step] for step in range(4, 9)}
+    assert calls.read_text().split() == ["requeue", "4242"]  # no second requeue
+
+
+def _fit_in_process(root: Path, *args: str) -> None:
+    main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(root),
+          "--trainer.logger.init_args.save_dir", str(root), *QUICK, *args])
+
+
+SMALLER = json.dumps({"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+                      "num_key_value_heads": 2})
+
+
+@pytest.mark.parametrize(("option", "value", "key"), [("--model.loss", "ipo", "model.loss"),
+                                                      ("--model.random_init", SMALLER, "model.random_init")])
+def test_resume_with_a_changed_model_or_loss_stops(crashed, capsys, option, value, key):
+    with pytest.raises(SystemExit) as exit_info:
+        _fit_in_process(crashed, "--ckpt_path", "last", option, value)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert len(err) == 1 and err[0].startswith("inspo: error: cannot resume from ") and f"{key}=" in err[0], err
+
+
+def _no_training_step(root: Path) -> bool:
+    """No metrics file holds a training loss."""
+    import csv
+
+    for path in root.glob("inspo/version_*/metrics.csv"):
+        with open(path, newline="") as handle:
+            if any(row.get("train/loss_step") for row in csv.DictReader(handle)):
+                return False
+    return True
+
+
+def test_unwritable_checkpoint_dir_fails_before_training(tmp_path, capsys):
+    if os.geteuid() == 0:  # root writes through permission bits: use a read-only file system
+        folder = Path("/sys/inspo-checkpoints")
+    else:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+    with pytest.raises(SystemExit) as exit_info:
+        _fit_in_process(tmp_path, "--checkpoint.dirpath", str(folder))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"inspo: error: checkpoint directory {folder} is not writable"), err
+    assert _no_training_step(tmp_path)
+
+
+def test_full_checkpoint_dir_fails_before_training(tmp_path, capsys, monkeypatch):
+    import inspo.callbacks
+
+    class Usage:
+        free = 1024 * 1024  # 1 MiB: the tiny model's checkpoint needs ~38 MiB
+
+    monkeypatch.setattr(inspo.callbacks.shutil, "disk_usage", lambda path: Usage())
+    with pytest.raises(SystemExit) as exit_info:
+        _fit_in_process(tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert "is full: 1.0 MiB free, a checkpoint of this model needs about" in err[0], err
+    assert _no_training_step(tmp_path)
