@@ -23,6 +23,7 @@ import os
 import sys
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -72,6 +73,10 @@ class InspoCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator is {trainer['accelerator']!r} but no GPU is visible here (e.g. "
+                              "configs/strategy/fsdp.yaml is GPU only); on a CPU use configs/strategy/fsdp2.yaml or "
+                              "ddp.yaml with --trainer.accelerator cpu")
         keys = self._parser(self.subcommand).callback_keys
         if trainer.get("enable_progress_bar") is False:  # the user turned the bar off: ours goes too
             keys = [key for key in keys if key != "progress_bar"]
