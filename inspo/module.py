@@ -209,6 +209,7 @@ class PreferenceModule(LightningModule):
             rejected_tokens=counts[:, col["rejected"]],
             chosen_plain=sums[:, col["chosen_plain"]] if "chosen_plain" in col else None,
             rejected_plain=sums[:, col["rejected_plain"]] if "rejected_plain" in col else None,
+            conditioned=sequences["chosen"] != REFERENCE_SEQUENCES["chosen"],
         )
 
     def reference_logps(self, batch: PairBatch) -> PairLogps | None:
@@ -225,7 +226,10 @@ class PreferenceModule(LightningModule):
 
     def pair_logps(self, batch: PairBatch) -> tuple[PairLogps, PairLogps | None]:
         """The one pair forward: policy log-probs under the run's conditioning, and the reference's."""
-        return self.score(self.policy, batch, self.conditioning.policy_sequences), self.reference_logps(batch)
+        sequences = self.conditioning.policy_sequences
+        if not self.loss.needs_plain_logps:  # InSPO: skip log pi(y|x) targets the loss never reads
+            sequences = {name: segs for name, segs in sequences.items() if not name.endswith("_plain")}
+        return self.score(self.policy, batch, sequences), self.reference_logps(batch)
 
     # ---------------------------------------------------------------- steps
     def _common_step(self, batch: PairBatch, stage: str) -> Tensor | None:

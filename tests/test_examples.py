@@ -72,7 +72,9 @@ def test_peek_conditioning_scores_the_truncated_alternative(examples, tmp_path, 
     for i, (x, yw, yl) in enumerate(zip(b.prompt, b.chosen, b.rejected)):
         assert policy.chosen[i].item() == pytest.approx(logp(module.policy, x + yl[:k], yw), abs=1e-5)
         assert policy.rejected[i].item() == pytest.approx(logp(module.policy, x + yw[:k], yl), abs=1e-5)
-        assert policy.chosen_plain[i].item() == pytest.approx(logp(module.policy, x, yw), abs=1e-5)
+    plain = module.score(module.policy, b, module.conditioning.policy_sequences)  # incl. the plain targets
+    for i, (x, yw) in enumerate(zip(b.prompt, b.chosen)):
+        assert plain.chosen_plain[i].item() == pytest.approx(logp(module.policy, x, yw), abs=1e-5)
     module.loss(*module.pair_logps(b)).loss.backward()
     assert module.policy.lm_head.weight.grad.abs().sum() > 0
 

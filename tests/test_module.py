@@ -9,6 +9,7 @@ import torch
 
 from inspo.data.datamodule import PairBatch
 from inspo.errors import ConfigError
+from inspo.conditioning import REFERENCE_SEQUENCES
 from inspo.losses import LOSSES, DPOLoss, SimPOLoss
 from inspo.module import PreferenceModule
 from tests.conftest import TINY, random_pairs
@@ -34,7 +35,7 @@ def logp(model, context: list[int], target: list[int]) -> float:
 @pytest.mark.parametrize("layout", ["separate", "packed"])
 def test_inspo_logps_equal_separately_built_sequences(layout):
     """a_w = log pi(y_w|x,y_l), a_l = log pi(y_l|x,y_w) from [x,y_l,y_w] / [x,y_w,y_l]; reference from [x,y]."""
-    module = make_module(conditioning="inspo", layout=layout)
+    module = make_module(conditioning="inspo", layout=layout, loss=DPOLoss(sft_weight=0.1))  # SFT: reads log pi(y|x)
     with torch.no_grad():
         module.policy.lm_head.weight.add_(0.01)  # policy != reference, so a mix-up would show
     b = batch()
@@ -48,6 +49,24 @@ def test_inspo_logps_equal_separately_built_sequences(layout):
         assert reference.chosen[i].item() == pytest.approx(logp(module.reference, x, yw), abs=1e-5)
         assert reference.rejected[i].item() == pytest.approx(logp(module.reference, x, yl), abs=1e-5)
         assert policy.chosen_tokens[i].item() == len(yw) and policy.rejected_tokens[i].item() == len(yl)
+
+
+@pytest.mark.parametrize("layout", ["separate", "packed"])
+def test_inspo_skips_the_plain_targets_a_loss_never_reads(layout):
+    """Plain DPO under InSPO reads a_w, a_l only: log pi(y|x) is not computed, a_w / a_l are unchanged, and a loss
+    that reads the plain log-probs without declaring it gets an error instead of the conditioned values."""
+    with_plain = make_module(conditioning="inspo", layout=layout, loss=DPOLoss(sft_weight=0.1))
+    without = make_module(conditioning="inspo", layout=layout, loss="dpo")
+    without.policy.load_state_dict(with_plain.policy.state_dict())
+    b = batch()
+    full, _ = with_plain.pair_logps(b)
+    policy, _ = without.pair_logps(b)
+    assert policy.chosen_plain is None and policy.rejected_plain is None
+    torch.testing.assert_close(policy.chosen, full.chosen, atol=1e-5, rtol=0)
+    torch.testing.assert_close(policy.rejected, full.rejected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="uses_plain_logps"):
+        _ = policy.plain_chosen
+    assert make_module(conditioning="inspo", loss="orpo").pair_logps(b)[0].chosen_plain is not None
 
 
 def test_standard_logps_are_unconditioned():
@@ -100,8 +119,9 @@ def test_inspo_reference_is_unconditioned_so_step_zero_is_not_ln2_in_general():
     assert h.abs().max() > 1e-3
     assert abs(out.loss.item() - math.log(2)) > 1e-6
     # the plain (unconditioned) policy terms do equal the reference at step 0
-    torch.testing.assert_close(policy.plain_chosen, reference.chosen, atol=1e-5, rtol=0)
-    torch.testing.assert_close(policy.plain_rejected, reference.rejected, atol=1e-5, rtol=0)
+    plain = module.score(module.policy, batch(), REFERENCE_SEQUENCES)
+    torch.testing.assert_close(plain.chosen, reference.chosen, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain.rejected, reference.rejected, atol=1e-5, rtol=0)
 
 
 def test_reference_is_frozen_and_stays_in_eval_mode():
