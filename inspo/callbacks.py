@@ -288,10 +288,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def link_last(target: Path, link: Path) -> None:
-    """Point the symlink ``link`` at ``target`` (relative) by an atomic rename over the old link."""
+    """Point the symlink ``link`` at ``target`` (relative) by an atomic rename over the old link (or a copy)."""
     tmp = partial_path(link)
     _remove(tmp)
-    os.symlink(os.path.relpath(target, link.parent), tmp)
+    try:
+        os.symlink(os.path.relpath(target, link.parent), tmp)
+    except OSError:  # a file system without symlinks: an atomically renamed copy instead
+        _remove(tmp)
+        (shutil.copytree if target.is_dir() else shutil.copy2)(target, tmp)
     if link.is_dir() and not link.is_symlink():
         shutil.rmtree(link)
     os.replace(tmp, link)

@@ -31,9 +31,9 @@ log = logging.getLogger("inspo")
 METRICS = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp",
            "rejected_logp")
 PROGRESS_BAR = ("loss", "reward_accuracy", "reward_margin")
-RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference", "reference_model",
-               "dtype", "lora")
-"""Hyperparameters that define the trained model and its objective: a resumed run must have the same values."""
+RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference_model", "dtype", "lora")
+"""Hyperparameters that define the trained model and its objective: a resumed run must have the same values (not
+``reference``: ``auto`` and the mode it resolves to are the same run; not LoRA's ``merge_on_export``)."""
 
 
 def resolve_loss(loss: PreferenceLoss | str) -> PreferenceLoss:
@@ -311,6 +311,8 @@ class PreferenceModule(LightningModule):
         where = source if source is not None else (self._trainer.ckpt_path if self._trainer is not None else "?")
         for key in RESUME_KEYS:
             before, now = _plain(saved.get(key)), _plain(self.hparams.get(key))
+            if key == "lora" and isinstance(before, dict) and isinstance(now, dict):
+                before, now = ({k: v for k, v in d.items() if k != "merge_on_export"} for d in (before, now))
             if before != now:
                 raise ConfigError(f"cannot resume from {where}: it was trained with model.{key}={before!r}, this run "
                                   f"has model.{key}={now!r}; resume with the config it was trained with, or start a new "

@@ -93,3 +93,18 @@ def test_fsdp1_config_on_cpu_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert "runs on GPUs only" in err[0] and "fsdp2.yaml" in err[0]
+
+
+def test_slurm_script_runs_one_task_per_gpu_and_asks_for_the_requeue_signal():
+    import re
+    import subprocess
+
+    script = ROOT / "scripts" / "slurm" / "fit.sbatch"
+    text = script.read_text()
+    directives = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, flags=re.M))
+    assert directives["signal"] == "SIGUSR1@90" and "requeue" in directives
+    assert directives["ntasks-per-node"] == directives["gpus-per-node"]  # one task per GPU
+    assert re.search(r"^srun .*inspo fit", text, flags=re.M) and "--trainer.num_nodes" in text
+    assert "--ckpt_path" not in text.split("\nsrun ", 1)[1]  # a requeued job resumes from `last` by itself
+    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in text
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0

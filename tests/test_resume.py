@@ -234,3 +234,29 @@ def test_full_checkpoint_dir_fails_before_training(tmp_path, capsys, monkeypatch
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert "is full: 1.0 MiB free, a checkpoint of this model needs about" in err[0], err
     assert _no_training_step(tmp_path)
+
+
+def test_loader_state_round_trip_serves_the_rest_of_the_epoch():
+    """The loader's state (epoch, batches taken) restores the same epoch's remaining batches, in order."""
+    from torch.utils.data import DistributedSampler
+
+    from inspo.data.sampler import LengthBucketBatchSampler, ResumableDataLoader
+
+    data = list(range(37))
+
+    def loader() -> ResumableDataLoader:
+        sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3)
+        batches = LengthBucketBatchSampler(sampler, 4, lengths=[i % 7 for i in data], bucket_batches=2, seed=3)
+        return ResumableDataLoader(data, batch_sampler=batches, collate_fn=list)
+
+    first = loader()
+    first.batch_sampler.set_epoch(2)
+    full = list(first)
+    iterator = iter(first)
+    taken = [next(iterator) for _ in range(3)]
+    state = first.state_dict()
+    assert state == {"epoch": 2, "batches": 3} and taken == full[:3]
+    second = loader()
+    second.load_state_dict(state)
+    assert list(second) == full[3:]
+    assert list(second) == full  # the skip applies once; the next pass is the whole epoch again
