@@ -45,7 +45,7 @@ def fsdp2(tmp_path_factory) -> Path:
 def assert_close_losses(got: dict[int, float], expected: dict[int, float]) -> None:
     assert sorted(got) == sorted(expected)
     torch.testing.assert_close(torch.tensor(list(got.values()), dtype=torch.float64),
-                               torch.tensor(list(expected.values()), dtype=torch.float64), atol=2e-4, rtol=0)
+                               torch.tensor(list(expected.values()), dtype=torch.float64), atol=2e-5, rtol=0)  # observed: 1.2e-6
 
 
 def test_ddp_two_processes_follow_one_process(tmp_path, single):
