@@ -164,7 +164,8 @@ def read_checkpoint(ckpt: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     if not ckpt.is_file():
         raise ConfigError(f"checkpoint not found: {ckpt}")
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    state = {k.removeprefix("policy."): v for k, v in checkpoint.pop("state_dict", {}).items() if k.startswith("policy.")}
+    weights = checkpoint.pop("state_dict", {})
+    state = {k.removeprefix("policy."): v for k, v in weights.items() if k.startswith("policy.")}
     return checkpoint, state
 
 
@@ -250,7 +251,8 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="inspo export", description="Export a checkpoint of `inspo fit` as a plain "
                                      "Hugging Face folder (weights, tokenizer, chat template, generation config, "
                                      f"{EXPORT_INFO}).")
-    parser.add_argument("--ckpt", required=True, help="a .ckpt file or a sharded checkpoint folder written by `inspo fit`")
+    parser.add_argument("--ckpt", required=True,
+                        help="a .ckpt file or a sharded checkpoint folder written by `inspo fit`")
     parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument("--merge", action=argparse.BooleanOptionalAction, default=None,
                         help="LoRA runs: merge the adapter into the base (default: the run's lora.merge_on_export)")

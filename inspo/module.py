@@ -31,7 +31,8 @@ log = logging.getLogger("inspo")
 METRICS = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp",
            "rejected_logp")
 PROGRESS_BAR = ("loss", "reward_accuracy", "reward_margin")
-RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference_model", "dtype", "lora")
+RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference_model", "dtype",
+               "lora")
 """Hyperparameters that define the trained model and its objective: a resumed run must have the same values (not
 ``reference``: ``auto`` and the mode it resolves to are the same run; not LoRA's ``merge_on_export``)."""
 
@@ -314,9 +315,9 @@ class PreferenceModule(LightningModule):
             if key == "lora" and isinstance(before, dict) and isinstance(now, dict):
                 before, now = ({k: v for k, v in d.items() if k != "merge_on_export"} for d in (before, now))
             if before != now:
-                raise ConfigError(f"cannot resume from {where}: it was trained with model.{key}={before!r}, this run "
-                                  f"has model.{key}={now!r}; resume with the config it was trained with, or start a new "
-                                  "run without --ckpt_path")
+                raise ConfigError(f"cannot resume from {where}: it was trained with model.{key}={before!r}, this "
+                                  f"run has model.{key}={now!r}; resume with the config it was trained with, or start "
+                                  "a new run without --ckpt_path")
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

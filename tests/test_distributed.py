@@ -43,9 +43,10 @@ def fsdp2(tmp_path_factory) -> Path:
 
 
 def assert_close_losses(got: dict[int, float], expected: dict[int, float]) -> None:
+    """Per-step global-batch losses agree to float noise (observed: 1.2e-6 over 8 steps)."""
     assert sorted(got) == sorted(expected)
     torch.testing.assert_close(torch.tensor(list(got.values()), dtype=torch.float64),
-                               torch.tensor(list(expected.values()), dtype=torch.float64), atol=2e-5, rtol=0)  # observed: 1.2e-6
+                               torch.tensor(list(expected.values()), dtype=torch.float64), atol=2e-5, rtol=0)
 
 
 def test_ddp_two_processes_follow_one_process(tmp_path, single):
@@ -101,10 +102,10 @@ def test_slurm_script_runs_one_task_per_gpu_and_asks_for_the_requeue_signal():
 
     script = ROOT / "scripts" / "slurm" / "fit.sbatch"
     text = script.read_text()
-    directives = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, flags=re.M))
+    directives = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, flags=re.MULTILINE))
     assert directives["signal"] == "SIGUSR1@90" and "requeue" in directives
     assert directives["ntasks-per-node"] == directives["gpus-per-node"]  # one task per GPU
-    assert re.search(r"^srun .*inspo fit", text, flags=re.M) and "--trainer.num_nodes" in text
+    assert re.search(r"^srun .*inspo fit", text, flags=re.MULTILINE) and "--trainer.num_nodes" in text
     assert "--ckpt_path" not in text.split("\nsrun ", 1)[1]  # a requeued job resumes from `last` by itself
     assert "TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in text
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
