@@ -369,3 +369,17 @@ def test_bundled_file_loads(name):
 def test_unknown_bundled_dataset_is_named():
     with pytest.raises(ConfigError, match="unknown bundled dataset 'bundled:nope'.*bundled:verifiable"):
         PreferenceDataModule(path="bundled:nope", val_fraction=0.0).setup("fit")
+
+
+def test_order_seed_changes_the_training_order_but_not_the_split(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{**ROWS[i % len(ROWS)], "prompt": f"p{i}"} for i in range(40)])
+    orders, splits = [], []
+    for order_seed in (None, 42, 7):
+        dm = PreferenceDataModule(path=str(path), val_fraction=0.25, seed=42, order_seed=order_seed,
+                                  bucket_batches=1, batch_size=4)
+        dm.setup("fit")
+        splits.append(sorted(p.row for p in dm.val_pairs))
+        orders.append([row for batch in dm.train_dataloader() for row in batch.rows])
+    assert splits[0] == splits[1] == splits[2]
+    assert orders[0] == orders[1] != orders[2]
+    assert sorted(orders[0]) == sorted(orders[2])

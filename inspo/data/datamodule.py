@@ -100,6 +100,7 @@ class PreferenceDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 42,
+        order_seed: int | None = None,
         bucket_batches: int = 16,
     ) -> None:
         """Configure the data; nothing is read until :meth:`setup`.
@@ -129,7 +130,9 @@ class PreferenceDataModule(LightningDataModule):
             batch_size: pairs per training batch (per device).
             eval_batch_size: pairs per validation/test/predict batch; defaults to batch_size.
             num_workers: DataLoader worker processes.
-            seed: seed of the validation split and of the training order.
+            seed: seed of the validation split and (unless order_seed is set) of the training order.
+            order_seed: seed of the training order only: runs that differ in it train on the same split in
+                another order (seeds of an experiment); default: ``seed``.
             bucket_batches: training batches per length bucket: the shuffled order is cut into windows of this
                 many batches, each sorted by pair length (``inspo.data.sampler``), so a batch pads and packs
                 little; 1 keeps plain shuffled batches.
@@ -223,9 +226,10 @@ class PreferenceDataModule(LightningDataModule):
         with the same seed, so the pairs of a global batch do not depend on the number of processes.
         """
         hp, pairs = self.hparams, self._pairs("train")
-        sampler = DistributedSampler(pairs, num_replicas=1, rank=0, shuffle=True, seed=hp.seed)
+        seed = hp.seed if hp.order_seed is None else hp.order_seed
+        sampler = DistributedSampler(pairs, num_replicas=1, rank=0, shuffle=True, seed=seed)
         batches = LengthBucketBatchSampler(sampler, hp.batch_size, lengths=[pair.longest for pair in pairs],
-                                           bucket_batches=hp.bucket_batches, seed=hp.seed)
+                                           bucket_batches=hp.bucket_batches, seed=seed)
         workers = self.hparams.num_workers
         return ResumableDataLoader(pairs, batch_sampler=batches, collate_fn=collate_pairs, num_workers=workers,
                                    persistent_workers=workers > 0, position=self._train_position)
