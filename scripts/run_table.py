@@ -94,7 +94,7 @@ def hf_model(folder: Path) -> Path | None:
 def train(args: argparse.Namespace, loss: str, conditioning: str, seed: int, setting: dict[str, Any]) -> Path:
     """Train one run (or reuse a finished one); returns its folder."""
     folder = Path(args.runs) / run_name(loss, conditioning, seed, setting)
-    if hf_model(folder) is not None:
+    if (folder / "seconds.txt").is_file() and hf_model(folder) is not None:  # written after a complete export
         return folder
     shutil.rmtree(folder, ignore_errors=True)  # an unfinished run starts over
     folder.mkdir(parents=True)
