@@ -128,8 +128,8 @@ def main() -> None:
                           "load_average_before": [round(x, 2) for x in load],
                           "load_average_after": [round(x, 2) for x in os.getloadavg()]},
               "model": {"layers": args.layers, "width": args.width, "vocab": 49152, "max_length": args.max_length},
-              "note": "CPU shared with other jobs while measured; gloo backend; medians of per-step wall time, a step "
-                      "timed on its slowest rank",
+              "note": "gloo backend; load_average_before/after show whether other jobs shared the CPU; medians of "
+                      "per-step wall time, a step timed on its slowest rank",
               "runs": runs}
     text = json.dumps(result, indent=2)
     print(text)
