@@ -102,15 +102,23 @@ def train(args: argparse.Namespace, loss: str, conditioning: str, seed: int, set
     if conditioning != "standard" or seed != 0:  # validation metrics serve the sweep only
         command += ["--trainer.limit_val_batches", "0"]
     start = time.time()
-    with open(folder / "fit.log", "w") as logfile:
+    run_logged(command, folder / "fit.log", job_env(args), f"run {folder.name}")
+    if hf_model(folder) is None:
+        raise RuntimeError(f"run {folder.name} wrote no HF model; see {folder / 'fit.log'}")
+    seconds = time.time() - start
+    (folder / "seconds.txt").write_text(f"{seconds:.1f}\n")
+    print(f"trained {folder.name} in {seconds:.0f} s", flush=True)
+    return folder
+
+
+def run_logged(command: list[str], log_path: Path, env: dict[str, str], what: str) -> None:
+    """Run ``command`` in the repository with its output (after the command line) in ``log_path``."""
+    with open(log_path, "w") as logfile:
         logfile.write(" ".join(command) + "\n")
         logfile.flush()
-        code = subprocess.call(command, stdout=logfile, stderr=subprocess.STDOUT, env=job_env(args), cwd=ROOT)
-    if code != 0 or hf_model(folder) is None:
-        raise RuntimeError(f"run {folder.name} failed (exit {code}); see {folder / 'fit.log'}")
-    (folder / "seconds.txt").write_text(f"{time.time() - start:.1f}\n")
-    print(f"trained {folder.name} in {time.time() - start:.0f} s", flush=True)
-    return folder
+        code = subprocess.call(command, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if code != 0:
+        raise RuntimeError(f"{what} failed (exit {code}); see {log_path}")
 
 
 def job_env(args: argparse.Namespace) -> dict[str, str]:
@@ -144,10 +152,7 @@ def build_reference_cache(args: argparse.Namespace) -> None:
     command += ["--model.export_dir", "null"]
     env = {**job_env(args), "OMP_NUM_THREADS": str(args.jobs * args.threads)}
     start = time.time()
-    with open(folder / "fit.log", "w") as logfile:
-        code = subprocess.call(command, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if code != 0:
-        raise RuntimeError(f"building the reference cache failed (exit {code}); see {folder / 'fit.log'}")
+    run_logged(command, folder / "fit.log", env, "building the reference cache")
     (folder / "done").write_text(f"{time.time() - start:.1f} s\n")
     print(f"reference cache built in {time.time() - start:.0f} s", flush=True)
 
@@ -172,8 +177,8 @@ def sweep(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({"steps": args.steps, "losses": results}, indent=2) + "\n")
     lines = ["# Hyperparameter sweep (validation split of the train set, standard conditioning, seed 0)", "",
-             f"{args.steps} optimizer steps of 4 pairs per run. Chosen: highest validation reward accuracy "
-             "(ties: lower validation loss); the same setting serves the InSPO version.", "",
+             (f"{args.steps} optimizer steps of 4 pairs per run. Chosen: highest validation reward accuracy "
+             "(ties: lower validation loss); the same setting serves the InSPO version."), "",
              "| loss | setting | val reward accuracy | val loss | val margin | chosen |", "|---|---|---:|---:|---:|---|"]
     for loss, entry in results.items():
         for row in entry["tried"]:
@@ -212,9 +217,7 @@ def evaluate(args: argparse.Namespace) -> Path:
 
     def one(spec: str) -> None:
         name = spec.split("=", 1)[0]
-        with open(out / f"{name}.log", "w") as logfile:
-            subprocess.check_call([*base, "--model", spec], stdout=logfile, stderr=subprocess.STDOUT,
-                                  env=job_env(args), cwd=ROOT)
+        run_logged([*base, "--model", spec], out / f"{name}.log", job_env(args), f"evaluating {name}")
 
     out.mkdir(parents=True, exist_ok=True)
     one(specs[0])  # the baseline's answers first, so the parallel evaluations reuse them
@@ -270,8 +273,8 @@ def write_table_markdown(summary: dict[str, Any], path: Path) -> None:
               f"(gold reward, greedy, ties half), after {summary['steps']} optimizer steps of 4 pairs. Mean ± "
               "standard error over seeds (seeds column); with one seed, no error is shown over seeds and the "
               "per-prompt standard error column is the only uncertainty. Rates in %."), "",
-             "| loss | conditioning | setting | seeds | win rate | LC win rate | per-prompt SE | mean gold reward | "
-             "all satisfied | mean tokens |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+             ("| loss | conditioning | setting | seeds | win rate | LC win rate | per-prompt SE | mean gold reward | "
+             "all satisfied | mean tokens |"), "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
              f"| (start) | - | - | - | 50.0 | 50.0 | - | {base['mean_reward']:.3f} | - | {base['mean_tokens']:.1f} |"]
     for row in summary["methods"].values():
         setting = setting_name(summary["settings"][row["loss"]])
@@ -281,8 +284,8 @@ def write_table_markdown(summary: dict[str, Any], path: Path) -> None:
             f"{100 * row['prompt_se_win_rate']:.1f} | {_fmt(row['mean_reward'], row['mean_reward_se'], 1, 3)} | "
             f"{_fmt(row['all_satisfied_fraction'], row['all_satisfied_fraction_se'])} | "
             f"{_fmt(row['mean_tokens'], row['mean_tokens_se'], 1, 1)} |")
-    lines += ["", "InSPO minus standard, per loss (win rate points; the standard error combines both rows' errors "
-              "over seeds, or the per-prompt errors with one seed):", ""]
+    lines += ["", ("InSPO minus standard, per loss (win rate points; the standard error combines both rows' errors "
+              "over seeds, or the per-prompt errors with one seed):"), ""]
     for loss in summary["losses"]:
         a, b = summary["methods"][f"{loss}-inspo"], summary["methods"][f"{loss}-standard"]
         se_a = a["win_rate_se"] if a["win_rate_se"] is not None else a["prompt_se_win_rate"]

@@ -15,7 +15,14 @@ import pytest
 
 import inspo
 from inspo.data import datamodule as datamodule_module
-from inspo.data.datamodule import BUNDLED_DATA, PairBatch, PreferenceDataModule, bundled_dataset, collate_pairs, split_pairs
+from inspo.data.datamodule import (
+    BUNDLED_DATA,
+    PairBatch,
+    PreferenceDataModule,
+    bundled_dataset,
+    collate_pairs,
+    split_pairs,
+)
 from inspo.data.formats import PreferenceRecord, read_rows, to_record
 from inspo.data.tokenize import TokenizedPair, adds_bos, tokenize_record, truncate_pair
 from inspo.errors import ConfigError, DataError

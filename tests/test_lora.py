@@ -50,7 +50,7 @@ def test_adapter_reference_equals_the_base_model_exactly():
     assert module.reference_mode == "adapter" and module.reference is None
     perturb_adapters(module.policy)
     b = batch()
-    policy, reference = module.pair_logps(b)
+    _, reference = module.pair_logps(b)
     chosen, rejected = base_reference_logps(module, tiny_model(), b)
     assert torch.equal(reference.chosen, chosen) and torch.equal(reference.rejected, rejected)
     # the adapters are on for the policy: its plain log-probs differ from the reference's

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from inspo.conditioning import REFERENCE_SEQUENCES
 from inspo.data.datamodule import PairBatch
 from inspo.errors import ConfigError
-from inspo.conditioning import REFERENCE_SEQUENCES
 from inspo.losses import LOSSES, DPOLoss, SimPOLoss
 from inspo.module import PreferenceModule
 from tests.conftest import TINY, random_pairs

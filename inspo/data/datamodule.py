@@ -202,10 +202,9 @@ class PreferenceDataModule(LightningDataModule):
         hp = self.hparams
         if hp.dataset is not None:
             return hp.dataset, enumerate(self._load_hf_dataset(), start=1)
-        if hp.path is None or hp.path.startswith("bundled:"):
-            path = str(bundled_dataset(hp.path.removeprefix("bundled:") if hp.path else "prefs"))
-        else:
-            path = hp.path
+        path = hp.path if hp.path is not None else "bundled:prefs"
+        if path.startswith("bundled:"):
+            path = str(bundled_dataset(path.removeprefix("bundled:")))
         return path, read_rows(path, keep_going=True)  # unreadable lines are counted, not fatal, under skip
 
     def _load_hf_dataset(self) -> Iterable[Any]:
