@@ -19,6 +19,8 @@ from inspo.layout import ModelRows, to_block_mask
 
 
 def _model_kwargs(model: nn.Module, rows: ModelRows) -> dict[str, Tensor]:
+    if hasattr(rows, "model_inputs"):  # rows that bring their own inputs (inspo.prefix_attention: no dense mask)
+        return rows.model_inputs(model)
     mask = rows.attention_mask
     impl = getattr(model.config, "_attn_implementation", "sdpa")
     if mask.dim() == 4 and impl == "flex_attention":
