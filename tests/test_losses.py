@@ -158,10 +158,11 @@ def test_simpo_golden(inspo: bool) -> None:
 def test_rdpo_golden(inspo: bool) -> None:
     """beta = 0.1, alpha = 0.1: length gap |y_w| - |y_l| = [2 - 3, 3 - 2] = [-1, 1].
 
-    z = beta*h - alpha*gap = [0.15 + 0.1, -0.15 - 0.1] = [0.25, -0.25]
-    L = [sp(-0.25), sp(0.25)] = [0.575939, 0.825939]
+    z = beta*h + alpha*gap = [0.15 - 0.1, -0.15 + 0.1] = [0.05, -0.05]   (Park et al. 2024, eq. 9: the term is added)
+    L = [sp(-0.05), sp(0.05)] = [0.668460, 0.718460]
+    (the old, subtracted form gave z = [0.25, -0.25], L = [0.575939, 0.825939]). Rewards are DPO's.
     """
-    check_golden(RDPOLoss(beta=0.1, alpha=0.1), inspo, [sp(-0.25), sp(0.25)], [0.1, -0.1], [-0.05, 0.05])
+    check_golden(RDPOLoss(beta=0.1, alpha=0.1), inspo, [sp(-0.05), sp(0.05)], [0.1, -0.1], [-0.05, 0.05])
 
 
 @CONDITIONINGS
@@ -412,7 +413,7 @@ class FlippedRDPO(RDPOLoss):
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = logratios(policy, reference)
         gap = policy.chosen_tokens - policy.rejected_tokens
-        losses = -F.logsigmoid(self.beta * (rejected_ratio - chosen_ratio) - self.alpha * gap)
+        losses = -F.logsigmoid(self.beta * (rejected_ratio - chosen_ratio) + self.alpha * gap)
         return LossOutput(losses, chosen_ratio.detach(), rejected_ratio.detach())
 
 
@@ -422,7 +423,7 @@ class SwappedReferenceRDPO(RDPOLoss):
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         h = (policy.chosen - reference.rejected) - (policy.rejected - reference.chosen)
         gap = policy.chosen_tokens - policy.rejected_tokens
-        return LossOutput(-F.logsigmoid(self.beta * h - self.alpha * gap), h.detach(), h.detach())
+        return LossOutput(-F.logsigmoid(self.beta * h + self.alpha * gap), h.detach(), h.detach())
 
 
 class FlippedORPO(ORPOLoss):
