@@ -1,7 +1,8 @@
 """How the length-aware losses treat response length: behaviour, not just golden values.
 
 R-DPO (Park et al. 2024, eq. 9) adds alpha * (|y_w| - |y_l|) to DPO's logit so that length stops paying: on a tie
-between a long and a short answer its optimum favours the short one.
+between a long and a short answer its optimum favours the short one. IPO's default (as TRL's ``loss_type="ipo"``)
+regresses the gap of *per-token* log-ratios onto 1/(2 beta), so its target does not depend on the answers' lengths.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from inspo.losses import DPOLoss, PairLogps, PreferenceLoss, RDPOLoss
+from inspo.losses import DPOLoss, IPOLoss, PairLogps, PreferenceLoss, RDPOLoss
 
 
 def tie_loss(loss: PreferenceLoss, gap: torch.Tensor) -> torch.Tensor:
@@ -59,3 +60,23 @@ def test_rdpo_optimum_of_a_tie_favours_the_short_answer() -> None:
     tie_loss(RDPOLoss(beta=0.1, alpha=0.01), gap).sum().backward()
     assert gap.grad.item() == pytest.approx(0.1 * (torch.sigmoid(torch.tensor(0.2)).item() - 0.5), abs=1e-6)
     assert gap.grad.item() > 0
+
+
+def test_ipo_target_is_per_token_by_default() -> None:
+    """Pairs of 1, 10 and 100 tokens per answer whose log-ratios differ by exactly 5 nats per token.
+
+    beta = 0.1: target 1/(2*0.1) = 5. Per token (default): h = 5*n/n - 0 = 5 for every n, so L = 0 and the gradient
+    is 0. Summed: h = 5*n, L = (5n - 5)^2 = [0, 2025, 245025]; the same beta asks for a 5-nat gap per answer.
+    """
+    tokens = torch.tensor([1.0, 10.0, 100.0])
+    policy = PairLogps(chosen=(-2.0 * tokens).requires_grad_(), rejected=-7.0 * tokens, chosen_tokens=tokens,
+                       rejected_tokens=tokens)
+    reference = dataclasses.replace(policy, chosen=-2.0 * tokens, rejected=-2.0 * tokens)
+    per_token = IPOLoss(beta=0.1)(policy, reference)
+    assert torch.equal(per_token.losses, torch.zeros(3))
+    per_token.loss.backward()
+    assert torch.equal(policy.chosen.grad, torch.zeros(3))
+    summed = IPOLoss(beta=0.1, average_log_ratios=False)(policy, reference)
+    assert summed.losses.tolist() == [0.0, 2025.0, 245025.0]
+    # the logged margin is what the loss regresses: beta * h, per token by default
+    assert torch.allclose(per_token.chosen_rewards - per_token.rejected_rewards, torch.full((3,), 0.5))

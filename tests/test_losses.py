@@ -137,11 +137,24 @@ def test_robust_golden(inspo: bool) -> None:
 
 @CONDITIONINGS
 def test_ipo_golden(inspo: bool) -> None:
-    """beta (tau) = 0.5: target 1/(2*0.5) = 1; L = (h - 1)^2 = [(1.5 - 1)^2, (-1.5 - 1)^2] = [0.25, 6.25].
+    """Default, per-token log-ratios (as TRL). beta (tau) = 0.5: target 1/(2*0.5) = 1.
+
+    chosen ratio / |y_w|   = [1/2, -1/3]     = [0.5, -0.333333]
+    rejected ratio / |y_l| = [-0.5/3, 0.5/2] = [-0.166667, 0.25]
+    h = [0.5 + 1/6, -1/3 - 1/4] = [2/3, -7/12]
+    L = (h - 1)^2 = [(-1/3)^2, (-19/12)^2] = [1/9, 361/144] = [0.111111, 2.506944]
+    rewards, per token like h: 0.5*[0.5, -1/3] = [0.25, -0.166667] and 0.5*[-1/6, 0.25] = [-0.083333, 0.125].
+    """
+    check_golden(IPOLoss(beta=0.5), inspo, [1 / 9, 361 / 144], [0.25, -1 / 6], [-1 / 12, 0.125])
+
+
+@CONDITIONINGS
+def test_ipo_summed_golden(inspo: bool) -> None:
+    """average_log_ratios=False, beta (tau) = 0.5: L = (h - 1)^2 = [(1.5 - 1)^2, (-1.5 - 1)^2] = [0.25, 6.25].
 
     rewards: 0.5*[1, -1] = [0.5, -0.5] and 0.5*[-0.5, 0.5] = [-0.25, 0.25].
     """
-    check_golden(IPOLoss(beta=0.5), inspo, [0.25, 6.25], [0.5, -0.5], [-0.25, 0.25])
+    check_golden(IPOLoss(beta=0.5, average_log_ratios=False), inspo, [0.25, 6.25], [0.5, -0.5], [-0.25, 0.25])
 
 
 @CONDITIONINGS
@@ -214,7 +227,8 @@ def test_onesided_golden(inspo: bool) -> None:
 
 
 def contract_pair(inspo: bool = False, dtype: torch.dtype = torch.float32) -> tuple[PairLogps, PairLogps]:
-    """A B=3 batch with realistic sums; h = [1.5, -2, 1] stays below IPO's default target 1/(2*0.1) = 5.
+    """A B=3 batch with realistic sums; h = [1.5, -2, 1] (per token [0.325, -0.225, 0.333]) stays below IPO's
+    default target 1/(2*0.1) = 5.
 
     Policy log-probs are leaf tensors with requires_grad, so tests can check gradients reach them.
     """
