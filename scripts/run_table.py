@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOSSES = {  # name -> (loss class, fixed init args, needs a reference)
     "dpo": ("inspo.losses.DPOLoss", {"beta": 0.1}, True),
     "simpo": ("inspo.losses.SimPOLoss", {"beta": 2.0, "gamma": 1.0}, False),
-    "ipo": ("inspo.losses.IPOLoss", {"beta": 0.1}, True),
+    "ipo": ("inspo.losses.IPOLoss", {"beta": 0.1, "average_log_ratios": True}, True),
     "rdpo": ("inspo.losses.RDPOLoss", {"beta": 0.1, "alpha": 0.01}, True),
     "orpo": ("inspo.losses.ORPOLoss", {"lam": 0.1}, False),
 }
@@ -55,6 +55,10 @@ GRID = {  # per loss: the settings the sweep tries (learning rate and, where it 
     "orpo": [{"lr": 5e-6}, {"lr": 2e-5}],
 }
 SEEDS = {"dpo": 3, "simpo": 3, "ipo": 1, "rdpo": 1, "orpo": 1}
+DEFINITIONS = {  # losses whose definition changed (issue 11): tag in run names (a rerun never reuses an old run)
+    "ipo": ("tok", "per-token log-ratios (average_log_ratios: true)"),
+    "rdpo": ("eq9", "length term added (Park et al. 2024, eq. 9)"),
+}
 CONDITIONINGS = ("standard", "inspo")
 
 
@@ -63,7 +67,8 @@ def setting_name(setting: dict[str, Any]) -> str:
 
 
 def run_name(loss: str, conditioning: str, seed: int, setting: dict[str, Any]) -> str:
-    return f"{loss}-{conditioning}-s{seed}-{setting_name(setting)}"
+    tag = f"-{DEFINITIONS[loss][0]}" if loss in DEFINITIONS else ""
+    return f"{loss}{tag}-{conditioning}-s{seed}-{setting_name(setting)}"
 
 
 def fit_command(args: argparse.Namespace, loss: str, conditioning: str, seed: int, setting: dict[str, Any],
@@ -243,6 +248,8 @@ def table(args: argparse.Namespace) -> None:
         for conditioning in CONDITIONINGS:
             names = [n for n in models if n.rsplit("-s", 1)[0] == f"{loss}-{conditioning}"]
             row = {"loss": loss, "conditioning": conditioning, "seeds": len(names)}
+            if loss in DEFINITIONS:
+                row["definition"] = DEFINITIONS[loss][1]
             for key in ("win_rate", "lc_win_rate", "mean_reward", "mean_tokens", "all_satisfied_fraction"):
                 row[key], row[f"{key}_se"] = mean_se([models[n][key] for n in names])
             row["per_seed_win_rate"] = [models[n]["win_rate"] for n in names]

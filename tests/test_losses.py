@@ -137,11 +137,24 @@ def test_robust_golden(inspo: bool) -> None:
 
 @CONDITIONINGS
 def test_ipo_golden(inspo: bool) -> None:
-    """beta (tau) = 0.5: target 1/(2*0.5) = 1; L = (h - 1)^2 = [(1.5 - 1)^2, (-1.5 - 1)^2] = [0.25, 6.25].
+    """Default, per-token log-ratios (as TRL). beta (tau) = 0.5: target 1/(2*0.5) = 1.
+
+    chosen ratio / |y_w|   = [1/2, -1/3]     = [0.5, -0.333333]
+    rejected ratio / |y_l| = [-0.5/3, 0.5/2] = [-0.166667, 0.25]
+    h = [0.5 + 1/6, -1/3 - 1/4] = [2/3, -7/12]
+    L = (h - 1)^2 = [(-1/3)^2, (-19/12)^2] = [1/9, 361/144] = [0.111111, 2.506944]
+    rewards, per token like h: 0.5*[0.5, -1/3] = [0.25, -0.166667] and 0.5*[-1/6, 0.25] = [-0.083333, 0.125].
+    """
+    check_golden(IPOLoss(beta=0.5), inspo, [1 / 9, 361 / 144], [0.25, -1 / 6], [-1 / 12, 0.125])
+
+
+@CONDITIONINGS
+def test_ipo_summed_golden(inspo: bool) -> None:
+    """average_log_ratios=False, beta (tau) = 0.5: L = (h - 1)^2 = [(1.5 - 1)^2, (-1.5 - 1)^2] = [0.25, 6.25].
 
     rewards: 0.5*[1, -1] = [0.5, -0.5] and 0.5*[-0.5, 0.5] = [-0.25, 0.25].
     """
-    check_golden(IPOLoss(beta=0.5), inspo, [0.25, 6.25], [0.5, -0.5], [-0.25, 0.25])
+    check_golden(IPOLoss(beta=0.5, average_log_ratios=False), inspo, [0.25, 6.25], [0.5, -0.5], [-0.25, 0.25])
 
 
 @CONDITIONINGS
@@ -158,10 +171,11 @@ def test_simpo_golden(inspo: bool) -> None:
 def test_rdpo_golden(inspo: bool) -> None:
     """beta = 0.1, alpha = 0.1: length gap |y_w| - |y_l| = [2 - 3, 3 - 2] = [-1, 1].
 
-    z = beta*h - alpha*gap = [0.15 + 0.1, -0.15 - 0.1] = [0.25, -0.25]
-    L = [sp(-0.25), sp(0.25)] = [0.575939, 0.825939]
+    z = beta*h + alpha*gap = [0.15 - 0.1, -0.15 + 0.1] = [0.05, -0.05]   (Park et al. 2024, eq. 9: the term is added)
+    L = [sp(-0.05), sp(0.05)] = [0.668460, 0.718460]
+    (the old, subtracted form gave z = [0.25, -0.25], L = [0.575939, 0.825939]). Rewards are DPO's.
     """
-    check_golden(RDPOLoss(beta=0.1, alpha=0.1), inspo, [sp(-0.25), sp(0.25)], [0.1, -0.1], [-0.05, 0.05])
+    check_golden(RDPOLoss(beta=0.1, alpha=0.1), inspo, [sp(-0.05), sp(0.05)], [0.1, -0.1], [-0.05, 0.05])
 
 
 @CONDITIONINGS
@@ -213,7 +227,8 @@ def test_onesided_golden(inspo: bool) -> None:
 
 
 def contract_pair(inspo: bool = False, dtype: torch.dtype = torch.float32) -> tuple[PairLogps, PairLogps]:
-    """A B=3 batch with realistic sums; h = [1.5, -2, 1] stays below IPO's default target 1/(2*0.1) = 5.
+    """A B=3 batch with realistic sums; h = [1.5, -2, 1] (per token [0.325, -0.225, 0.333]) stays below IPO's
+    default target 1/(2*0.1) = 5.
 
     Policy log-probs are leaf tensors with requires_grad, so tests can check gradients reach them.
     """
@@ -412,7 +427,7 @@ class FlippedRDPO(RDPOLoss):
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = logratios(policy, reference)
         gap = policy.chosen_tokens - policy.rejected_tokens
-        losses = -F.logsigmoid(self.beta * (rejected_ratio - chosen_ratio) - self.alpha * gap)
+        losses = -F.logsigmoid(self.beta * (rejected_ratio - chosen_ratio) + self.alpha * gap)
         return LossOutput(losses, chosen_ratio.detach(), rejected_ratio.detach())
 
 
@@ -422,7 +437,7 @@ class SwappedReferenceRDPO(RDPOLoss):
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         h = (policy.chosen - reference.rejected) - (policy.rejected - reference.chosen)
         gap = policy.chosen_tokens - policy.rejected_tokens
-        return LossOutput(-F.logsigmoid(self.beta * h - self.alpha * gap), h.detach(), h.detach())
+        return LossOutput(-F.logsigmoid(self.beta * h + self.alpha * gap), h.detach(), h.detach())
 
 
 class FlippedORPO(ORPOLoss):

@@ -11,13 +11,25 @@ from lightning.pytorch import Trainer
 from inspo import module as module_module
 from inspo.data import validate
 from inspo.data.datamodule import PreferenceDataModule
-from inspo.data.formats import read_rows
+from inspo.data.formats import RowError, read_rows, to_record
 from inspo.data.validate import ReadOptions, read_pairs
 from inspo.errors import ConfigError, DataError
 from inspo.module import PreferenceModule
 from tests.conftest import TINY
 
 GOOD = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "No idea."} for i in range(40)]
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def system(text: str) -> dict[str, str]:
+    return {"role": "system", "content": text}
+
+
+def answer(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
 
 
 def lines(rows: list) -> bytes:
@@ -53,6 +65,14 @@ BAD_ROWS = [
     ({"prompt": "p", "chosen": [{"role": "assistant", "content": "c"}, {"role": "user", "content": "more?"}],
       "rejected": "r"}, "last_turn_not_assistant", "chosen",
      "field 'chosen': the last message must have role 'assistant', got 'user'"),
+    ({"prompt": "Capital of France?", "chosen": [user("Capital of France?"), answer("Paris.")],
+      "rejected": [user("Capital of Italy?"), answer("Rome.")]}, "different_histories", "chosen/rejected",
+     ("fields 'chosen' and 'rejected' follow different conversations: their earlier turns differ at message 0 "
+     "(content 'Capital of France?' vs 'Capital of Italy?')")),
+    ({"prompt": "Capital of France?", "chosen": [system("Be brief."), user("Capital of France?"), answer("Paris.")],
+      "rejected": "Rome."}, "history_not_prompt", "chosen",
+     ("field 'chosen': the turns before its answer are not the prompt: they differ from it at message 0 "
+     "(role 'system' vs 'user')")),
     (["p", "c", "r"], "not_an_object", None, "expected an object with fields 'prompt', 'chosen', 'rejected'"),
     (b'{"prompt": "p", "chosen": ', "invalid_json", None, "invalid JSON: Expecting value (column 28)"),
     (b'{"prompt": "caf\xe9", "chosen": "c", "rejected": "r"}', "invalid_utf8", None,
@@ -94,6 +114,59 @@ def test_error_names_the_first_five_rows_and_the_count(tokenizer, tmp_path):
         f"  {path}: row 37: field 'rejected' is an empty response",
         "      1 row with empty or whitespace-only text in 'rejected': 37",
     ]
+
+
+def test_pairs_from_different_conversations_are_counted_like_other_invalid_rows(tokenizer, tmp_path):
+    """Response lists that follow different conversations: first five row numbers, the count, dropped under skip."""
+    bad = {"prompt": "What is 2 plus 2?", "chosen": [user("What is 2 plus 2?"), answer("4.")],
+           "rejected": [user("What is 3 plus 3?"), answer("6.")]}
+    rows = [bad if index in (3, 8, 11, 20, 25, 30, 33) else row for index, row in enumerate(GOOD)]
+    path = write(tmp_path, rows)
+    with pytest.raises(DataError) as info:
+        read(tokenizer, path)
+    assert str(info.value).splitlines()[:3] == [
+        f"{path}: 7 of 40 rows are invalid (data.on_invalid=error):",
+        (f"  {path}: row 4: fields 'chosen' and 'rejected' follow different conversations: their earlier turns "
+        "differ at message 0 (content 'What is 2 plus 2?' vs 'What is 3 plus 3?')"),
+        ("      7 rows with chosen and rejected following different conversations in 'chosen/rejected': "
+        "4, 9, 12, 21, 26 and 2 more"),
+    ]
+    pairs, report = read(tokenizer, path, on_invalid="skip", min_valid_fraction=0.8)
+    assert report.stats()["dropped_different_histories"] == 7 and len(pairs) == 33
+
+
+CONVERSATION = [system("Be brief."), user("Capital of France?")]
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        # the same conversation given three ways, with surrounding whitespace that does not count
+        ({"prompt": "Capital of France? ", "chosen": [user("Capital of France?\n"), answer("Paris.")],
+          "rejected": [user("Capital of France?"), answer("Rome.")]}, None),
+        ({"prompt": CONVERSATION, "chosen": [*CONVERSATION, answer("Paris.")], "rejected": [answer("Rome.")]}, None),
+        ({"prompt": CONVERSATION, "chosen": "Paris.", "rejected": [*CONVERSATION, answer("Rome.")]}, None),
+        # different earlier turns: interior whitespace, an extra turn, a history that is not the prompt
+        ({"prompt": "Capital of France?", "chosen": [user("Capital  of France?"), answer("Paris.")],
+          "rejected": [user("Capital of France?"), answer("Rome.")]}, "different_histories"),
+        ({"prompt": CONVERSATION, "chosen": [*CONVERSATION, answer("Paris."), user("And Italy?"), answer("Rome.")],
+          "rejected": [*CONVERSATION, answer("Lyon.")]}, "different_histories"),
+        ({"prompt": "And Italy?", "chosen": [*CONVERSATION, answer("Paris."), user("And Italy?"), answer("Rome.")],
+          "rejected": [*CONVERSATION, answer("Paris."), user("And Italy?"), answer("Milan.")]}, "history_not_prompt"),
+        ({"prompt": CONVERSATION, "chosen": [user("Capital of France?"), answer("Paris.")], "rejected": "Rome."},
+         "history_not_prompt"),
+    ],
+    ids=["whitespace", "one-repeats-prompt", "other-repeats-prompt", "interior-whitespace", "extra-turn",
+         "prompt-is-last-turn-only", "system-missing"],
+)
+def test_response_histories_must_be_one_conversation_and_the_prompt(row, reason):
+    if reason is None:
+        record = to_record(row, "mem", 1)
+        assert record.prompt == row["prompt"]  # the prompt field is what gets rendered
+        return
+    with pytest.raises(RowError) as info:
+        to_record(row, "mem", 1)
+    assert info.value.reason == reason
 
 
 def test_skip_reports_counts_and_logs_them(tokenizer, tmp_path, caplog):

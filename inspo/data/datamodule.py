@@ -102,6 +102,7 @@ class PreferenceDataModule(LightningDataModule):
         seed: int = 42,
         order_seed: int | None = None,
         bucket_batches: int = 16,
+        shuffle: bool = True,
     ) -> None:
         """Configure the data; nothing is read until :meth:`setup`.
 
@@ -136,6 +137,10 @@ class PreferenceDataModule(LightningDataModule):
             bucket_batches: training batches per length bucket: the shuffled order is cut into windows of this
                 many batches, each sorted by pair length (``inspo.data.sampler``), so a batch pads and packs
                 little; 1 keeps plain shuffled batches.
+            shuffle: false trains on the pairs in the dataset's order, every epoch (no shuffling and no length
+                bucketing: ``bucket_batches`` is ignored), e.g. to follow another trainer step by step. The
+                validation pairs are still held out by ``seed``; ``val_fraction: 0`` or ``val_path`` keeps every
+                row for training. Under DDP rank r takes pairs r, r + R, ...: a global batch is consecutive pairs.
         """
         super().__init__()
         if path is not None and dataset is not None:
@@ -221,14 +226,18 @@ class PreferenceDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled, length-bucketed batches (``inspo.data.sampler``) from a loader that checkpoints its position.
 
+        With ``shuffle: false`` the batches follow the dataset's order instead.
+
         One process shuffles with a one-replica DistributedSampler; under DDP/FSDP Lightning puts in one per rank
         with the same seed, so the pairs of a global batch do not depend on the number of processes.
         """
         hp, pairs = self.hparams, self._pairs("train")
         seed = hp.seed if hp.order_seed is None else hp.order_seed
-        sampler = DistributedSampler(pairs, num_replicas=1, rank=0, shuffle=True, seed=seed)
+        if not hp.shuffle:
+            log.info("data.shuffle is false: training batches follow the dataset's order (no length bucketing)")
+        sampler = DistributedSampler(pairs, num_replicas=1, rank=0, shuffle=hp.shuffle, seed=seed)
         batches = LengthBucketBatchSampler(sampler, hp.batch_size, lengths=[pair.longest for pair in pairs],
-                                           bucket_batches=hp.bucket_batches, seed=seed)
+                                           bucket_batches=hp.bucket_batches, seed=seed, shuffle=hp.shuffle)
         workers = self.hparams.num_workers
         return ResumableDataLoader(pairs, batch_sampler=batches, collate_fn=collate_pairs, num_workers=workers,
                                    persistent_workers=workers > 0, position=self._train_position)

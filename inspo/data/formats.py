@@ -7,6 +7,16 @@ Two row shapes are accepted, both mapped to :class:`PreferenceRecord`:
   ``rejected`` are either strings or message lists whose last message is the assistant's answer. A message list
   may repeat the whole conversation (as in UltraFeedback-binarized); only its final assistant message is kept.
 
+A pair must answer one conversation. The turns a response list repeats before its answer (its history) are checked,
+since only the answer is kept: when both lists carry a history, the two must be equal (else the row is invalid as
+``different_histories``: the two answers reply to different conversations, and under InSPO the policy would
+condition on an answer to another question); and every history must be the prompt itself (a string prompt counts
+as one user message), else ``history_not_prompt`` (the answer would be trained as a reply to a conversation it
+does not follow, e.g. a prompt field holding only the last user turn, or a system message only in the history).
+A list holding just the answer has no history and agrees with anything. Messages are compared by role and by
+content without surrounding whitespace: a trailing newline does not make another conversation (the prompt field is
+what gets rendered), any other difference does.
+
 Every problem with one row is a :class:`RowError` (a :class:`~inspo.errors.DataError`) of the form
 ``data/x.jsonl: row 7: missing field 'chosen'``, carrying a short ``reason`` code (one of :data:`REASONS`) and the
 field at fault, so :mod:`inspo.data.validate` can count, report and (with ``data.on_invalid=skip``) drop them.
@@ -39,6 +49,8 @@ REASONS = {
     "unknown_role": "unknown chat role",
     "last_turn_not_assistant": "last turn is not the assistant's",
     "identical_responses": "chosen identical to rejected",
+    "different_histories": "chosen and rejected following different conversations",
+    "history_not_prompt": "earlier turns that are not the prompt",
     "untokenizable": "chat template or tokenizer cannot encode the row",
     "prompt_too_long": "prompt leaves no token for a response",
 }
@@ -201,15 +213,17 @@ def to_record(
 
     Raises:
         RowError: a missing, null, empty or wrongly typed field, an unknown chat role, a response list whose last
-            turn is not the assistant's, or chosen identical to rejected; it names the source, row and field.
+            turn is not the assistant's, response lists that follow different conversations or not the prompt, or
+            chosen identical to rejected; it names the source, row and field.
     """
     at = _Where(source, row)
     if not isinstance(raw, dict):
         raise at.error("not_an_object", None, f"expected an object with fields {prompt_field!r}, {chosen_field!r}, "
                        f"{rejected_field!r}, got {type(raw).__name__}")
     prompt = _prompt(raw, prompt_field, at)
-    chosen = _response(raw, chosen_field, at)
-    rejected = _response(raw, rejected_field, at)
+    chosen, chosen_history = _response(raw, chosen_field, at)
+    rejected, rejected_history = _response(raw, rejected_field, at)
+    _check_histories(prompt, [(chosen_field, chosen_history), (rejected_field, rejected_history)], at)
     # Compared without surrounding whitespace: such a pair carries no preference, and under standard DPO its
     # log-ratio difference is exactly 0 (a wasted, noisy step).
     if chosen.strip() == rejected.strip():
@@ -251,8 +265,10 @@ def _prompt(raw: dict[str, Any], name: str, at: _Where) -> Prompt:
                    f"field {name!r} must be a string or a list of messages, got {type(value).__name__}")
 
 
-def _response(raw: dict[str, Any], name: str, at: _Where) -> str:
+def _response(raw: dict[str, Any], name: str, at: _Where) -> tuple[str, list[dict[str, str]]]:
+    """The answer's text and the messages the field repeats before it (empty for a string or a lone answer)."""
     value = _field(raw, name, at)
+    history: list[dict[str, str]] = []
     if isinstance(value, list):
         if not value:
             raise at.error("empty", name, f"field {name!r} is an empty message list")
@@ -260,13 +276,46 @@ def _response(raw: dict[str, Any], name: str, at: _Where) -> str:
         if messages[-1]["role"] != "assistant":
             raise at.error("last_turn_not_assistant", name, f"field {name!r}: the last message must have role "
                            f"'assistant', got {messages[-1]['role']!r}")
-        value = messages[-1]["content"]
+        value, history = messages[-1]["content"], messages[:-1]
     elif not isinstance(value, str):
         raise at.error("wrong_type", name,
                        f"field {name!r} must be a string or a list of messages, got {type(value).__name__}")
     if not value.strip():
         raise at.error("empty", name, f"field {name!r} is an empty response")
-    return value
+    return value, history
+
+
+def _check_histories(prompt: Prompt, histories: list[tuple[str, list[dict[str, str]]]], at: _Where) -> None:
+    """Both response histories (when given) must be the same conversation, and that conversation the prompt."""
+    (first, first_history), (second, second_history) = histories
+    if first_history and second_history:
+        difference = _difference(first_history, second_history)
+        if difference:
+            raise at.error("different_histories", f"{first}/{second}", f"fields {first!r} and {second!r} follow "
+                           f"different conversations: their earlier turns differ at {difference}")
+    prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    for name, history in histories:
+        difference = _difference(history, prompt_messages) if history else None
+        if difference:
+            raise at.error("history_not_prompt", name, f"field {name!r}: the turns before its answer are not the "
+                           f"prompt: they differ from it at {difference}")
+
+
+def _difference(messages: list[dict[str, str]], expected: list[dict[str, str]]) -> str | None:
+    """Where two message lists differ (role, or content but for surrounding whitespace), or None if they agree."""
+    for index, (message, other) in enumerate(zip(messages, expected)):
+        if message["role"] != other["role"]:
+            return f"message {index} (role {message['role']!r} vs {other['role']!r})"
+        if message["content"].strip() != other["content"].strip():
+            return f"message {index} (content {_excerpt(message['content'])} vs {_excerpt(other['content'])})"
+    if len(messages) != len(expected):
+        return f"message {min(len(messages), len(expected))} ({len(messages)} messages vs {len(expected)})"
+    return None
+
+
+def _excerpt(text: str, limit: int = 30) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _message(item: Any, name: str, index: int, at: _Where) -> dict[str, str]:

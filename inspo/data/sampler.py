@@ -13,6 +13,10 @@ Resuming mid-epoch: :class:`ResumableDataLoader` is a DataLoader with ``state_di
 saves them in every checkpoint): the epoch and how many of its batches the training loop has taken. A restored
 loader serves the same epoch's batches from the next one on, so a resumed run sees exactly the pairs that the
 interrupted run would have seen.
+
+``shuffle=False`` serves the pairs in the dataset's order: the inner sampler does not permute (also the
+``DistributedSampler`` Lightning puts in under DDP, which it always creates shuffling, so the ranks take every
+R-th pair and a global batch is R consecutive pairs), and no window is sorted or reordered.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class LengthBucketBatchSampler(BatchSampler):
         seed: seed of the shuffled batch order inside each window (combined with the epoch); a DistributedSampler
             given as ``sampler`` (Lightning injects one per rank) takes this seed too, so the pair order does not
             depend on the global seed or the number of processes.
+        shuffle: False keeps the dataset's order: a DistributedSampler given as ``sampler`` stops shuffling and
+            ``bucket_batches`` is taken as 1 (sorting a window by length would reorder it).
     """
 
     def __init__(
@@ -46,17 +52,21 @@ class LengthBucketBatchSampler(BatchSampler):
         lengths: Sequence[int] = (),
         bucket_batches: int = 16,
         seed: int = 0,
+        shuffle: bool = True,
     ) -> None:
         super().__init__(sampler, batch_size, drop_last)
         if bucket_batches < 1:
             raise ValueError(f"bucket_batches must be >= 1, got {bucket_batches}")
         self.lengths = list(lengths)
-        self.bucket_batches = bucket_batches
+        self.bucket_batches = bucket_batches if shuffle else 1
         self.seed = seed
+        self.shuffle = shuffle
         self.epoch = 0
         self._skip: tuple[int, int] | None = None  # (epoch, batches): resume point of a restored loader
         if isinstance(sampler, DistributedSampler):
             sampler.seed = seed
+            if not shuffle:  # Lightning's per-rank replacement is always created with shuffle=True for training
+                sampler.shuffle = False
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at every epoch; forwarded to the inner sampler (a DistributedSampler needs it)."""

@@ -11,35 +11,54 @@ class IPOLoss(PreferenceLoss):
     """Identity Preference Optimisation.
 
     Paper: "A General Theoretical Paradigm to Understand Learning from Human Preferences", Azar, Rowland, Piot,
-    Guo, Calandriello, Valko, Munos, arXiv 2310.12036 (2023).
+    Guo, Calandriello, Valko, Munos, arXiv 2310.12036 (2023), eq. 17.
 
-    With ``h = (policy.chosen - reference.chosen) - (policy.rejected - reference.rejected)``::
+    By default (``average_log_ratios=True``) each log-ratio is divided by its response's token count, as TRL's
+    ``loss_type="ipo"`` does and as the IPO authors confirmed their results were computed::
 
+        h = (policy.chosen - reference.chosen) / chosen_tokens
+            - (policy.rejected - reference.rejected) / rejected_tokens
         L = (h - 1 / (2 * beta))^2
 
-    ``beta`` is IPO's tau. As in the InSPO paper, h is built from *summed* log-probs (some libraries average
-    over tokens instead, which changes the scale of a good beta). The loss pushes h towards ``1/(2 beta)`` from
-    either side, so it lowers y_w's log-ratio again once a pair overshoots the target; the chosen-up /
-    rejected-down direction holds for ``h < 1/(2 beta)``. Rewards: ``beta * (policy - reference)``.
+    With ``average_log_ratios=False`` the log-ratios are summed over the response instead (the form the InSPO
+    authors' code uses; inspo's default before the per-token form):
+    ``h = (policy.chosen - reference.chosen) - (policy.rejected - reference.rejected)``. The two forms need very
+    different betas: at beta 0.1 the target gap of 5 nats is per token in the default form, for the whole answer in
+    the summed one.
 
-    Typical hyperparameters: beta (tau) 0.01-1.0; 0.1 gives a target gap of 5 nats.
+    The loss pushes h towards ``1/(2 beta)`` from either side, so it lowers y_w's log-ratio again once a pair
+    overshoots the target; the chosen-up / rejected-down direction holds for ``h < 1/(2 beta)``.
+
+    Rewards follow the form that is optimised: ``beta * (policy - reference) / tokens`` per response by default
+    (``beta * (policy - reference)`` when summed), so the logged margin is ``beta * h`` and reward accuracy is the
+    fraction of pairs with ``h > 0``. (TRL 1.16 logs the summed ``beta * log-ratio`` for IPO too, whose sign can
+    differ from the per-token h that it optimises.)
+
+    Typical hyperparameters: beta (tau) 0.01-1.0; 0.1 (TRL's default) asks for a gap of 5 nats per token, or, in
+    the summed form, for the whole answer.
 
     Args:
-        beta: IPO's regularisation tau (> 0); the target log-ratio gap is ``1 / (2 * beta)``.
+        beta: IPO's regularisation tau (> 0); the target gap of h is ``1 / (2 * beta)``.
+        average_log_ratios: divide each response's log-ratio by its token count (default, as TRL); False sums it.
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
     """
 
     uses_plain_logps = False
 
-    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
+    def __init__(self, beta: float = 0.1, average_log_ratios: bool = True, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
         if not beta > 0:
             raise ConfigError(f"IPOLoss: beta must be > 0, got {beta}")
         self.beta = beta
+        self.average_log_ratios = average_log_ratios
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         assert reference is not None  # checked by PreferenceLoss.forward
         chosen_ratio, rejected_ratio = logratios(policy, reference)
+        if self.average_log_ratios:
+            # token counts are >= 1: data validation never keeps an empty response
+            chosen_ratio = chosen_ratio / policy.chosen_tokens.float()
+            rejected_ratio = rejected_ratio / policy.rejected_tokens.float()
         losses = (chosen_ratio - rejected_ratio - 1 / (2 * self.beta)) ** 2
         return LossOutput(
             losses=losses,

@@ -1,4 +1,4 @@
-"""R-DPO (Park et al. 2024): DPO with a length-difference penalty in the logit."""
+"""R-DPO (Park et al. 2024): DPO whose implicit reward carries a length regulariser (eq. 9)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,28 @@ class RDPOLoss(PreferenceLoss):
     """Length-regularised DPO.
 
     Paper: "Disentangling Length from Quality in Direct Preference Optimization", Park, Rafailov, Ermon, Finn,
-    arXiv 2403.19159 (2024).
+    arXiv 2403.19159 (2024), eq. 9 (the SimPO paper's Table 3 writes it the same way).
 
     With ``h = (policy.chosen - reference.chosen) - (policy.rejected - reference.rejected)``::
 
-        L = -log sigma( beta * h - alpha * (chosen_tokens - rejected_tokens) )
+        L = -log sigma( beta * h + alpha * (chosen_tokens - rejected_tokens) )
 
-    A longer chosen response must win by a wider margin, which removes the incentive to prefer length.
-    Rewards: ``beta * (policy - reference)`` (the length term is not part of either reward).
+    Why the length term is *added*: R-DPO maximises ``E[r(x, y) - alpha * |y|] - beta * KL``, whose optimal
+    policy gives the implicit reward ``r = beta * log(pi / pi_ref) + alpha * |y|``; the Bradley-Terry loss on
+    ``r_w - r_l`` is the line above. A longer chosen answer therefore needs a *smaller* log-ratio margin (its
+    length already "explains" part of the preference), so the policy is not pushed toward length. On a tie
+    between a 30- and a 10-token answer the optimum is ``beta * (ratio_long - ratio_short) = -20 * alpha``: the
+    short answer gains ``20 * alpha / beta`` nats (2 at beta 0.1, alpha 0.01). Subtracting the term instead (as
+    inspo did before) moves that optimum by the same amount toward the *long* answer, which rewards length.
+
+    Rewards: ``beta * (policy - reference)``, DPO's rewards; the length term belongs to neither response's
+    reward as logged, so the logged margin is ``beta * h`` and not the loss's logit.
 
     Typical hyperparameters: beta 0.1, alpha 0.005-0.05 (per token of length difference).
 
     Args:
         beta: inverse temperature of the implicit reward (> 0).
-        alpha: weight of the length-difference penalty, per token (>= 0; 0 is DPO).
+        alpha: weight of the length regulariser, per token of length difference (>= 0; 0 is DPO).
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
     """
 
@@ -45,7 +53,7 @@ class RDPOLoss(PreferenceLoss):
         assert reference is not None  # checked by PreferenceLoss.forward
         chosen_ratio, rejected_ratio = logratios(policy, reference)
         length_gap = policy.chosen_tokens.float() - policy.rejected_tokens.float()
-        losses = -F.logsigmoid(self.beta * (chosen_ratio - rejected_ratio) - self.alpha * length_gap)
+        losses = -F.logsigmoid(self.beta * (chosen_ratio - rejected_ratio) + self.alpha * length_gap)
         return LossOutput(
             losses=losses,
             chosen_rewards=(self.beta * chosen_ratio).detach(),
