@@ -105,4 +105,8 @@ def test_bf16_chunked_grads_equal_full_log_softmax_grads():
     grads_full = torch.autograd.grad(token_logps_full(model, rows).sum(), list(model.parameters()))
     for a, b in zip(grads_chunked, grads_full):
         assert a.dtype == torch.bfloat16 and torch.isfinite(a).all()
-        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+        a, b = a.float(), b.float()
+        # Each bf16 gradient element is rounded once more or less depending on the path: allow two bf16 ulps of the
+        # tensor's largest entry elementwise (2 * 2**-8 relative), and 1% of the tensor's norm overall (seen: <0.6%).
+        torch.testing.assert_close(a, b, atol=2 * 2**-8 * b.abs().max().item(), rtol=2e-2)
+        assert (a - b).norm() <= 1e-2 * b.norm()
