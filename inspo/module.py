@@ -22,7 +22,7 @@ from inspo.layout import make_layout, packed_unsupported_reason
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora, reference_adapter
 from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss
-from inspo.models import BUNDLED_SMOLLM2, DTYPES, load_causal_lm, load_tokenizer
+from inspo.models import BUNDLED_SMOLLM2, DTYPES, disable_dropout, load_causal_lm, load_tokenizer
 from inspo.optim import OptimConfig, make_optimizer, start_schedules
 from inspo.reference import ReferenceCache, cached_reference
 
@@ -67,7 +67,8 @@ class PreferenceModule(LightningModule):
         dtype: parameter dtype of policy and reference: fp32, bf16 or fp16. Log-softmax is fp32 regardless.
         attn_implementation: sdpa, eager, flex_attention, flash_attention_2, or None for the library default.
         random_init: config overrides for a randomly initialised policy (tests, benchmarks); None loads weights.
-        disable_dropout: set dropout to 0 in policy and reference, so the log-ratio is 0 at step 0.
+        disable_dropout: set every dropout to 0 in policy and reference (``nn.Dropout``, attention dropout in the HF
+            config and the attention modules, LayerDrop), so the log-ratio is 0 at step 0 and log-probs are exact.
         logprob_chunk_size: target tokens per output-projection chunk (bounds the [tokens x vocab] logits).
         optim: optimizer and learning-rate schedule.
         export_dir: where ``fit`` writes the trained policy as a plain HF folder at its end; ``auto`` is
@@ -171,9 +172,7 @@ class PreferenceModule(LightningModule):
             self.layout = make_layout("separate")
         for m in (self.policy, self.reference):
             if m is not None and hp.disable_dropout:
-                for sub in m.modules():
-                    if isinstance(sub, nn.Dropout):
-                        sub.p = 0.0
+                disable_dropout(m)
         if self.lora is not None:  # after the dropout loop: an explicit lora.dropout is kept
             self.policy = apply_lora(self.policy, self.lora, hp.gradient_checkpointing)
         if self.reference_mode == "cached":
