@@ -8,6 +8,7 @@ import torch
 from inspo.conditioning import REFERENCE_SEQUENCES
 from inspo.layout import SeparateLayout
 from inspo.logprobs import target_logps
+from inspo.lora import LoraSettings
 from inspo.models import disable_dropout
 from inspo.module import PreferenceModule
 from tests.conftest import TINY, tiny_model
@@ -88,3 +89,86 @@ def test_random_init_sets_attention_dropout(value):
     module.configure_model()
     rates = {m.attention_dropout for m in module.policy.modules() if hasattr(m, "attention_dropout")}
     assert rates == {value}
+
+
+# ---------------------------------------------------------------- the reference is deterministic in every mode
+
+
+@pytest.fixture
+def dropout_folder(tmp_path, tokenizer):
+    """A tiny Llama saved as an HF folder (with tokenizer) whose config has attention dropout 0.5."""
+    model = dropout_model()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+@pytest.fixture
+def dropout_adapter(tmp_path):
+    """A saved LoRA adapter with lora_dropout 0.5 and non-zero weights (the adapter a run continues)."""
+    from peft import LoraConfig, get_peft_model
+
+    from tests.test_lora import perturb_adapters
+
+    model = get_peft_model(tiny_model(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5,
+                                                    target_modules=["q_proj", "v_proj"]))
+    perturb_adapters(model)
+    model.save_pretrained(tmp_path / "adapter")
+    return str(tmp_path / "adapter")
+
+
+def reference_twice(module: PreferenceModule) -> tuple:
+    module.configure_model()
+    module.train()  # what Lightning does before every training epoch
+    b = batch()
+    return module.reference_logps(b), module.reference_logps(b), b
+
+
+MODES = {
+    # full fine-tuning with the model's own dropout left on (model.disable_dropout false)
+    "copy": lambda folder, adapter: PreferenceModule(random_init=DROPOUT, disable_dropout=False, reference="copy"),
+    "path": lambda folder, adapter: PreferenceModule(model=folder, reference="path", reference_model=folder,
+                                                     disable_dropout=False),
+    # LoRA: adapters off; the base model keeps its attention dropout and the adapters their lora_dropout
+    "adapter": lambda folder, adapter: PreferenceModule(random_init=DROPOUT, disable_dropout=False,
+                                                        lora=LoraSettings(rank=4, alpha=8, dropout=0.5)),
+    # continuing an adapter: the frozen reference adapter carries lora_dropout 0.5 from its saved config
+    "adapter-continued": lambda folder, adapter: PreferenceModule(random_init=TINY, lora=LoraSettings(adapter=adapter)),
+    "adapter-continued-dropout": lambda folder, adapter: PreferenceModule(
+        random_init=DROPOUT, disable_dropout=False, lora=LoraSettings(adapter=adapter)),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_two_reference_passes_in_train_mode_are_identical(mode, dropout_folder, dropout_adapter):
+    """Dropout > 0 is configured (the policy's own two passes differ: the control), yet the reference gives
+    bit-identical log-probs twice on the same batch while the module is in train mode."""
+    module = MODES[mode](dropout_folder, dropout_adapter)
+    first, second, b = reference_twice(module)
+    assert torch.equal(first.chosen, second.chosen) and torch.equal(first.rejected, second.rejected)
+    with torch.no_grad():
+        policy = [module.score(module.policy, b, REFERENCE_SEQUENCES).chosen for _ in range(2)]
+    assert (policy[0] - policy[1]).abs().max() > 1e-4  # dropout is really on in the policy
+    assert module.policy.training  # the reference pass left the policy in train mode
+    if module.lora is not None:  # and every LoRA dropout module in train mode too
+        assert all(m.training for n, m in module.policy.named_modules() if "lora_dropout" in n)
+
+
+def test_cached_and_none_references_are_deterministic(tmp_path, monkeypatch):
+    """``cached``: computed once in eval mode, so it equals the policy's eval-mode log-probs at step 0 although
+    the policy has attention dropout 0.5; ``none``: no reference pass at all."""
+    from inspo import reference as reference_module
+
+    monkeypatch.setattr(reference_module, "cache_dir", lambda: tmp_path)
+    module = PreferenceModule(random_init=DROPOUT, disable_dropout=False, reference="cached", export_dir=None)
+    b = batch()
+    module.reference_pairs = [type("P", (), {"prompt": x, "chosen": yw, "rejected": yl})()
+                              for x, yw, yl in zip(b.prompt, b.chosen, b.rejected)]
+    first, second, _ = reference_twice(module)
+    assert torch.equal(first.chosen, second.chosen)
+    with torch.no_grad():
+        live = module.score(module.policy.eval(), b, REFERENCE_SEQUENCES)
+    torch.testing.assert_close(first.chosen, live.chosen, atol=1e-5, rtol=1e-6)
+    none = PreferenceModule(random_init=DROPOUT, disable_dropout=False, loss="simpo")
+    assert none.reference_mode == "none"
+    assert reference_twice(none)[0] is None
