@@ -50,6 +50,24 @@ class DecoderFSDPStrategy(FSDPStrategy):
             kwargs.setdefault("activation_checkpointing_policy", {DECODER_LAYER})
         super().__init__(**kwargs)
 
+    @property
+    def mixed_precision_config(self) -> Any:
+        """FSDP's mixed precision; for ``bf16-mixed`` (``16-mixed``): fp32 master shards, bf16 (fp16) compute.
+
+        The sharded parameters and the optimizer stay fp32 (``model.dtype: fp32``, see ``inspo.optim``); each
+        layer is all-gathered as a bf16 copy for forward and backward. Unlike Lightning's default for these
+        precisions, gradients are reduced in fp32 (a bf16 sum over many ranks and micro-batches drops low bits) and
+        buffers stay fp32: a bf16 RoPE ``inv_freq`` buffer would put the rotary angles of position 2000 off by
+        radians. An explicit ``mixed_precision`` argument wins.
+        """
+        precision = getattr(self.precision_plugin, "precision", None)
+        if self.mixed_precision is None and precision in ("bf16-mixed", "16-mixed"):
+            from torch.distributed.fsdp import MixedPrecision
+
+            compute = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+            return MixedPrecision(param_dtype=compute, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+        return super().mixed_precision_config
+
     def setup_environment(self) -> None:
         if self.root_device.type != "cuda":
             raise ConfigError(f"configs/strategy/fsdp.yaml (FSDPStrategy) runs on GPUs only, not on "

@@ -23,7 +23,7 @@ from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora, reference_adapter
 from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss
 from inspo.models import BUNDLED_SMOLLM2, DTYPES, disable_dropout, load_causal_lm, load_tokenizer
-from inspo.optim import OptimConfig, make_optimizer, start_schedules
+from inspo.optim import OptimConfig, check_precision, make_optimizer, start_schedules
 from inspo.reference import ReferenceCache, cached_reference
 
 log = logging.getLogger("inspo")
@@ -64,7 +64,9 @@ class PreferenceModule(LightningModule):
             sequence).
         max_tokens_per_row: packed layout only: token budget of a row holding several pairs as block-diagonal
             segments (removes padding); None puts one pair per row.
-        dtype: parameter dtype of policy and reference: fp32, bf16 or fp16. Log-softmax is fp32 regardless.
+        dtype: parameter dtype of policy and reference: fp32, bf16 or fp16. Log-softmax is fp32 regardless. Trained
+            weights must be fp32: for bf16 compute use ``trainer.precision: bf16-mixed`` (fp32 master weights, see
+            ``inspo.optim``); bf16 / fp16 is for a frozen LoRA base, evaluation and prediction.
         attn_implementation: sdpa, eager, flex_attention, flash_attention_2, or None for the library default.
         random_init: config overrides for a randomly initialised policy (tests, benchmarks); None loads weights.
         disable_dropout: set every dropout to 0 in policy and reference (``nn.Dropout``, attention dropout in the HF
@@ -151,6 +153,11 @@ class PreferenceModule(LightningModule):
         self._scorers: dict[int, nn.Module] = {}  # id(model) -> its FSDP2 root unit (not a registered submodule)
 
     # ---------------------------------------------------------------- models
+    @override
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # before any weight is loaded or step taken: bf16 weights updated in place do not train
+            check_precision(self.trainer.precision, DTYPES[self.hparams.dtype], lora=self.lora is not None)
+
     @override
     def configure_model(self) -> None:
         if self.policy is not None:
