@@ -173,7 +173,7 @@ class PreferenceModule(LightningModule):
             self.reference = copy.deepcopy(self.policy)
         elif self.reference_mode == "path":
             self.reference = load_causal_lm(hp.reference_model, **load)
-        reason = packed_unsupported_reason(self.policy.config) if self.layout.needs_4d_mask else None
+        reason = packed_unsupported_reason(self.policy) if self.layout.needs_4d_mask else None
         if reason is not None:
             log.warning("inspo: layout 'packed' is not exact here (%s): using layout 'separate'", reason)
             self.layout = make_layout("separate")
