@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,12 +14,14 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from inspo.checks import check_exactness, full_logits_message, packed_message
 from inspo.conditioning import CONDITIONINGS, REFERENCE_SEQUENCES, ReflectionTemplate, Sequences, make_conditioning
 from inspo.data.datamodule import PairBatch
 from inspo.distributed import LogpScorer, full_state_dict, is_sharded, shard_model
 from inspo.errors import ConfigError
 from inspo.guards import NonFiniteLossError, OnNonFinite, check_on_nonfinite, nonfinite_message, skip_allowed
-from inspo.layout import make_layout, packed_unsupported_reason
+from inspo.hparams import init_args, resume_mismatch
+from inspo.layout import ModelRows, make_layout, packed_unsupported_reason
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora, reference_adapter
 from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss
@@ -31,10 +34,6 @@ log = logging.getLogger("inspo")
 METRICS = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp",
            "rejected_logp")
 PROGRESS_BAR = ("loss", "reward_accuracy", "reward_margin")
-RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference_model", "dtype",
-               "lora")
-"""Hyperparameters that define the trained model and its objective: a resumed run must have the same values (not
-``reference``: ``auto`` and the mode it resolves to are the same run; not LoRA's ``merge_on_export``)."""
 
 
 def resolve_loss(loss: PreferenceLoss | str) -> PreferenceLoss:
@@ -110,7 +109,7 @@ class PreferenceModule(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
         self.loss = resolve_loss(loss)
-        self.hparams["loss"] = {"class": type(self.loss).__qualname__, **_init_args(self.loss)}
+        self.hparams["loss"] = {"class": type(self.loss).__qualname__, **init_args(self.loss)}
         if reference == "auto":
             reference = ("adapter" if lora is not None else "copy") if self.loss.requires_reference else "none"
         if reference == "adapter" and lora is None:
@@ -151,6 +150,8 @@ class PreferenceModule(LightningModule):
         # restored), so checkpoints hold the policy only and restoring them must not ask for reference weights.
         self.strict_loading = False
         self._scorers: dict[int, nn.Module] = {}  # id(model) -> its FSDP2 root unit (not a registered submodule)
+        self._checked: set[int] = set()  # id(model): start-up exactness check done (inspo.checks)
+        self._full_logits: set[int] = set()  # id(model): log-probs through model(...).logits (inspo.checks)
 
     # ---------------------------------------------------------------- models
     @override
@@ -202,11 +203,16 @@ class PreferenceModule(LightningModule):
 
     # ---------------------------------------------------------------- the pair forward
     def score(self, model: nn.Module, batch: PairBatch, sequences: Sequences) -> PairLogps:
-        """Summed log-probs (and token counts) of the targets named by ``sequences`` for every pair."""
+        """Summed log-probs (and token counts) of the targets named by ``sequences`` for every pair.
+
+        The first time a model scores, :func:`inspo.checks.check_exactness` checks the log-probs of one pair
+        against the model's own forward (and packed against separate rows), and switches path if needed.
+        """
         segments = [self.conditioning.segments(*p) for p in zip(batch.prompt, batch.chosen, batch.rejected)]
+        if id(model) not in self._checked and segments:
+            self._check_exactness(model, segments[0], sequences)
         rows = self.layout.build(segments, sequences, self.tokenizer.pad_token_id, self.device)
-        scorer = self._scorers.get(id(model))
-        sums = scorer(rows) if scorer is not None else target_logps(model, rows, self.hparams.logprob_chunk_size)
+        sums = self._scorer(model)(rows, id(model) in self._full_logits)
         counts = torch.bincount(rows.slot, minlength=rows.num_slots).view(rows.num_pairs, -1).float()
         col = {name: i for i, name in enumerate(rows.names)}
         return PairLogps(
@@ -218,6 +224,31 @@ class PreferenceModule(LightningModule):
             rejected_plain=sums[:, col["rejected_plain"]] if "rejected_plain" in col else None,
             conditioned=sequences["chosen"] != REFERENCE_SEQUENCES["chosen"],
         )
+
+    def _scorer(self, model: nn.Module) -> Callable[[ModelRows, bool], Tensor]:
+        """(rows, full_logits) -> summed target log-probs of ``model`` (through its FSDP2 root unit if sharded)."""
+        sharded = self._scorers.get(id(model))
+        if sharded is not None:
+            return sharded
+        return lambda rows, full: target_logps(model, rows, self.hparams.logprob_chunk_size, full_logits=full)
+
+    def _check_exactness(self, model: nn.Module, segments: dict[str, list[int]], sequences: Sequences) -> None:
+        self._checked.add(id(model))
+        result = check_exactness(model, self._scorer(model), segments, sequences, self.layout,
+                                 self.tokenizer.pad_token_id, self._compute_dtype(model), self.device)
+        if not result.logits_exact:
+            log.warning(full_logits_message(model, result))
+            self._full_logits.add(id(model))
+        if not result.packed_exact:
+            log.warning(packed_message(result))
+            self.layout = make_layout("separate")
+
+    def _compute_dtype(self, model: nn.Module) -> torch.dtype:
+        """The dtype ``model`` computes in outside autocast: its parameters', or FSDP1's mixed-precision copies'."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        mixed = getattr(strategy, "mixed_precision_config", None)
+        dtype = next(model.parameters()).dtype
+        return mixed.param_dtype if mixed is not None and mixed.param_dtype is not None else dtype
 
     def reference_logps(self, batch: PairBatch) -> PairLogps | None:
         """log pi_ref(y|x) for both responses (always unconditioned), or None without a reference."""
@@ -316,14 +347,12 @@ class PreferenceModule(LightningModule):
         if not saved:
             return
         where = source if source is not None else (self._trainer.ckpt_path if self._trainer is not None else "?")
-        for key in RESUME_KEYS:
-            before, now = _plain(saved.get(key)), _plain(self.hparams.get(key))
-            if key == "lora" and isinstance(before, dict) and isinstance(now, dict):
-                before, now = ({k: v for k, v in d.items() if k != "merge_on_export"} for d in (before, now))
-            if before != now:
-                raise ConfigError(f"cannot resume from {where}: it was trained with model.{key}={before!r}, this "
-                                  f"run has model.{key}={now!r}; resume with the config it was trained with, or start "
-                                  "a new run without --ckpt_path")
+        mismatch = resume_mismatch(saved, self.hparams)
+        if mismatch is not None:
+            key, before, now = mismatch
+            raise ConfigError(f"cannot resume from {where}: it was trained with model.{key}={before!r}, this run has "
+                              f"model.{key}={now!r}; resume with the config it was trained with, or start a new run "
+                              "without --ckpt_path")
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -359,22 +388,3 @@ class PreferenceModule(LightningModule):
             return Path(self.hparams.export_dir)
         return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hf_model"
 
-
-def _plain(value: Any) -> Any:
-    """``value`` as plain JSON-like data (dataclasses and namespaces as dicts, tuples as lists), for comparisons."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    elif hasattr(value, "__dict__") and not isinstance(value, (str, int, float, bool, type(None))):
-        value = dict(vars(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _init_args(module: nn.Module) -> dict[str, Any]:
-    """The scalar hyperparameters of a loss (for the saved hparams)."""
-    return {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
