@@ -1,4 +1,11 @@
-"""PreferenceModule: the policy, its frozen reference, one pair forward and one training step for every loss."""
+"""PreferenceModule: the policy, its frozen reference, one pair forward and one training step for every loss.
+
+Logged metrics (``inspo.metrics`` explains each): ``{train,val,test}/{loss, reward_accuracy, reward_margin,
+chosen_reward, rejected_reward, chosen_logp, rejected_logp}`` under the run's conditioning (under InSPO: the
+cross-conditioned model log pi(y_w|x,y_l), log pi(y_l|x,y_w)); under InSPO also ``{val,test}/plain_{loss,
+reward_accuracy, reward_margin, chosen_reward, rejected_reward}``: the run's loss on log pi(y|x) against log
+pi_ref(y|x), the unconditioned model a user deploys (what a standard-conditioning evaluation reports).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,6 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from inspo.checks import check_exactness, full_logits_message, packed_message
@@ -24,16 +30,14 @@ from inspo.hparams import init_args, resume_mismatch
 from inspo.layout import ModelRows, make_layout, packed_unsupported_reason
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora, reference_adapter
-from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss
+from inspo.losses import LOSSES, PairLogps, PreferenceLoss
+from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics, plain_view
 from inspo.models import BUNDLED_SMOLLM2, DTYPES, disable_dropout, load_causal_lm, load_tokenizer
 from inspo.optim import OptimConfig, check_precision, make_optimizer, start_schedules
 from inspo.reference import ReferenceCache, cached_reference
 
 log = logging.getLogger("inspo")
 
-METRICS = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp",
-           "rejected_logp")
-PROGRESS_BAR = ("loss", "reward_accuracy", "reward_margin")
 
 
 def resolve_loss(loss: PreferenceLoss | str) -> PreferenceLoss:
@@ -143,9 +147,7 @@ class PreferenceModule(LightningModule):
         self.reference_cache: ReferenceCache | None = None
         self.tokenizer = None
         self.conditioning = None
-        self.metrics = nn.ModuleDict(
-            {f"{stage}/{name}": MeanMetric() for stage in ("train", "val", "test") for name in METRICS}
-        )
+        self.metrics = make_metrics()  # every logged key: inspo.metrics
         # The reference is never saved: it is rebuilt from its source (``copy`` is taken before a checkpoint is
         # restored), so checkpoints hold the policy only and restoring them must not ask for reference weights.
         self.strict_loading = False
@@ -262,21 +264,28 @@ class PreferenceModule(LightningModule):
         with torch.no_grad():
             return self.score(self.reference, batch, REFERENCE_SEQUENCES)
 
-    def pair_logps(self, batch: PairBatch) -> tuple[PairLogps, PairLogps | None]:
-        """The one pair forward: policy log-probs under the run's conditioning, and the reference's."""
+    def pair_logps(self, batch: PairBatch, plain: bool = False) -> tuple[PairLogps, PairLogps | None]:
+        """The one pair forward: policy log-probs under the run's conditioning, and the reference's.
+
+        Under InSPO, log pi(y|x) (``chosen_plain`` / ``rejected_plain``) is computed when the loss reads it or when
+        ``plain`` asks for it (validation and test log the unconditioned view, see ``inspo.metrics``).
+        """
         sequences = self.conditioning.policy_sequences
-        if not self.loss.needs_plain_logps:  # InSPO: skip log pi(y|x) targets the loss never reads
+        if not (plain or self.loss.needs_plain_logps):  # InSPO: skip log pi(y|x) targets nobody reads
             sequences = {name: segs for name, segs in sequences.items() if not name.endswith("_plain")}
         return self.score(self.policy, batch, sequences), self.reference_logps(batch)
 
     # ---------------------------------------------------------------- steps
     def _common_step(self, batch: PairBatch, stage: str) -> Tensor | None:
-        policy, reference = self.pair_logps(batch)
+        policy, reference = self.pair_logps(batch, plain=stage in PLAIN_STAGES)
         out = self.loss(policy, reference)
         loss = out.loss
         if stage == "train" and not torch.isfinite(loss):
             return self._nonfinite_loss(loss, batch)
-        self._log_metrics(stage, out, policy, len(batch))
+        self._log_metrics(stage, pair_metrics(out, policy), len(batch))
+        plain = plain_view(policy) if stage in PLAIN_STAGES else None
+        if plain is not None:  # InSPO: the same loss on log pi(y|x), what a standard evaluation reports
+            self._log_metrics(stage, pair_metrics(self.loss(plain, reference)), len(batch), plain=True)
         return loss
 
     def _nonfinite_loss(self, loss: Tensor, batch: PairBatch) -> None:
@@ -289,21 +298,14 @@ class PreferenceModule(LightningModule):
         if self._trainer is not None:
             self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, batch_size=len(batch))
 
-    def _log_metrics(self, stage: str, out: LossOutput, policy: PairLogps, batch_size: int) -> None:
-        values = {
-            "loss": out.losses.detach(),
-            "reward_accuracy": (out.chosen_rewards > out.rejected_rewards).float(),
-            "reward_margin": out.chosen_rewards - out.rejected_rewards,
-            "chosen_reward": out.chosen_rewards,
-            "rejected_reward": out.rejected_rewards,
-            "chosen_logp": policy.chosen.detach(),
-            "rejected_logp": policy.rejected.detach(),
-        }
+    def _log_metrics(self, stage: str, values: dict[str, Tensor], batch_size: int, plain: bool = False) -> None:
+        """Log ``<stage>/<name>`` (``plain``: ``<stage>/plain_<name>``) for every value."""
         for name, value in values.items():
-            metric = self.metrics[f"{stage}/{name}"]
+            key = f"{stage}/plain_{name}" if plain else f"{stage}/{name}"
+            metric = self.metrics[key]
             metric(value)  # forward: accumulates for the epoch and keeps this batch's value for on_step logging
-            self.log(f"{stage}/{name}", metric, on_step=stage == "train", on_epoch=True, batch_size=batch_size,
-                     prog_bar=name in PROGRESS_BAR)
+            self.log(key, metric, on_step=stage == "train", on_epoch=True, batch_size=batch_size,
+                     prog_bar=not plain and name in PROGRESS_BAR)
 
     @override
     def training_step(self, batch: PairBatch, batch_idx: int) -> Tensor | None:
