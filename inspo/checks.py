@@ -37,7 +37,8 @@ log = logging.getLogger("inspo")
 PROBE_TOKENS = 24
 """Tokens kept per segment of the probe pair: enough for every mixer to act, small enough to be free."""
 TOLERANCE = {torch.float32: 2e-4, torch.float64: 1e-6, torch.bfloat16: 0.05, torch.float16: 0.01}
-"""Allowed mean |difference| per target token (nats) between two exact computations in this compute dtype."""
+"""Allowed |difference| per target token (nats) between two exact computations in this compute dtype (bf16: a
+rounding flip of a large logit is 0.125)."""
 
 Scorer = Callable[[ModelRows, bool], Tensor]
 """(rows, full_logits) -> [num_pairs, targets] summed log-probs, through inspo's path or the model's forward."""
@@ -45,7 +46,7 @@ Scorer = Callable[[ModelRows, bool], Tensor]
 
 @dataclass
 class Exactness:
-    """Outcome of :func:`check_exactness` (gaps are the worst target's mean |difference| per token, in nats)."""
+    """Outcome of :func:`check_exactness` (gaps: summed |difference| of the target sums per target token, nats)."""
 
     logits_gap: float
     packed_gap: float | None
@@ -67,14 +68,20 @@ def probe_segments(segments: dict[str, list[int]], tokens: int = PROBE_TOKENS) -
 
 @contextmanager
 def checking(model: nn.Module) -> Iterator[None]:
-    """No gradients, no autocast, every submodule in eval mode (modes restored per module on exit)."""
+    """No gradients, no autocast, full-precision fp32 matmuls (no TF32), every submodule in eval mode; all restored.
+
+    The check is about what is computed, not at which precision: TF32 or autocast noise would only blur it.
+    """
     modes = [(m, m.training) for m in model.modules()]
+    matmul = torch.get_float32_matmul_precision()
     model.eval()
+    torch.set_float32_matmul_precision("highest")
     device = next(model.parameters()).device.type
     try:
         with torch.no_grad(), torch.autocast(device, enabled=False):
             yield
     finally:
+        torch.set_float32_matmul_precision(matmul)
         for module, mode in modes:
             module.training = mode
 
@@ -97,14 +104,15 @@ def check_exactness(
     """
     pair = [probe_segments(segments)]
     separate = SeparateLayout().build(pair, sequences, pad_id, device)
-    tokens = torch.bincount(separate.slot, minlength=separate.num_slots).view(1, -1).clamp(min=1)
+    tokens = max(len(separate.labels), 1)
     with checking(model):
         ours = score(separate, False).float()
         theirs = score(separate, True).float()
         packed = score(layout.build(pair, sequences, pad_id, device), False).float() if layout.needs_4d_mask else None
 
     def gap(a: Tensor, b: Tensor) -> float:
-        return ((a - b).abs() / tokens).max().item()
+        # Over all targets, per token: a transform or a leak moves many tokens; one rounding flip moves one.
+        return ((a - b).abs().sum() / tokens).item()
 
     return Exactness(logits_gap=gap(ours, theirs), packed_gap=None if packed is None else gap(packed, ours),
                      tolerance=TOLERANCE.get(compute_dtype, 0.05))

@@ -11,7 +11,8 @@ FSDP2 (``configs/strategy/fsdp2.yaml``, GPU with nccl or CPU with gloo): :class:
 ModelParallelStrategy with every process one data-parallel shard. It calls ``PreferenceModule.configure_model()``,
 which wraps the policy and the reference in a :class:`LogpScorer` each and calls :func:`shard_model` on them:
 ``fully_shard`` per decoder layer, then on the scorer as the root unit. The scorer's forward runs the model body
-*and* the output projection (``inspo.logprobs`` calls them separately, never ``model.forward``), so the root unit
+*and* the output projection (``inspo.logprobs`` calls them separately; ``model.forward`` only for a model that
+fails the start-up check of ``inspo.checks``), so the root unit
 gathers the embeddings, final norm and (tied) output projection around exactly the computation that needs them.
 Checkpoints are distributed-checkpoint folders (one shard file per rank plus ``meta.pt``) holding the policy only;
 ``inspo export`` turns them into a plain HF folder.

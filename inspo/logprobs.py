@@ -6,6 +6,10 @@ hidden states that predict targets, and apply the output projection + log-softma
 at a time. Under autograd each chunk is checkpointed (recomputed in backward), so at most one chunk of
 [chunk_size x vocab] fp32 logits is alive at a time. The log-softmax is always computed in fp32, also for bf16
 models, because the normaliser of a 50k-way softmax loses ~2 digits in bf16.
+
+Bypassing ``model.forward`` is exact only if :func:`_postprocess_logits` applies the family's logit transforms:
+``inspo.checks`` compares the two paths on the first batch of every model and switches a model that differs to
+``target_logps(..., full_logits=True)``, which reads ``model(...).logits``.
 """
 
 from __future__ import annotations

@@ -71,13 +71,20 @@ def warnings_of(caplog, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
-def test_normal_model_passes_and_keeps_the_lean_packed_path(monkeypatch, caplog):
-    module = module_with(monkeypatch, tiny_model, layout="packed", conditioning="inspo")
-    with caplog.at_level(logging.WARNING, logger="inspo"):
-        module.pair_logps(batch())
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_normal_model_passes_and_keeps_the_lean_packed_path(monkeypatch, caplog, dtype):
+    """No false alarm, also in bf16 (its tolerance); the check leaves modes and matmul precision as it found them."""
+    module = module_with(monkeypatch, lambda: tiny_model(dtype=dtype), layout="packed", conditioning="inspo")
+    torch.set_float32_matmul_precision("medium")
+    try:
+        with caplog.at_level(logging.WARNING, logger="inspo"):
+            module.pair_logps(batch())
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision("highest")
     assert not caplog.records
     assert module._checked == {id(module.policy), id(module.reference)} and not module._full_logits
-    assert module.layout.name == "packed"
+    assert module.layout.name == "packed" and module.policy.training and not module.reference.training
 
 
 def test_unknown_logit_transform_is_caught_once_per_model_and_the_forward_is_used(monkeypatch, caplog):
