@@ -33,11 +33,10 @@ from inspo.lora import LoraSettings, adapter_state_keys, apply_lora, reference_a
 from inspo.losses import LOSSES, PairLogps, PreferenceLoss
 from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics, plain_view
 from inspo.models import BUNDLED_SMOLLM2, DTYPES, disable_dropout, load_causal_lm, load_tokenizer
-from inspo.optim import OptimConfig, check_precision, make_optimizer, start_schedules
+from inspo.optim import OptimConfig, check_precision, keeps_fp32_master, make_optimizer, start_schedules
 from inspo.reference import ReferenceCache, cached_reference
 
 log = logging.getLogger("inspo")
-
 
 
 def resolve_loss(loss: PreferenceLoss | str) -> PreferenceLoss:
@@ -158,7 +157,7 @@ class PreferenceModule(LightningModule):
     # ---------------------------------------------------------------- models
     @override
     def setup(self, stage: str) -> None:
-        if stage == "fit":  # before any weight is loaded or step taken: bf16 weights updated in place do not train
+        if stage == "fit" and not keeps_fp32_master(self.trainer.strategy):  # before any weight is loaded
             check_precision(self.trainer.precision, DTYPES[self.hparams.dtype], lora=self.lora is not None)
 
     @override
@@ -330,7 +329,7 @@ class PreferenceModule(LightningModule):
     def configure_optimizers(self) -> dict:
         # Not trainer.estimated_stepping_batches here: it builds the train dataloader before a checkpoint is restored
         # and Lightning then drops the loader's saved position. The schedule gets its length in on_train_start.
-        return make_optimizer(self.policy, self.optim)
+        return make_optimizer(self.policy, self.optim, fp32_master=keeps_fp32_master(self.trainer.strategy))
 
     @override
     def on_train_start(self) -> None:
@@ -389,4 +388,3 @@ class PreferenceModule(LightningModule):
         if self.hparams.export_dir != "auto":
             return Path(self.hparams.export_dir)
         return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hf_model"
-

@@ -48,6 +48,12 @@ def _lost_steps(dtype: torch.dtype) -> str:
             f"~{100 * 2.0**-bits:.2g}% of a weight rounds to nothing (at lr 5e-7 almost every step)")
 
 
+def keeps_fp32_master(strategy: object) -> bool:
+    """Whether a Lightning strategy keeps fp32 master weights of bf16 / fp16 parameters itself (DeepSpeed's bf16
+    and fp16 optimizers do); then bf16 parameters are its business, not a mistake."""
+    return any(cls.__name__ == "DeepSpeedStrategy" for cls in type(strategy).__mro__)
+
+
 def check_precision(precision: str | None, dtype: torch.dtype, lora: bool) -> None:
     """Refuse a training setup whose optimizer would update bf16 / fp16 weights in place (one-line ConfigError).
 
@@ -156,13 +162,17 @@ def start_schedules(schedulers: list[torch.optim.lr_scheduler.LRScheduler], tota
         scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
-def make_optimizer(model: nn.Module, config: OptimConfig, total_steps: int | None = None) -> dict:
+def make_optimizer(
+    model: nn.Module, config: OptimConfig, total_steps: int | None = None, fp32_master: bool = False
+) -> dict:
     """Lightning's ``configure_optimizers`` answer for the trainable parameters of ``model``.
 
     ``total_steps`` None: the schedule's length is set later with :func:`start_schedules`. Trainable bf16 / fp16
-    parameters are refused (:func:`check_trainable_dtypes`).
+    parameters are refused (:func:`check_trainable_dtypes`) unless ``fp32_master``: the strategy wraps the
+    optimizer in one that keeps fp32 master weights itself (DeepSpeed, see :func:`keeps_fp32_master`).
     """
-    check_trainable_dtypes(model)
+    if not fp32_master:
+        check_trainable_dtypes(model)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},

@@ -113,3 +113,16 @@ def test_cli_refuses_bf16_true_in_one_line(capsys, tmp_path):
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("inspo: error: trainer.precision bf16-true casts the trained "
                                                    "weights to bf16 and the optimizer updates them in place")
+
+
+def test_deepspeed_keeps_its_own_fp32_masters():
+    """DeepSpeed's bf16 optimizer holds fp32 master weights of bf16 parameters: not refused there (only there)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from inspo.optim import keeps_fp32_master
+
+    deepspeed_like = type("DeepSpeedStrategy", (), {})()  # named like Lightning's (deepspeed is not installed here)
+    assert keeps_fp32_master(deepspeed_like) and not keeps_fp32_master(DDPStrategy())
+    policy = PreferenceModule(random_init=TINY)
+    policy.configure_model()
+    make_optimizer(policy.policy.to(torch.bfloat16), OptimConfig(), fp32_master=True)
