@@ -11,7 +11,8 @@ FSDP2 (``configs/strategy/fsdp2.yaml``, GPU with nccl or CPU with gloo): :class:
 ModelParallelStrategy with every process one data-parallel shard. It calls ``PreferenceModule.configure_model()``,
 which wraps the policy and the reference in a :class:`LogpScorer` each and calls :func:`shard_model` on them:
 ``fully_shard`` per decoder layer, then on the scorer as the root unit. The scorer's forward runs the model body
-*and* the output projection (``inspo.logprobs`` calls them separately, never ``model.forward``), so the root unit
+*and* the output projection (``inspo.logprobs`` calls them separately; ``model.forward`` only for a model that
+fails the start-up check of ``inspo.checks``), so the root unit
 gathers the embeddings, final norm and (tied) output projection around exactly the computation that needs them.
 Checkpoints are distributed-checkpoint folders (one shard file per rank plus ``meta.pt``) holding the policy only;
 ``inspo export`` turns them into a plain HF folder.
@@ -49,6 +50,24 @@ class DecoderFSDPStrategy(FSDPStrategy):
         if activation_checkpointing:
             kwargs.setdefault("activation_checkpointing_policy", {DECODER_LAYER})
         super().__init__(**kwargs)
+
+    @property
+    def mixed_precision_config(self) -> Any:
+        """FSDP's mixed precision; for ``bf16-mixed`` (``16-mixed``): fp32 master shards, bf16 (fp16) compute.
+
+        The sharded parameters and the optimizer stay fp32 (``model.dtype: fp32``, see ``inspo.optim``); each
+        layer is all-gathered as a bf16 copy for forward and backward. Unlike Lightning's default for these
+        precisions, gradients are reduced in fp32 (a bf16 sum over many ranks and micro-batches drops low bits) and
+        buffers stay fp32: a bf16 RoPE ``inv_freq`` buffer would put the rotary angles of position 2000 off by
+        radians. An explicit ``mixed_precision`` argument wins.
+        """
+        precision = getattr(self.precision_plugin, "precision", None)
+        if self.mixed_precision is None and precision in ("bf16-mixed", "16-mixed"):
+            from torch.distributed.fsdp import MixedPrecision
+
+            compute = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+            return MixedPrecision(param_dtype=compute, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+        return super().mixed_precision_config
 
     def setup_environment(self) -> None:
         if self.root_device.type != "cuda":
@@ -129,8 +148,8 @@ class LogpScorer(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
 
-    def forward(self, rows: Any) -> Tensor:
-        return target_logps(self.model, rows, self.chunk_size)
+    def forward(self, rows: Any, full_logits: bool = False) -> Tensor:
+        return target_logps(self.model, rows, self.chunk_size, full_logits)
 
 
 def shard_model(root: nn.Module, mesh: Any, reshard_after_forward: bool = True) -> nn.Module:

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from inspo.conditioning import Sequences
 from inspo.errors import ConfigError
+from inspo.mixers import non_attention_mixer
 
 
 @dataclass
@@ -251,19 +252,26 @@ def make_layout(name: str, max_tokens_per_row: int | None = None) -> Layout:
     return PackedLayout(max_tokens_per_row) if name == "packed" else LAYOUTS[name]()
 
 
-def packed_unsupported_reason(config: Any) -> str | None:
-    """Why the packed layout would not be exact for a model with this HF config, or None if it is.
+def packed_unsupported_reason(model: Any) -> str | None:
+    """Why the packed layout would not be exact for this model, or None if it is.
+
+    Args:
+        model: the instantiated model (its config and its modules are inspected), or only its HF config.
 
     flash-attention kernels take a padding mask only, not a 4D mask; a sliding-window model would have its
-    window dropped, because transformers uses a custom 4D mask as given, for every layer.
+    window dropped, because transformers uses a custom 4D mask as given, for every layer; and any token mixer that
+    is not attention (state-space, convolution, linear attention, recurrence: hybrid models such as Falcon-H1,
+    Jamba, Bamba, Granite-4-H, Nemotron-H, LFM2) ignores the mask and lets one branch read the other
+    (:func:`inspo.mixers.non_attention_mixer`, which answers "unsupported" when it cannot tell).
     """
+    config = getattr(model, "config", model)
     impl = getattr(config, "_attn_implementation", None) or "eager"
     if impl not in MASK_4D_ATTENTION:
         return f"attention implementation {impl!r} cannot take a 4D attention mask"
     window = getattr(config, "sliding_window", None)
     if window and getattr(config, "use_sliding_window", True) is not False:
         return f"the model uses sliding-window attention (window {window}), which a custom 4D mask would drop"
-    return None
+    return non_attention_mixer(model)
 
 
 def to_block_mask(mask: Tensor, block_size: int = 128) -> Any:

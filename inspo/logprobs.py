@@ -6,6 +6,10 @@ hidden states that predict targets, and apply the output projection + log-softma
 at a time. Under autograd each chunk is checkpointed (recomputed in backward), so at most one chunk of
 [chunk_size x vocab] fp32 logits is alive at a time. The log-softmax is always computed in fp32, also for bf16
 models, because the normaliser of a 50k-way softmax loses ~2 digits in bf16.
+
+Bypassing ``model.forward`` is exact only if :func:`_postprocess_logits` applies the family's logit transforms:
+``inspo.checks`` compares the two paths on the first batch of every model and switches a model that differs to
+``target_logps(..., full_logits=True)``, which reads ``model(...).logits``.
 """
 
 from __future__ import annotations
@@ -33,13 +37,19 @@ def _model_kwargs(model: nn.Module, rows: ModelRows) -> dict[str, Tensor]:
 
 
 def _postprocess_logits(model: nn.Module, logits: Tensor) -> Tensor:
-    """Apply the model family's own logit transforms (Gemma-2 soft-capping, Cohere/Granite scaling) in fp32."""
+    """Apply the model family's own logit transforms (Gemma-2 soft-capping, Cohere/Granite/HyperCLOVAX scaling,
+    Falcon-H1's multiplier) in fp32. Families not listed here are caught by the start-up check (``inspo.checks``).
+    """
     config = model.config
     logits = logits.float()
     if getattr(config, "logit_scale", None):
         logits = logits * config.logit_scale
     if getattr(config, "logits_scaling", None):
-        logits = logits / config.logits_scaling
+        # Granite divides by it; HyperCLOVAX (muP) multiplies by it.
+        scale = config.logits_scaling
+        logits = logits * scale if getattr(config, "model_type", None) == "hyperclovax" else logits / scale
+    if getattr(config, "lm_head_multiplier", None):
+        logits = logits * config.lm_head_multiplier
     if getattr(config, "final_logit_softcapping", None):
         cap = config.final_logit_softcapping
         logits = torch.tanh(logits / cap) * cap
@@ -79,8 +89,12 @@ def token_logps_full(model: nn.Module, rows: ModelRows) -> Tensor:
     return F.log_softmax(logits, -1).gather(-1, rows.labels.unsqueeze(-1)).squeeze(-1)
 
 
-def target_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024) -> Tensor:
-    """Summed log-prob of every target, as a [num_pairs, len(rows.names)] fp32 tensor."""
-    logps = token_logps(model, rows, chunk_size)
+def target_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024, full_logits: bool = False) -> Tensor:
+    """Summed log-prob of every target, as a [num_pairs, len(rows.names)] fp32 tensor.
+
+    ``full_logits``: through ``model(...).logits`` (:func:`token_logps_full`) instead of the chunked output head,
+    for models whose forward transforms logits in a way :func:`_postprocess_logits` does not (``inspo.checks``).
+    """
+    logps = token_logps_full(model, rows) if full_logits else token_logps(model, rows, chunk_size)
     sums = logps.new_zeros(rows.num_slots).index_add(0, rows.slot, logps)
     return sums.view(rows.num_pairs, len(rows.names))

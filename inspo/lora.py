@@ -106,10 +106,16 @@ def is_lora(model: nn.Module | None) -> bool:
 def reference_adapter(policy: nn.Module) -> Iterator[nn.Module]:
     """Run a LoRA policy as its reference: the frozen ``reference`` adapter if there is one, else adapters off.
 
+    The reference is deterministic: the policy runs in eval mode inside the context (no ``lora_dropout`` of the
+    reference adapter, no attention or other dropout of the base model, no router noise), as a separate
+    reference model always does. Every submodule's train/eval mode is restored on exit.
+
     peft toggles ``requires_grad`` when it switches adapters; the flags are restored on exit, so a reference
     forward between the policy forward and ``backward()`` leaves the trained adapter's gradients intact.
     """
     flags = [(p, p.requires_grad) for p in policy.parameters()]
+    modes = [(m, m.training) for m in policy.modules()]
+    policy.eval()
     try:
         if REFERENCE_ADAPTER in policy.peft_config:
             policy.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
@@ -123,6 +129,8 @@ def reference_adapter(policy: nn.Module) -> Iterator[nn.Module]:
     finally:
         for param, flag in flags:
             param.requires_grad_(flag)
+        for module, mode in modes:
+            module.training = mode  # per module, not .train(mode): that would overwrite deliberate submodule modes
 
 
 def adapter_state_keys(state: dict[str, Any], prefix: str = "policy.") -> list[str]:

@@ -15,16 +15,19 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -187,3 +190,38 @@ def _nf4_config(compute_dtype: torch.dtype) -> Any:
     check_4bit_available()
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
+
+
+_DROPOUT_NAME = re.compile("drop", re.IGNORECASE)
+"""Attribute names of dropout rates: attention_dropout, hidden_dropout, resid_pdrop, embd_pdrop, layerdrop, ..."""
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Make ``model`` deterministic in train mode: every dropout of every kind at 0.
+
+    Three places hold a dropout rate, and an ``nn.Dropout`` is only one of them: attention dropout is a float in the
+    HF config (``attention_dropout``, ``attn_pdrop``, ...) that attention modules copy into an attribute at init and
+    pass to ``scaled_dot_product_attention(dropout_p=...)`` in train mode; LayerDrop (``layerdrop``) skips whole
+    layers at random. So: every ``nn.Dropout`` gets p = 0, and every float attribute whose name contains "drop" is
+    set to 0, on every module and on the config (and its sub-configs), which some models read at forward time.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if _DROPOUT_NAME.search(name) and isinstance(value, float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    if isinstance(config, PretrainedConfig):
+        _zero_config_dropout(config, set())
+
+
+def _zero_config_dropout(config: PretrainedConfig, seen: set[int]) -> None:
+    if id(config) in seen:
+        return
+    seen.add(id(config))
+    for name, value in list(vars(config).items()):
+        if isinstance(value, PretrainedConfig):
+            _zero_config_dropout(value, seen)
+        elif _DROPOUT_NAME.search(name) and isinstance(value, float):
+            setattr(config, name, 0.0)

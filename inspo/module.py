@@ -1,40 +1,42 @@
-"""PreferenceModule: the policy, its frozen reference, one pair forward and one training step for every loss."""
+"""PreferenceModule: the policy, its frozen reference, one pair forward and one training step for every loss.
+
+Logged metrics (``inspo.metrics`` explains each): ``{train,val,test}/{loss, reward_accuracy, reward_margin,
+chosen_reward, rejected_reward, chosen_logp, rejected_logp}`` under the run's conditioning (under InSPO: the
+cross-conditioned model log pi(y_w|x,y_l), log pi(y_l|x,y_w)); under InSPO also ``{val,test}/plain_{loss,
+reward_accuracy, reward_margin, chosen_reward, rejected_reward}``: the run's loss on log pi(y|x) against log
+pi_ref(y|x), the unconditioned model a user deploys (what a standard-conditioning evaluation reports).
+"""
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from inspo.checks import check_exactness, full_logits_message, packed_message
 from inspo.conditioning import CONDITIONINGS, REFERENCE_SEQUENCES, ReflectionTemplate, Sequences, make_conditioning
 from inspo.data.datamodule import PairBatch
 from inspo.distributed import LogpScorer, full_state_dict, is_sharded, shard_model
 from inspo.errors import ConfigError
 from inspo.guards import NonFiniteLossError, OnNonFinite, check_on_nonfinite, nonfinite_message, skip_allowed
-from inspo.layout import make_layout, packed_unsupported_reason
+from inspo.hparams import init_args, resume_mismatch
+from inspo.layout import ModelRows, make_layout, packed_unsupported_reason
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora, reference_adapter
-from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss
-from inspo.models import BUNDLED_SMOLLM2, DTYPES, load_causal_lm, load_tokenizer
-from inspo.optim import OptimConfig, make_optimizer, start_schedules
+from inspo.losses import LOSSES, PairLogps, PreferenceLoss
+from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics, plain_view
+from inspo.models import BUNDLED_SMOLLM2, DTYPES, disable_dropout, load_causal_lm, load_tokenizer
+from inspo.optim import OptimConfig, check_precision, keeps_fp32_master, make_optimizer, start_schedules
 from inspo.reference import ReferenceCache, cached_reference
 
 log = logging.getLogger("inspo")
-
-METRICS = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp",
-           "rejected_logp")
-PROGRESS_BAR = ("loss", "reward_accuracy", "reward_margin")
-RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference_model", "dtype",
-               "lora")
-"""Hyperparameters that define the trained model and its objective: a resumed run must have the same values (not
-``reference``: ``auto`` and the mode it resolves to are the same run; not LoRA's ``merge_on_export``)."""
 
 
 def resolve_loss(loss: PreferenceLoss | str) -> PreferenceLoss:
@@ -64,10 +66,13 @@ class PreferenceModule(LightningModule):
             sequence).
         max_tokens_per_row: packed layout only: token budget of a row holding several pairs as block-diagonal
             segments (removes padding); None puts one pair per row.
-        dtype: parameter dtype of policy and reference: fp32, bf16 or fp16. Log-softmax is fp32 regardless.
+        dtype: parameter dtype of policy and reference: fp32, bf16 or fp16. Log-softmax is fp32 regardless. Trained
+            weights must be fp32: for bf16 compute use ``trainer.precision: bf16-mixed`` (fp32 master weights, see
+            ``inspo.optim``); bf16 / fp16 is for a frozen LoRA base, evaluation and prediction.
         attn_implementation: sdpa, eager, flex_attention, flash_attention_2, or None for the library default.
         random_init: config overrides for a randomly initialised policy (tests, benchmarks); None loads weights.
-        disable_dropout: set dropout to 0 in policy and reference, so the log-ratio is 0 at step 0.
+        disable_dropout: set every dropout to 0 in policy and reference (``nn.Dropout``, attention dropout in the HF
+            config and the attention modules, LayerDrop), so the log-ratio is 0 at step 0 and log-probs are exact.
         logprob_chunk_size: target tokens per output-projection chunk (bounds the [tokens x vocab] logits).
         optim: optimizer and learning-rate schedule.
         export_dir: where ``fit`` writes the trained policy as a plain HF folder at its end; ``auto`` is
@@ -107,7 +112,7 @@ class PreferenceModule(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
         self.loss = resolve_loss(loss)
-        self.hparams["loss"] = {"class": type(self.loss).__qualname__, **_init_args(self.loss)}
+        self.hparams["loss"] = {"class": type(self.loss).__qualname__, **init_args(self.loss)}
         if reference == "auto":
             reference = ("adapter" if lora is not None else "copy") if self.loss.requires_reference else "none"
         if reference == "adapter" and lora is None:
@@ -141,15 +146,20 @@ class PreferenceModule(LightningModule):
         self.reference_cache: ReferenceCache | None = None
         self.tokenizer = None
         self.conditioning = None
-        self.metrics = nn.ModuleDict(
-            {f"{stage}/{name}": MeanMetric() for stage in ("train", "val", "test") for name in METRICS}
-        )
+        self.metrics = make_metrics()  # every logged key: inspo.metrics
         # The reference is never saved: it is rebuilt from its source (``copy`` is taken before a checkpoint is
         # restored), so checkpoints hold the policy only and restoring them must not ask for reference weights.
         self.strict_loading = False
         self._scorers: dict[int, nn.Module] = {}  # id(model) -> its FSDP2 root unit (not a registered submodule)
+        self._checked: set[int] = set()  # id(model): start-up exactness check done (inspo.checks)
+        self._full_logits: set[int] = set()  # id(model): log-probs through model(...).logits (inspo.checks)
 
     # ---------------------------------------------------------------- models
+    @override
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and not keeps_fp32_master(self.trainer.strategy):  # before any weight is loaded
+            check_precision(self.trainer.precision, DTYPES[self.hparams.dtype], lora=self.lora is not None)
+
     @override
     def configure_model(self) -> None:
         if self.policy is not None:
@@ -165,15 +175,13 @@ class PreferenceModule(LightningModule):
             self.reference = copy.deepcopy(self.policy)
         elif self.reference_mode == "path":
             self.reference = load_causal_lm(hp.reference_model, **load)
-        reason = packed_unsupported_reason(self.policy.config) if self.layout.needs_4d_mask else None
+        reason = packed_unsupported_reason(self.policy) if self.layout.needs_4d_mask else None
         if reason is not None:
             log.warning("inspo: layout 'packed' is not exact here (%s): using layout 'separate'", reason)
             self.layout = make_layout("separate")
         for m in (self.policy, self.reference):
             if m is not None and hp.disable_dropout:
-                for sub in m.modules():
-                    if isinstance(sub, nn.Dropout):
-                        sub.p = 0.0
+                disable_dropout(m)
         if self.lora is not None:  # after the dropout loop: an explicit lora.dropout is kept
             self.policy = apply_lora(self.policy, self.lora, hp.gradient_checkpointing)
         if self.reference_mode == "cached":
@@ -196,11 +204,16 @@ class PreferenceModule(LightningModule):
 
     # ---------------------------------------------------------------- the pair forward
     def score(self, model: nn.Module, batch: PairBatch, sequences: Sequences) -> PairLogps:
-        """Summed log-probs (and token counts) of the targets named by ``sequences`` for every pair."""
+        """Summed log-probs (and token counts) of the targets named by ``sequences`` for every pair.
+
+        The first time a model scores, :func:`inspo.checks.check_exactness` checks the log-probs of one pair
+        against the model's own forward (and packed against separate rows), and switches path if needed.
+        """
         segments = [self.conditioning.segments(*p) for p in zip(batch.prompt, batch.chosen, batch.rejected)]
+        if id(model) not in self._checked and segments:
+            self._check_exactness(model, segments[0], sequences)
         rows = self.layout.build(segments, sequences, self.tokenizer.pad_token_id, self.device)
-        scorer = self._scorers.get(id(model))
-        sums = scorer(rows) if scorer is not None else target_logps(model, rows, self.hparams.logprob_chunk_size)
+        sums = self._scorer(model)(rows, id(model) in self._full_logits)
         counts = torch.bincount(rows.slot, minlength=rows.num_slots).view(rows.num_pairs, -1).float()
         col = {name: i for i, name in enumerate(rows.names)}
         return PairLogps(
@@ -212,6 +225,31 @@ class PreferenceModule(LightningModule):
             rejected_plain=sums[:, col["rejected_plain"]] if "rejected_plain" in col else None,
             conditioned=sequences["chosen"] != REFERENCE_SEQUENCES["chosen"],
         )
+
+    def _scorer(self, model: nn.Module) -> Callable[[ModelRows, bool], Tensor]:
+        """(rows, full_logits) -> summed target log-probs of ``model`` (through its FSDP2 root unit if sharded)."""
+        sharded = self._scorers.get(id(model))
+        if sharded is not None:
+            return sharded
+        return lambda rows, full: target_logps(model, rows, self.hparams.logprob_chunk_size, full_logits=full)
+
+    def _check_exactness(self, model: nn.Module, segments: dict[str, list[int]], sequences: Sequences) -> None:
+        self._checked.add(id(model))
+        result = check_exactness(model, self._scorer(model), segments, sequences, self.layout,
+                                 self.tokenizer.pad_token_id, self._compute_dtype(model), self.device)
+        if not result.logits_exact:
+            log.warning(full_logits_message(model, result))
+            self._full_logits.add(id(model))
+        if not result.packed_exact:
+            log.warning(packed_message(result))
+            self.layout = make_layout("separate")
+
+    def _compute_dtype(self, model: nn.Module) -> torch.dtype:
+        """The dtype ``model`` computes in outside autocast: its parameters', or FSDP1's mixed-precision copies'."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        mixed = getattr(strategy, "mixed_precision_config", None)
+        dtype = next(model.parameters()).dtype
+        return mixed.param_dtype if mixed is not None and mixed.param_dtype is not None else dtype
 
     def reference_logps(self, batch: PairBatch) -> PairLogps | None:
         """log pi_ref(y|x) for both responses (always unconditioned), or None without a reference."""
@@ -225,21 +263,28 @@ class PreferenceModule(LightningModule):
         with torch.no_grad():
             return self.score(self.reference, batch, REFERENCE_SEQUENCES)
 
-    def pair_logps(self, batch: PairBatch) -> tuple[PairLogps, PairLogps | None]:
-        """The one pair forward: policy log-probs under the run's conditioning, and the reference's."""
+    def pair_logps(self, batch: PairBatch, plain: bool = False) -> tuple[PairLogps, PairLogps | None]:
+        """The one pair forward: policy log-probs under the run's conditioning, and the reference's.
+
+        Under InSPO, log pi(y|x) (``chosen_plain`` / ``rejected_plain``) is computed when the loss reads it or when
+        ``plain`` asks for it (validation and test log the unconditioned view, see ``inspo.metrics``).
+        """
         sequences = self.conditioning.policy_sequences
-        if not self.loss.needs_plain_logps:  # InSPO: skip log pi(y|x) targets the loss never reads
+        if not (plain or self.loss.needs_plain_logps):  # InSPO: skip log pi(y|x) targets nobody reads
             sequences = {name: segs for name, segs in sequences.items() if not name.endswith("_plain")}
         return self.score(self.policy, batch, sequences), self.reference_logps(batch)
 
     # ---------------------------------------------------------------- steps
     def _common_step(self, batch: PairBatch, stage: str) -> Tensor | None:
-        policy, reference = self.pair_logps(batch)
+        policy, reference = self.pair_logps(batch, plain=stage in PLAIN_STAGES)
         out = self.loss(policy, reference)
         loss = out.loss
         if stage == "train" and not torch.isfinite(loss):
             return self._nonfinite_loss(loss, batch)
-        self._log_metrics(stage, out, policy, len(batch))
+        self._log_metrics(stage, pair_metrics(out, policy), len(batch))
+        plain = plain_view(policy) if stage in PLAIN_STAGES else None
+        if plain is not None:  # InSPO: the same loss on log pi(y|x), what a standard evaluation reports
+            self._log_metrics(stage, pair_metrics(self.loss(plain, reference)), len(batch), plain=True)
         return loss
 
     def _nonfinite_loss(self, loss: Tensor, batch: PairBatch) -> None:
@@ -252,21 +297,14 @@ class PreferenceModule(LightningModule):
         if self._trainer is not None:
             self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, batch_size=len(batch))
 
-    def _log_metrics(self, stage: str, out: LossOutput, policy: PairLogps, batch_size: int) -> None:
-        values = {
-            "loss": out.losses.detach(),
-            "reward_accuracy": (out.chosen_rewards > out.rejected_rewards).float(),
-            "reward_margin": out.chosen_rewards - out.rejected_rewards,
-            "chosen_reward": out.chosen_rewards,
-            "rejected_reward": out.rejected_rewards,
-            "chosen_logp": policy.chosen.detach(),
-            "rejected_logp": policy.rejected.detach(),
-        }
+    def _log_metrics(self, stage: str, values: dict[str, Tensor], batch_size: int, plain: bool = False) -> None:
+        """Log ``<stage>/<name>`` (``plain``: ``<stage>/plain_<name>``) for every value."""
         for name, value in values.items():
-            metric = self.metrics[f"{stage}/{name}"]
+            key = f"{stage}/plain_{name}" if plain else f"{stage}/{name}"
+            metric = self.metrics[key]
             metric(value)  # forward: accumulates for the epoch and keeps this batch's value for on_step logging
-            self.log(f"{stage}/{name}", metric, on_step=stage == "train", on_epoch=True, batch_size=batch_size,
-                     prog_bar=name in PROGRESS_BAR)
+            self.log(key, metric, on_step=stage == "train", on_epoch=True, batch_size=batch_size,
+                     prog_bar=not plain and name in PROGRESS_BAR)
 
     @override
     def training_step(self, batch: PairBatch, batch_idx: int) -> Tensor | None:
@@ -291,7 +329,7 @@ class PreferenceModule(LightningModule):
     def configure_optimizers(self) -> dict:
         # Not trainer.estimated_stepping_batches here: it builds the train dataloader before a checkpoint is restored
         # and Lightning then drops the loader's saved position. The schedule gets its length in on_train_start.
-        return make_optimizer(self.policy, self.optim)
+        return make_optimizer(self.policy, self.optim, fp32_master=keeps_fp32_master(self.trainer.strategy))
 
     @override
     def on_train_start(self) -> None:
@@ -310,14 +348,12 @@ class PreferenceModule(LightningModule):
         if not saved:
             return
         where = source if source is not None else (self._trainer.ckpt_path if self._trainer is not None else "?")
-        for key in RESUME_KEYS:
-            before, now = _plain(saved.get(key)), _plain(self.hparams.get(key))
-            if key == "lora" and isinstance(before, dict) and isinstance(now, dict):
-                before, now = ({k: v for k, v in d.items() if k != "merge_on_export"} for d in (before, now))
-            if before != now:
-                raise ConfigError(f"cannot resume from {where}: it was trained with model.{key}={before!r}, this "
-                                  f"run has model.{key}={now!r}; resume with the config it was trained with, or start "
-                                  "a new run without --ckpt_path")
+        mismatch = resume_mismatch(saved, self.hparams)
+        if mismatch is not None:
+            key, before, now = mismatch
+            raise ConfigError(f"cannot resume from {where}: it was trained with model.{key}={before!r}, this run has "
+                              f"model.{key}={now!r}; resume with the config it was trained with, or start a new run "
+                              "without --ckpt_path")
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -352,23 +388,3 @@ class PreferenceModule(LightningModule):
         if self.hparams.export_dir != "auto":
             return Path(self.hparams.export_dir)
         return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hf_model"
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as plain JSON-like data (dataclasses and namespaces as dicts, tuples as lists), for comparisons."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    elif hasattr(value, "__dict__") and not isinstance(value, (str, int, float, bool, type(None))):
-        value = dict(vars(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _init_args(module: nn.Module) -> dict[str, Any]:
-    """The scalar hyperparameters of a loss (for the saved hparams)."""
-    return {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))}

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from inspo.checks import check_exactness, full_logits_message, packed_message
 from inspo.conditioning import REFERENCE_SEQUENCES
 from inspo.errors import InspoError
 from inspo.layout import Layout, SeparateLayout
@@ -124,9 +125,24 @@ def compute_reference_logps(
     model: nn.Module, pairs: Sequence[Pair], pad_id: int, layout: Layout | None = None, batch_size: int = 8,
     chunk_size: int = 1024,
 ) -> ReferenceCache:
-    """Run the reference over every pair once (eval mode, no grad) and return the cache contents."""
+    """Run the reference over every pair once (eval mode, no grad) and return the cache contents.
+
+    The first pair is checked first (:func:`inspo.checks.check_exactness`): a model whose forward transforms its
+    logits is scored through its own forward, and packed rows that are not exact become separate rows.
+    """
     layout = layout or SeparateLayout()
     device = next(model.parameters()).device
+    full = False
+    if pairs:
+        first = {"x": pairs[0].prompt, "y_w": pairs[0].chosen, "y_l": pairs[0].rejected}
+        result = check_exactness(model, lambda rows, full_logits: target_logps(model, rows, chunk_size, full_logits),
+                                 first, REFERENCE_SEQUENCES, layout, pad_id, next(model.parameters()).dtype, device)
+        if not result.logits_exact:
+            log.warning(full_logits_message(model, result))
+            full = True
+        if not result.packed_exact:
+            log.warning(packed_message(result))
+            layout = SeparateLayout()
     was_training = model.training
     model.eval()
     out = []
@@ -136,7 +152,7 @@ def compute_reference_logps(
                 chunk = pairs[start : start + batch_size]
                 segments = [{"x": p.prompt, "y_w": p.chosen, "y_l": p.rejected} for p in chunk]
                 rows = layout.build(segments, REFERENCE_SEQUENCES, pad_id, device)
-                out.append(target_logps(model, rows, chunk_size).cpu())
+                out.append(target_logps(model, rows, chunk_size, full_logits=full).cpu())
     finally:
         model.train(was_training)
     keys = torch.tensor([pair_key(p.prompt, p.chosen, p.rejected) for p in pairs], dtype=torch.int64)
