@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -37,10 +39,14 @@ RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_templ
 ``reference``: ``auto`` and the mode it resolves to are the same run; not LoRA's ``merge_on_export``)."""
 
 
-def resolve_loss(loss: PreferenceLoss | str) -> PreferenceLoss:
-    """A loss instance from an instance or a registered short name (``dpo``, ``simpo``, ...)."""
+def resolve_loss(loss: PreferenceLoss | str | dict[str, Any]) -> PreferenceLoss:
+    """A loss instance from an instance, a registered short name (``dpo``, ``simpo``, ...) or the saved
+    ``{"class_path", "init_args"}`` of :func:`loss_hparams` (``PreferenceModule.load_from_checkpoint``)."""
     if isinstance(loss, PreferenceLoss):
         return loss
+    if isinstance(loss, dict) and "class_path" in loss:
+        module, _, name = str(loss["class_path"]).rpartition(".")
+        return getattr(importlib.import_module(module), name)(**(loss.get("init_args") or {}))
     if loss not in LOSSES:
         raise ConfigError(f"unknown loss {loss!r}; registered losses: {', '.join(sorted(LOSSES))}")
     return LOSSES[loss]()
@@ -107,7 +113,7 @@ class PreferenceModule(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
         self.loss = resolve_loss(loss)
-        self.hparams["loss"] = {"class": type(self.loss).__qualname__, **_init_args(self.loss)}
+        self.hparams["loss"] = loss_hparams(self.loss)  # the shape LightningCLI parses back from a checkpoint
         if reference == "auto":
             reference = ("adapter" if lora is not None else "copy") if self.loss.requires_reference else "none"
         if reference == "adapter" and lora is None:
@@ -312,6 +318,8 @@ class PreferenceModule(LightningModule):
         where = source if source is not None else (self._trainer.ckpt_path if self._trainer is not None else "?")
         for key in RESUME_KEYS:
             before, now = _plain(saved.get(key)), _plain(self.hparams.get(key))
+            if key == "loss":  # checkpoints written before loss_hparams stored {"class": qualname, **args}
+                before, now = _loss_identity(before), _loss_identity(now)
             if key == "lora" and isinstance(before, dict) and isinstance(now, dict):
                 before, now = ({k: v for k, v in d.items() if k != "merge_on_export"} for d in (before, now))
             if before != now:
@@ -369,6 +377,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _init_args(module: nn.Module) -> dict[str, Any]:
-    """The scalar hyperparameters of a loss (for the saved hparams)."""
-    return {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
+def loss_hparams(loss: PreferenceLoss) -> dict[str, Any]:
+    """``{"class_path": ..., "init_args": {...}}`` of a loss: its class and the scalar init arguments it keeps."""
+    cls = type(loss)
+    names = [p.name for p in inspect.signature(cls).parameters.values() if p.kind not in (p.VAR_POSITIONAL,
+                                                                                           p.VAR_KEYWORD)]
+    values = {name: getattr(loss, name) for name in names if hasattr(loss, name)}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": {k: v for k, v in values.items() if isinstance(v, (int, float, str, bool))}}
+
+
+def _loss_identity(value: Any) -> Any:
+    """``DPOLoss(beta=0.1, ...)`` for a saved loss in either shape, to compare a checkpoint with this run."""
+    if not isinstance(value, dict):
+        return value
+    if "class_path" in value:
+        name, args = str(value["class_path"]).rsplit(".", 1)[-1], dict(value.get("init_args") or {})
+    else:
+        name, args = value.get("class"), {k: v for k, v in value.items() if k not in ("class", "training")}
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in sorted(args.items()))})"

@@ -12,8 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from inspo.cli import main
+from inspo.cli import InspoCLI, main
+from inspo.data.datamodule import PreferenceDataModule
 from inspo.losses import LOSSES
+from inspo.module import PreferenceModule
 from tests.conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,3 +105,37 @@ def test_reflection_template_from_the_command_line(tmp_path):
     result = inspo("fit", "--config", str(CONFIGS / "tiny.yaml"), "--model.reflection_template.after_alternative",
                    "Better answer:", "--trainer.fast_dev_run", "1", *run_dir_args(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def build(tmp_path: Path, *args: str) -> InspoCLI:
+    """The CLI parsed and instantiated (model and data not loaded), on configs/tiny.yaml (``loss: dpo``)."""
+    return InspoCLI(PreferenceModule, PreferenceDataModule, run=False,
+                    args=["--config", str(CONFIGS / "tiny.yaml"), "--trainer.default_root_dir", str(tmp_path), *args])
+
+
+@pytest.mark.parametrize("option", ["--model.loss.beta", "--model.loss.init_args.beta"])
+def test_loss_init_arg_after_a_short_name_in_yaml(tmp_path, option):
+    """tiny.yaml says ``loss: dpo``; both spellings used to fail with "unknown option"."""
+    loss = build(tmp_path, option, "0.2").model.loss
+    assert type(loss) is LOSSES["dpo"] and loss.beta == 0.2
+    assert build(tmp_path).model.hparams["loss"] == {
+        "class_path": "inspo.losses.dpo.DPOLoss", "init_args": {"beta": 0.1, "label_smoothing": 0.0, "sft_weight": 0.0}}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_registered_loss_takes_init_args_after_its_short_name(tmp_path, name):
+    loss = build(tmp_path, "--model.loss", name, "--model.loss.sft_weight", "0.5").model.loss
+    assert type(loss) is LOSSES[name] and loss.sft_weight == 0.5
+
+
+def test_a_short_name_brings_its_own_defaults(tmp_path):
+    """SimPO after DPO: gamma as given, beta SimPO's default (2.0), not DPO's 0.1 carried over."""
+    loss = build(tmp_path, "--model.loss", "simpo", "--model.loss.gamma", "1.5").model.loss
+    assert type(loss) is LOSSES["simpo"] and (loss.beta, loss.gamma) == (2.0, 1.5)
+
+
+def test_default_root_dir_moves_the_logs_unless_the_logger_folder_is_given(tmp_path):
+    """The shipped configs pin no logger folder, so the run follows --trainer.default_root_dir."""
+    assert build(tmp_path / "a").trainer.logger.save_dir == str(tmp_path / "a")
+    explicit = build(tmp_path / "a", "--trainer.logger.init_args.save_dir", str(tmp_path / "b"))
+    assert explicit.trainer.logger.save_dir == str(tmp_path / "b")
