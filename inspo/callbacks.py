@@ -53,8 +53,14 @@ SHORT_NAMES = {
     "val/loss": "val_loss",
     "val/reward_accuracy": "val_acc",
     "val/reward_margin": "val_margin",
+    "val/plain_loss": "plain_val_loss",
+    "val/plain_reward_accuracy": "plain_val_acc",
+    "val/plain_reward_margin": "plain_val_margin",
 }
 """Progress-bar metric -> the short name shown; metrics not listed here are not shown."""
+VIEWS = (("conditioned (x, y_alt)", "val/"), ("plain (x)", "val/plain_"))
+"""Under InSPO validation logs two views: log pi(y|x, y_alt) (what the loss trains) and log pi(y|x) (what a user
+samples from), the second under ``val/plain_*``; with standard conditioning there is one view, ``val/*``."""
 LOGGER_PACKAGES = {"WandbLogger": "wandb", "TensorBoardLogger": "tensorboard", "MLFlowLogger": "mlflow",
                    "CometLogger": "comet_ml", "NeptuneLogger": "neptune"}
 
@@ -69,6 +75,14 @@ def run_dir(trainer: Trainer) -> Path:
 def pair_tokens(batch: Any) -> int:
     """|x| + |y_w| + |y_l| summed over the pairs of a batch."""
     return sum(len(x) + len(yw) + len(yl) for x, yw, yl in zip(batch.prompt, batch.chosen, batch.rejected))
+
+
+def full_sanity_check(trainer: Trainer) -> bool:
+    """Whether the sanity check just run saw the whole validation set (``num_sanity_val_steps: -1``, or at least
+    as many batches as validation has): its metrics are then a real validation before the first step."""
+    sanity, full = list(trainer.num_sanity_val_batches), list(trainer.num_val_batches)
+    return (trainer.state.fn == "fit" and trainer.global_step == 0 and bool(full) and len(sanity) == len(full)
+            and all(s >= f for s, f in zip(sanity, full)))
 
 
 def format_metric(name: str, value: float) -> str:
@@ -100,7 +114,10 @@ class InspoProgressBar(TQDMProgressBar):
 
     @override
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
-        metrics = super().get_metrics(trainer, pl_module)
+        metrics = dict(super().get_metrics(trainer, pl_module))
+        for name, value in trainer.callback_metrics.items():  # validation views logged without prog_bar too
+            if name.startswith("val/"):
+                metrics.setdefault(name, value)
         return {short: metrics[name] for name, short in SHORT_NAMES.items() if name in metrics}
 
     def _bar(self, make: Any) -> Tqdm:
@@ -127,9 +144,9 @@ class InspoProgressBar(TQDMProgressBar):
         return self._bar(super().init_predict_tqdm)
 
     @override
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        self._start = time.monotonic()
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._start = time.monotonic()  # before the step-0 validation
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
@@ -146,28 +163,77 @@ class InspoProgressBar(TQDMProgressBar):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if self.plain and not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._print(trainer, pl_module, f"validation at step {trainer.global_step}",
-                        keep=lambda name: name.startswith("val_"))
+            self._print_validation(trainer, pl_module)
 
-    def _print(self, trainer: Trainer, pl_module: LightningModule, head: str, keep: Any) -> None:
+    @override
+    def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_sanity_check_end(trainer, pl_module)
+        if self.plain and full_sanity_check(trainer):  # the step-0 validation (see TrainingMonitor)
+            self._print_validation(trainer, pl_module)
+
+    def _print_validation(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """``validation at step N | val_loss .. val_acc .. val_margin ..``; under InSPO both views, labelled."""
+        metrics = self.get_metrics(trainer, pl_module)
+        groups = [(label, [k for k in metrics if k.startswith("val_" if prefix == "val/" else "plain_val_")])
+                  for label, prefix in VIEWS]
+        groups = [(label, keys) for label, keys in groups if keys]
+        if len(groups) == 1:
+            self._print(trainer, pl_module, f"validation at step {trainer.global_step}", keep=groups[0][1])
+            return
+        parts = [f"{label}: " + " ".join(f"{k.removeprefix('plain_')} {format_metric(k, float(metrics[k]))}"
+                                         for k in keys) for label, keys in groups]
+        self._print(trainer, pl_module, f"validation at step {trainer.global_step}", text=" | ".join(parts))
+
+    def _print(self, trainer: Trainer, pl_module: LightningModule, head: str, keep: Any = None,
+               text: str | None = None) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if keep(k)}
-        values = " ".join(f"{k} {format_metric(k, float(v))}" for k, v in metrics.items())
+        if text is None:
+            keep = keep if callable(keep) else (lambda name, names=tuple(keep or ()): name in names)
+            metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if keep(k)}
+            text = " ".join(f"{k} {format_metric(k, float(v))}" for k, v in metrics.items())
         elapsed = time.monotonic() - self._start
-        print(f"epoch {trainer.current_epoch} {head} | {values} | {elapsed:.0f}s", flush=True)
+        print(f"epoch {trainer.current_epoch} {head} | {text} | {elapsed:.0f}s", flush=True)
 
 
 class TrainingMonitor(Callback):
-    """Logs ``train/lr`` and ``train/tokens_per_sec`` every step; writes ``run_stats.json`` at the end of training."""
+    """Logs ``train/lr`` and ``train/tokens_per_sec`` every step; writes ``run_stats.json`` at the end of training.
+
+    When the sanity check before training covered the whole validation set (``trainer.num_sanity_val_steps: -1``,
+    or as many batches as validation has), its metrics are logged as the validation *before* step 1, so that a
+    run's plots show a before and an after (Lightning discards sanity-check metrics).
+    """
+
+    RECENT = 10
+    """Training steps averaged for the end-of-fit summary (one batch's accuracy is 0, .25, .5, .75 or 1)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._tokens = 0
+        self._pairs = 0
         self._seconds = 0.0
         self._batches = 0
         self._t0 = 0.0
         self._lr = 0.0
+        self._started = time.monotonic()
+        self.recent: dict[str, list[float]] = {}
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._started = time.monotonic()
+        if trainer.is_global_zero:
+            from inspo.summary import model_line
+
+            log.info(model_line(trainer, pl_module))
+
+    @override
+    def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not full_sanity_check(trainer):
+            return
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        for logger in trainer.loggers:
+            # Lightning logs validation after k optimizer steps as step k - 1 (metrics.csv counts from 0): -1 here.
+            logger.log_metrics({**values, "epoch": 0}, step=-1)
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -180,9 +246,14 @@ class TrainingMonitor(Callback):
         seconds = time.perf_counter() - self._t0
         tokens = pair_tokens(batch) * trainer.world_size  # every rank runs a batch of about this size
         self._tokens += tokens
+        self._pairs += len(batch) * trainer.world_size
         self._seconds += seconds
         self._batches += 1
         size = len(batch)
+        for name in ("loss", "reward_accuracy", "reward_margin"):
+            value = trainer.callback_metrics.get(f"train/{name}_step")
+            if value is not None:
+                self.recent[name] = [*self.recent.get(name, [])[1 - self.RECENT:], float(value)]
         pl_module.log("train/tokens_per_sec", tokens / max(seconds, 1e-9), on_step=True, on_epoch=False,
                       prog_bar=True, batch_size=size)
         pl_module.log("train/lr", self._lr, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
@@ -207,8 +278,10 @@ class TrainingMonitor(Callback):
             "parameters": {"policy": count_parameters(policy),
                            "policy_and_reference": count_parameters(policy, getattr(pl_module, "reference", None))},
             "reference_mode": getattr(pl_module, "reference_mode", None),
-            "train": {"optimizer_steps": trainer.global_step, "batches": self._batches, "pair_tokens": self._tokens,
-                      "seconds": round(self._seconds, 3),
+            "train": {"optimizer_steps": trainer.global_step, "batches": self._batches, "pairs": self._pairs,
+                      "pair_tokens": self._tokens, "seconds": round(self._seconds, 3),
+                      "wall_seconds": round(time.monotonic() - self._started, 3),
+                      "pairs_per_sec": round(self._pairs / self._seconds, 3) if self._seconds else None,
                       "pair_tokens_per_sec": round(self._tokens / self._seconds, 2) if self._seconds else None},
             "memory": {"peak_rss_mib": round(peak_rss, 1),
                        "cuda_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)

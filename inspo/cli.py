@@ -47,8 +47,10 @@ from inspo.errors import ConfigError, InspoError
 from inspo.module import PreferenceModule
 from inspo.parser import InspoArgumentParser, expand_loss_names
 from inspo.preflight import check_data_paths, check_output_folders, check_strategy, user_error_in
+from inspo.quiet import quiet_run
 from inspo.samples import SampleGenerations
 from inspo.signals import GracefulStop
+from inspo.summary import fit_summary
 
 log = logging.getLogger("inspo")
 
@@ -158,6 +160,10 @@ class InspoCLI(LightningCLI):
     def before_predict(self) -> None:
         self._prepare_checkpoint()
 
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(fit_summary(self.trainer, self.model), flush=True)
+
 
 def slurm_restart() -> int:
     """How many times Slurm has requeued this job (0 outside Slurm)."""
@@ -177,14 +183,16 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] in COMMANDS:
             importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
             return
-        InspoCLI(
-            PreferenceModule,
-            PreferenceDataModule,
-            seed_everything_default=42,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": DESCRIPTION},
-            args=args,
-        )
+        with quiet_run():  # library noise filtered for this command only
+            InspoCLI(
+                PreferenceModule,
+                PreferenceDataModule,
+                seed_everything_default=42,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"description": DESCRIPTION},
+                trainer_defaults={"enable_model_summary": False},  # its FLOPs column is 0; one line at train start
+                args=args,
+            )
     except InspoError as err:
         if os.environ.get("INSPO_DEBUG"):
             raise
