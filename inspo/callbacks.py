@@ -154,10 +154,11 @@ class InspoProgressBar(TQDMProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         every = self.plain_every_n_steps or trainer.log_every_n_steps or 1
         step = trainer.global_step
-        if self.plain and step != self._last_printed and (step % every == 0 or step == 1):
+        total = int(trainer.estimated_stepping_batches)
+        if self.plain and step != self._last_printed and (step % every == 0 or step in (1, total)):
             self._last_printed = step
-            self._print(trainer, pl_module, f"step {step}/{int(trainer.estimated_stepping_batches)}",
-                        keep=lambda name: not name.startswith("val_"))
+            self._print(trainer, pl_module, f"step {step}/{total}",
+                        keep=lambda name: not name.startswith(("val_", "plain_val_")))
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

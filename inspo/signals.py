@@ -6,8 +6,8 @@ signal    what ``inspo fit`` does
 SIGTERM   (Kubernetes, most schedulers, ``kill``, Slurm at preemption) saves a checkpoint after the current
           optimizer step, does not export, exits with 143. Under Slurm it also runs ``scontrol requeue``.
 SIGINT    (Ctrl+C) the same, exit status 130, never requeued. A second Ctrl+C stops at once, saving nothing.
-SIGUSR1   under Slurm (``#SBATCH --signal=SIGUSR1@90``): the same plus ``scontrol requeue``, exit status 138;
-          the requeued job resumes from that checkpoint by itself (``inspo.cli``). Outside Slurm it is ignored.
+SIGUSR1   the same, exit status 138. Under Slurm (``#SBATCH --signal=SIGUSR1@90``, Lightning's requeue signal)
+          also ``scontrol requeue``: the requeued job resumes from that checkpoint by itself (``inspo.cli``).
 SIGKILL   cannot be caught: the newest complete checkpoint stays (see ``inspo.checkpoints``).
 ========  =====================================================================================================
 
@@ -69,7 +69,7 @@ class GracefulStop(Callback):
     def _signals(self) -> list[int]:
         if sys.platform == "win32":
             return []
-        return [signal.SIGTERM, signal.SIGINT, *([self.requeue_signal] if self.requeue_signal else [])]
+        return list(dict.fromkeys([signal.SIGTERM, signal.SIGINT, self.requeue_signal or signal.SIGUSR1]))
 
     def _install(self) -> None:
         """Take the signals over (again: Lightning registers its own SIGTERM handler after ``setup``)."""

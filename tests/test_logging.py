@@ -127,6 +127,8 @@ def test_validation_lines_and_summary_show_both_views(two_views):
         assert conditioned.startswith("conditioned (x, y_alt): val_loss ") and plain.startswith("plain (x): val_loss ")
         assert plain.split()[2:] == ["val_loss", "5", "val_acc", "0.25", "val_margin", "-1"]
         assert float(conditioned.split()[4]) < 1  # the tiny model's loss, near log 2
+    steps = [line for line in lines if line.startswith("epoch 0 step ")]
+    assert [line.split()[3] for line in steps] == ["1/2", "2/2"] and not any("val_" in line for line in steps)
     summary = lines[lines.index(next(x for x in lines if x.startswith("inspo: fit done: 2 optimizer steps"))):]
     assert summary[1].startswith("  train, mean of the last 2 steps:  loss ")
     assert summary[2].startswith("  validation, conditioned (x, y_alt):  loss ")
