@@ -9,10 +9,12 @@ Two subcommands are not Lightning's and take plain arguments: ``inspo export --c
 checkpoint to a plain HF folder) and ``inspo report RUN_DIR`` (plots and a markdown summary of a run).
 ``INSPO_PLUGINS=my_losses,my_conditionings`` imports modules first, so their registered short names work.
 
-Checkpoints (``--checkpoint.*``, :class:`inspo.callbacks.ResumableCheckpoint`) are written atomically with a
-``last.ckpt`` link; ``inspo fit ... --ckpt_path last`` resumes mid-epoch at the same batch. Under Slurm the requeue
-signal saves and requeues (:class:`inspo.callbacks.SlurmRequeue`), and a requeued job (``SLURM_RESTART_COUNT`` > 0)
-resumes from ``last`` without being told.
+Checkpoints (``--checkpoint.*``, :mod:`inspo.checkpoints`) are written atomically with a ``last.ckpt`` link;
+``inspo fit ... --ckpt_path last`` resumes mid-epoch at the same batch from the newest usable checkpoint, and
+``--ckpt_path FILE`` from that file (checked before anything is built, and refused with one line if it was trained
+with another model or loss). SIGTERM and SIGINT save at the next step boundary and exit with 128 + the signal
+(:mod:`inspo.signals`); under Slurm the requeue signal saves and requeues, and a requeued job
+(``SLURM_RESTART_COUNT`` > 0) resumes from ``last`` without being told.
 """
 
 from __future__ import annotations
@@ -20,25 +22,35 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from inspo.callbacks import (
-    InspoProgressBar,
+from inspo.callbacks import InspoProgressBar, TrainingMonitor, check_logger_packages
+from inspo.checkpoints import (
+    KEYWORDS,
     ResumableCheckpoint,
-    SlurmRequeue,
-    TrainingMonitor,
-    check_logger_packages,
+    checkpoint_folders,
+    checkpoint_problem,
+    read_meta,
+    resolve_last,
 )
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.errors import ConfigError, InspoError
 from inspo.module import PreferenceModule
-from inspo.parser import InspoArgumentParser
+from inspo.parser import InspoArgumentParser, expand_loss_names
+from inspo.preflight import check_data_paths, check_output_folders, check_strategy, user_error_in
+from inspo.quiet import quiet_run
 from inspo.samples import SampleGenerations
+from inspo.signals import GracefulStop
+from inspo.summary import fit_summary
 
 log = logging.getLogger("inspo")
 
@@ -52,10 +64,17 @@ DESCRIPTION = ("Preference optimisation (InSPO and the DPO family). Lightning su
 
 
 class InspoCLI(LightningCLI):
-    """LightningCLI with the tokenizer linked to the model: ``--model.model X`` sets ``--data.tokenizer X``."""
+    """LightningCLI with the tokenizer linked to the model (``--model.model X`` sets ``--data.tokenizer X``), loss
+    short names that take init arguments, checks before anything is built, and checkpoints it can trust."""
+
+    _auto_resume = False  # a requeued Slurm job resuming by itself (no checkpoint yet is then not an error)
+
+    def __init__(self, *args: Any, parser_class: type = InspoArgumentParser, **kwargs: Any) -> None:
+        super().__init__(*args, parser_class=parser_class, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model", "data.tokenizer")
+        expand_loss_names(parser)  # `loss: dpo` then `--model.loss.beta 0.2`
         # Always-on callbacks with their own options: --progress_bar.plain, --samples.every_n_steps, ...
         # (The monitor logs lr and tokens/s before the bar reads them, so it comes first.)
         parser.add_lightning_class_args(TrainingMonitor, "monitor")
@@ -63,13 +82,42 @@ class InspoCLI(LightningCLI):
         parser.add_lightning_class_args(InspoProgressBar, "progress_bar")
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")  # only fit saves; resume checks: fit
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path FILE`` (exists, readable, complete) before anything is built; keep the command line.
+
+        Replaces LightningCLI's own step, which loaded the whole file (a traceback for a missing or truncated one)
+        and parsed its saved hyperparameters *over* the command line, so that a run with another loss or model
+        would have silently become the checkpoint's run. Here the config stays what the user asked for and
+        :meth:`_prepare_checkpoint` compares it with the checkpoint.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt and ckpt not in KEYWORDS and not str(ckpt).startswith("registry"):
+            problem = checkpoint_problem(ckpt)
+            if problem is not None:
+                raise ConfigError(f"--ckpt_path {ckpt}: {problem}")
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        check_logger_packages(config.get("trainer", {}).get("logger"))
+        trainer = config.get("trainer", {})
+        check_logger_packages(trainer.get("logger"))
+        check_strategy(trainer.get("strategy"))
+        check_output_folders(trainer, config.get("model"), config.get("checkpoint"))
+        check_data_paths(config.get("data"))
         if self.subcommand == "fit" and config.get("ckpt_path") is None and slurm_restart() > 0:
             log.info("inspo: Slurm restart %d of job %s: resuming from the last checkpoint", slurm_restart(),
                      os.environ.get("SLURM_JOB_ID"))
             config["ckpt_path"] = "last"
+            self._auto_resume = True
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:  # jsonargparse wraps a ConfigError raised by a class it builds
+            cause = user_error_in(err)
+            if cause is None:
+                raise
+            raise cause from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
@@ -83,7 +131,38 @@ class InspoCLI(LightningCLI):
         if trainer.get("enable_checkpointing") is False:  # no checkpoints: no checkpoint callback either
             keys = [key for key in keys if key != "checkpoint"]
         callbacks = [self._get(self.config_init, key) for key in keys]
-        return self._instantiate_trainer(trainer, [*callbacks, SlurmRequeue()])
+        try:
+            return self._instantiate_trainer(trainer, [*callbacks, GracefulStop()])
+        except (ValueError, MisconfigurationException) as err:  # Trainer's own checks of its arguments
+            raise ConfigError(f"trainer: {str(err).strip().splitlines()[0]}") from None
+
+    def _prepare_checkpoint(self) -> None:
+        """Turn ``--ckpt_path last`` into the newest usable checkpoint, and refuse one of another model or loss
+        before any data or weights are read."""
+        config = self.config_init[self.subcommand]
+        ckpt = config.get("ckpt_path")
+        if ckpt == "last":
+            ckpt = resolve_last(checkpoint_folders(self.trainer), required=not self._auto_resume,
+                                announce=rank_zero_only.rank == 0)
+            config["ckpt_path"] = ckpt
+        if ckpt and ckpt not in KEYWORDS and not str(ckpt).startswith("registry"):
+            self.model.check_resumable(read_meta(Path(ckpt)), source=ckpt)
+
+    def before_fit(self) -> None:
+        self._prepare_checkpoint()
+
+    def before_validate(self) -> None:
+        self._prepare_checkpoint()
+
+    def before_test(self) -> None:
+        self._prepare_checkpoint()
+
+    def before_predict(self) -> None:
+        self._prepare_checkpoint()
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(fit_summary(self.trainer, self.model), flush=True)
 
 
 def slurm_restart() -> int:
@@ -104,20 +183,24 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] in COMMANDS:
             importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
             return
-        InspoCLI(
-            PreferenceModule,
-            PreferenceDataModule,
-            seed_everything_default=42,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": DESCRIPTION},
-            parser_class=InspoArgumentParser,  # one-line errors for unknown options, with a suggestion
-            args=args,
-        )
+        with quiet_run():  # library noise filtered for this command only
+            InspoCLI(
+                PreferenceModule,
+                PreferenceDataModule,
+                seed_everything_default=42,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"description": DESCRIPTION},
+                trainer_defaults={"enable_model_summary": False},  # its FLOPs column is 0; one line at train start
+                args=args,
+            )
     except InspoError as err:
         if os.environ.get("INSPO_DEBUG"):
             raise
         print(f"inspo: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:  # Lightning's own SIGTERM stop outside fit (validate, test): a SystemExit with status 0
+        print("inspo: stopped by SIGTERM", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
 
 
 def _import_plugin(name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 from torch import nn
@@ -17,6 +18,8 @@ def resume_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> tuple[str
     """The first of :data:`RESUME_KEYS` whose saved and current values differ, as (key, saved, current), or None."""
     for key in RESUME_KEYS:
         before, now = plain(saved.get(key)), plain(current.get(key))
+        if key == "loss":  # checkpoints written before loss_hparams stored {"class": qualname, **args}
+            before, now = _loss_identity(before), _loss_identity(now)
         if key == "lora" and isinstance(before, dict) and isinstance(now, dict):
             before, now = ({k: v for k, v in d.items() if k != "merge_on_export"} for d in (before, now))
         if before != now:
@@ -37,6 +40,25 @@ def plain(value: Any) -> Any:
     return value
 
 
-def init_args(module: nn.Module) -> dict[str, Any]:
-    """The scalar hyperparameters of a loss (for the saved hparams)."""
-    return {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
+def loss_hparams(loss: nn.Module) -> dict[str, Any]:
+    """``{"class_path": ..., "init_args": {...}}`` of a loss: its class and the scalar init arguments it keeps.
+
+    This is the shape LightningCLI parses back from a checkpoint's saved hyperparameters (``--ckpt_path FILE``).
+    """
+    cls = type(loss)
+    names = [p.name for p in inspect.signature(cls).parameters.values()
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    values = {name: getattr(loss, name) for name in names if hasattr(loss, name)}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": {k: v for k, v in values.items() if isinstance(v, (int, float, str, bool))}}
+
+
+def _loss_identity(value: Any) -> Any:
+    """``DPOLoss(beta=0.1, ...)`` for a saved loss in either shape, to compare a checkpoint with this run."""
+    if not isinstance(value, dict):
+        return value
+    if "class_path" in value:
+        name, args = str(value["class_path"]).rsplit(".", 1)[-1], dict(value.get("init_args") or {})
+    else:
+        name, args = value.get("class"), {k: v for k, v in value.items() if k not in ("class", "training")}
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in sorted(args.items()))})"

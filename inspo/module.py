@@ -10,6 +10,7 @@ pi_ref(y|x), the unconditioned model a user deploys (what a standard-conditionin
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from inspo.data.datamodule import PairBatch
 from inspo.distributed import LogpScorer, full_state_dict, is_sharded, shard_model
 from inspo.errors import ConfigError
 from inspo.guards import NonFiniteLossError, OnNonFinite, check_on_nonfinite, nonfinite_message, skip_allowed
-from inspo.hparams import init_args, resume_mismatch
+from inspo.hparams import loss_hparams, resume_mismatch
 from inspo.layout import ModelRows, make_layout, packed_unsupported_reason
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora, reference_adapter
@@ -39,10 +40,14 @@ from inspo.reference import ReferenceCache, cached_reference
 log = logging.getLogger("inspo")
 
 
-def resolve_loss(loss: PreferenceLoss | str) -> PreferenceLoss:
-    """A loss instance from an instance or a registered short name (``dpo``, ``simpo``, ...)."""
+def resolve_loss(loss: PreferenceLoss | str | dict[str, Any]) -> PreferenceLoss:
+    """A loss instance from an instance, a registered short name (``dpo``, ``simpo``, ...) or the saved
+    ``{"class_path", "init_args"}`` of :func:`loss_hparams` (``PreferenceModule.load_from_checkpoint``)."""
     if isinstance(loss, PreferenceLoss):
         return loss
+    if isinstance(loss, dict) and "class_path" in loss:
+        module, _, name = str(loss["class_path"]).rpartition(".")
+        return getattr(importlib.import_module(module), name)(**(loss.get("init_args") or {}))
     if loss not in LOSSES:
         raise ConfigError(f"unknown loss {loss!r}; registered losses: {', '.join(sorted(LOSSES))}")
     return LOSSES[loss]()
@@ -112,7 +117,7 @@ class PreferenceModule(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["loss"])
         self.loss = resolve_loss(loss)
-        self.hparams["loss"] = {"class": type(self.loss).__qualname__, **init_args(self.loss)}
+        self.hparams["loss"] = loss_hparams(self.loss)  # the shape LightningCLI parses back from a checkpoint
         if reference == "auto":
             reference = ("adapter" if lora is not None else "copy") if self.loss.requires_reference else "none"
         if reference == "adapter" and lora is None:

@@ -21,7 +21,7 @@ import sys
 import typing
 from typing import Any, NoReturn
 
-from jsonargparse import ActionConfigFile
+from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 from typing_extensions import override
 
@@ -39,6 +39,7 @@ CLASS_PATH = re.compile(r"class_path '(?P<path>[^']+)'")
 TYPE = re.compile(r"<class '(?:builtins\.)?(?P<name>[\w.]+)'>")
 LITERAL = re.compile(r"Expected a typing\.Literal\[(?P<options>.*)\]\. Got value: (?P<value>.*)")
 EXPECTED = re.compile(r"^Expected a (?P<type>.+?)(\. Got value: (?P<value>.*))?$")
+INNER_KEY = re.compile(r"Problem with given class_path '(?P<path>[^']+)':\s*Parser key \"(?P<key>[^\"]+)\":")
 GIVEN = re.compile(r"^\s*Given value: (?P<value>.*)$", re.MULTILINE)
 NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value")
 
@@ -49,6 +50,13 @@ class InspoArgumentParser(LightningArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    @override
+    def validate(self, namespace: Namespace, *args: Any, **kwargs: Any) -> None:
+        from inspo.preflight import follow_root_dir
+
+        follow_root_dir(namespace)  # before the check that a logger's save_dir is given
+        super().validate(namespace, *args, **kwargs)
 
     @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
@@ -62,6 +70,46 @@ class InspoArgumentParser(LightningArgumentParser):
         print(f"inspo: error: {explain(message, parser)}; `inspo {subcommand} --help` lists every option",
               file=sys.stderr)
         sys.exit(2)
+
+
+def expand_loss_names(parser: LightningArgumentParser, dest: str = "model.loss") -> None:
+    """Let ``dest`` take a registered short name (``dpo``) as its class path, so that its init arguments can be
+    set after it: ``loss: dpo`` in YAML, then ``--model.loss.beta 0.2`` (see :func:`loss_class_path`)."""
+    action = parser._option_string_actions.get(f"--{dest}")
+    if action is not None and not getattr(action, "expands_loss_names", False):
+        action.__class__ = _expanding_action(type(action))
+
+
+def loss_class_path(value: Any) -> Any:
+    """``{"class_path": ...}`` for a registered loss name (``dpo`` -> ``inspo.losses.dpo.DPOLoss``), else ``value``.
+
+    jsonargparse only resolves a class by its class name (``DPOLoss``); a short name stays a plain string, and a
+    string has no init arguments to set, so ``loss: dpo`` with ``--model.loss.beta 0.2`` failed. An unknown name is
+    left alone: the module then refuses it with the list of registered names.
+    """
+    from inspo.losses import LOSSES
+
+    if isinstance(value, str) and value.strip() in LOSSES:
+        cls = LOSSES[value.strip()]
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
+    return value
+
+
+def _expanding_action(base: type) -> type:
+    """A subclass of jsonargparse's action ``base`` whose values go through :func:`loss_class_path` first."""
+
+    def _check_type_(self: Any, value: Any, **kwargs: Any) -> Any:
+        cfg = kwargs.get("cfg")
+        previous = cfg.get(self.dest) if isinstance(cfg, Namespace) else None
+        expanded = loss_class_path(previous)
+        if expanded is not previous:  # a short name set earlier (a config file): nested options now apply to it
+            cfg[self.dest] = previous = Namespace(expanded)
+        named = loss_class_path(value)
+        if named is not value and isinstance(previous, Namespace) and previous.get("class_path") != named["class_path"]:
+            cfg[self.dest] = None  # a name means that loss with its own defaults, not the init args of the one before
+        return base._check_type_(self, named, **kwargs)
+
+    return type(f"LossName{base.__name__}", (base,), {"_check_type_": _check_type_, "expands_loss_names": True})
 
 
 def explain(message: str, parser: LightningArgumentParser) -> str:
@@ -85,6 +133,18 @@ def explain(message: str, parser: LightningArgumentParser) -> str:
         fields = _init_names(cls)
         key = f"{parent}{infix}{nested['key']}"
         return f"unknown option {key!r}{suggest(key, [f'{parent}{infix}{name}' for name in fields])}"
+    inner = INNER_KEY.search(message)
+    if inner:  # a field of a nested class (model.optim.lr): name it in full, judge the lines below it
+        cls = _nested_class(inner["path"], _action(parser, parent))
+        infix = "." if cls is None or dataclasses.is_dataclass(cls) else ".init_args."
+        line_start = message.rfind("\n", 0, inner.start()) + 1
+        indent = len(message[line_start:]) - len(message[line_start:].lstrip())
+        below = []  # the inner error only: lines indented deeper than its "- Problem with given class_path" line
+        for line in message[inner.end():].splitlines()[1:]:
+            if line.strip() and len(line) - len(line.lstrip()) <= indent:
+                break
+            below.append(line)
+        parent, message = f"{parent}{infix}{inner['key']}", "\n".join(["", *below])
     literal = LITERAL.search(message)
     if literal:
         options = ", ".join(o.strip().strip("'\"") for o in literal["options"].split(","))

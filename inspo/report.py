@@ -6,7 +6,9 @@ Reads what a run of ``inspo fit`` leaves in its folder (the CSV logger's version
 ``hf_model/inspo_export.json``. Writes ``RUN_DIR/report/``: one PNG per plot and ``report.md`` that shows them.
 
 Per-step training values are noisy (reward accuracy of a 4-pair batch is 0, .25, .5, .75 or 1), so each plot
-draws the raw values faintly and a running mean over ~1/8 of the steps on top; validation values are markers.
+draws the raw values faintly and a running mean over ~1/8 of the steps on top; validation values are markers
+(the one at step 0, before any update, when the run validated first: see ``inspo.callbacks.TrainingMonitor``).
+Under InSPO validation has two views, conditioned (x, y_alt) and plain (x) (``val/plain_*``): both are drawn.
 Steps are 1-based optimizer steps everywhere: the training loss at step k is the k-th update's batch, validation
 and samples at step k come after k updates (Lightning's ``metrics.csv`` counts from 0; we add 1).
 """
@@ -25,7 +27,7 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from inspo.callbacks import RUN_STATS
+from inspo.callbacks import RUN_STATS, VIEWS
 from inspo.errors import ConfigError
 from inspo.samples import SAMPLES_FILE
 
@@ -91,10 +93,12 @@ def plot_metric(series: Series, stem: str, lines: list[tuple[str, str]], title: 
             ax.plot(steps, running_mean(list(values), window), color=color, linewidth=2,
                     label=f"train {label} (mean of {window})" if window > 1 else f"train {label}")
             drawn = True
-        val = series.get(f"val/{metric}", [])
-        if val:
+        views = [(view, series.get(f"{prefix}{metric}", [])) for view, prefix in VIEWS]
+        views = [(view, val) for view, val in views if val]
+        for (view, val), (marker, style) in zip(views, (("o", "--"), ("s", ":"))):
             steps, values = zip(*val)
-            ax.plot(steps, values, color=color, marker="o", linestyle="--", label=f"val {label}")
+            name = f"val {label}, {view}" if len(views) > 1 else f"val {label}"
+            ax.plot(steps, values, color=color, marker=marker, linestyle=style, label=name)
             drawn = True
     if not drawn:
         return False
@@ -189,12 +193,17 @@ def summary(run: Path, series: Series, samples: list[dict[str, Any]], plots: lis
     data = stats.get("data") or {}
     lines += ["| " + " | ".join(data) + " |", "|" + "---|" * len(data), "| " + " | ".join(map(str, data.values()))
               + " |"] if data else ["(no run_stats.json: data counts unknown)"]
-    lines += ["", "## Final metrics", "", "| metric | train (mean of last 10 steps) | last validation |",
-              "|---|---|---|"]
+    views = [(view, prefix) for view, prefix in VIEWS if any(k.startswith(prefix) for k in series)] or [VIEWS[0]]
+    heads = [f"last validation, {view}" if len(views) > 1 else "last validation" for view, _ in views]
+    lines += ["", "## Final metrics", "", f"| metric | train (mean of last 10 steps) | {' | '.join(heads)} |",
+              "|---|---|" + "---|" * len(views)]
     for metric in ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp",
                    "rejected_logp"):
-        lines.append(f"| {metric} | {_fmt(_last(series, f'train/{metric}_step', 10))} | "
-                     f"{_fmt(_last(series, f'val/{metric}'))} |")
+        cells = " | ".join(_fmt(_last(series, f"{prefix}{metric}")) for _, prefix in views)
+        lines.append(f"| {metric} | {_fmt(_last(series, f'train/{metric}_step', 10))} | {cells} |")
+    if len(views) > 1:
+        lines.append("\nUnder InSPO, validation is reported twice: conditioned on the alternative response, "
+                     "log pi(y | x, y_alt) (what the loss trains), and plain, log pi(y | x) (what sampling uses).")
     train = stats.get("train") or {}
     memory = stats.get("memory") or {}
     params = (stats.get("parameters") or {}).get("policy_and_reference") or {}

@@ -40,6 +40,15 @@ CASES = [
      "data.max_prompt_length (300) must be at most data.max_length - 2 (254): each response needs at least one token"),
     (["--data.max_length", "2", "--data.max_prompt_length", "1"],
      "data.max_prompt_length (1) must be at most data.max_length - 2 (0): each response needs at least one token"),
+    # issue 12: these printed a traceback, or a line naming neither the value nor the expected type
+    (["--model.optim.lr", "fast"], "model.optim.lr: invalid value 'fast': expected float" + HELP),
+    (["--model.loss.beta", "0"], "DPOLoss: beta must be > 0, got 0.0"),
+    (["--trainer.strategy", "nonsense"],
+     ("trainer.strategy 'nonsense' is not a strategy; choose one of: auto, ddp, ddp_spawn, ddp_fork, ddp_notebook, "
+     "deepspeed, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_2_offload, deepspeed_stage_3, "
+     "deepspeed_stage_3_offload, deepspeed_stage_3_offload_nvme, fsdp, fsdp_cpu_offload, single_device (or add "
+     "--config configs/strategy/ddp.yaml, fsdp.yaml or fsdp2.yaml)")),
+    (["--ckpt_path", "no/such.ckpt"], "--ckpt_path no/such.ckpt: not found"),
 ]
 
 
@@ -55,9 +64,51 @@ def test_config_mistake_gives_one_clear_line_and_status_2(capsys, caplog, tmp_pa
     caplog.set_level(logging.INFO, logger="inspo")
     code, err = run_main(capsys, tmp_path, *args)
     assert code == 2
-    assert err.strip().splitlines()[-1] == f"inspo: error: {expected}"
+    assert err.strip().splitlines() == [f"inspo: error: {expected}"]
     assert "Traceback" not in err and "usage:" not in err
     assert "rows read" not in caplog.text  # stopped before any data was read
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_loss_beta_in_class_path_form_is_one_line(capsys, tmp_path):
+    """The documented form (configs/loss/*.yaml): jsonargparse used to wrap the loss's ConfigError in a traceback."""
+    config = tmp_path / "loss.yaml"
+    config.write_text("model:\n  loss:\n    class_path: inspo.losses.IPOLoss\n    init_args:\n      beta: -1\n")
+    code, err = run_main(capsys, tmp_path / "run", "--config", str(config))
+    assert code == 2 and err.strip().splitlines() == ["inspo: error: IPOLoss: beta must be > 0, got -1.0"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option", ["trainer.default_root_dir", "model.export_dir", "checkpoint.dirpath"])
+def test_output_folder_that_is_a_file_stops_before_anything_runs(capsys, caplog, tmp_path, option):
+    """``model.export_dir`` a file used to train the whole run, then crash at the export."""
+    caplog.set_level(logging.INFO, logger="inspo")
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    root = ["--trainer.default_root_dir", str(taken)] if option == "trainer.default_root_dir" else []
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path), *root,
+              f"--{option}", str(taken)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and err == [(f"inspo: error: {option} {taken} is a file, not a folder; give a folder "
+                                            "path")]
+    assert "rows read" not in caplog.text and [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_data_path_that_is_a_folder_says_so(capsys, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name in ("part-0.jsonl", "part-1.jsonl"):
+        (shards / name).write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    code, err = run_main(capsys, tmp_path / "run", "--data.path", str(shards))
+    assert code == 2 and err.strip().splitlines() == [
+        (f"inspo: error: data.path {shards} is a folder, not a data file (it holds 2 data files: part-0.jsonl, "
+        f"part-1.jsonl); data.path reads one file: for a folder of shards use --data.dataset {shards}")]
+    for shard in shards.iterdir():
+        shard.unlink()
+    code, err = run_main(capsys, tmp_path / "run", "--data.path", str(shards))
+    assert err.strip().splitlines() == [(f"inspo: error: data.path {shards} is a folder, not a data file, and holds "
+                                        "no .jsonl, .json or .parquet file")]
 
 
 def test_misspelled_key_in_a_yaml_file(capsys, tmp_path):

@@ -1,6 +1,8 @@
-"""Faults and resumes: SIGKILL mid-epoch (even mid-write) and ``--ckpt_path last`` reproduce the uninterrupted run's
-later losses exactly; a simulated Slurm job saves and requeues on SIGUSR1 and its next allocation resumes on its own;
-a changed model or loss config on resume and an unusable checkpoint folder stop with one clear line.
+"""Faults and resumes: SIGKILL mid-epoch (even mid-write) and ``--ckpt_path last`` or ``--ckpt_path FILE`` reproduce
+the uninterrupted run's later losses exactly; a simulated Slurm job saves and requeues on SIGUSR1 and its next
+allocation resumes on its own; a dangling ``last.ckpt`` falls back to the newest usable checkpoint with one log line;
+a truncated one, a missing one, a changed model or loss config on resume and an unusable checkpoint folder stop with
+one clear line (and write nothing). Signals sent from outside: tests/test_signals.py.
 
 The runs are ``configs/tiny.yaml`` (1 process, batch 2, 8 steps, no validation, no samples, no export) in
 subprocesses; helper callbacks defined here are loaded into them by class path."""
@@ -8,7 +10,9 @@ subprocesses; helper callbacks defined here are loaded into them by class path."
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -75,8 +79,8 @@ class CrashWhileSaving(Callback):
 
 
 # ---------------------------------------------------------------- helpers
-def run_fit(root: Path, *args: str, callbacks: list[dict] | None = None, env: dict[str, str] | None = None,
-            devices: int = 1) -> subprocess.CompletedProcess:
+def fit_command(root: Path, *args: str, callbacks: list[dict] | None = None, env: dict[str, str] | None = None,
+                devices: int = 1) -> tuple[list[str], dict[str, str]]:
     """``python -m inspo fit`` of configs/tiny.yaml writing under ``root`` (losses recorded in ``root``)."""
     root.mkdir(parents=True, exist_ok=True)
     extra = root / f"callbacks-{len(list(root.glob('callbacks-*.yaml')))}.yaml"
@@ -85,8 +89,26 @@ def run_fit(root: Path, *args: str, callbacks: list[dict] | None = None, env: di
     command = [sys.executable, "-m", "inspo", "fit", "--config", str(TINY), "--config", str(extra),
                "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
                "--trainer.devices", str(devices), *QUICK, *args]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return command, {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+
+
+def run_fit(root: Path, *args: str, callbacks: list[dict] | None = None, env: dict[str, str] | None = None,
+            devices: int = 1) -> subprocess.CompletedProcess:
+    command, full_env = fit_command(root, *args, callbacks=callbacks, env=env, devices=devices)
     return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def slurm_env(tmp_path: Path, job: str = "4242") -> tuple[dict[str, str], Path]:
+    """SLURM_* of a one-task job and a stub ``scontrol`` on PATH that records its arguments (in the returned file)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "scontrol-calls.txt"
+    stub = bin_dir / "scontrol"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    return {"SLURM_JOB_ID": job, "SLURM_JOB_NAME": "inspo-test", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+            "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+            "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}:{os.environ['PATH']}"}, calls
 
 
 def losses(root: Path) -> dict[int, float]:
@@ -150,20 +172,13 @@ def test_sigkill_mid_write_leaves_a_good_last_and_resume_is_exact(crashed, basel
 
 def test_slurm_sigusr1_saves_requeues_and_the_next_allocation_resumes(tmp_path, baseline):
     """Simulated Slurm job 4242 (SLURM_* set, a stub ``scontrol`` on PATH): SIGUSR1 after step 3 saves at the step
-    boundary and calls ``scontrol requeue 4242``; the requeued job (SLURM_RESTART_COUNT=1) resumes by itself."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "scontrol-calls.txt"
-    stub = bin_dir / "scontrol"
-    stub.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
-    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
-    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "inspo-test", "SLURM_NTASKS": "1",
-             "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
-             "SLURM_LOCALID": "0", "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    boundary, calls ``scontrol requeue 4242`` and exits 138 (128 + SIGUSR1: not a success); the requeued job
+    (SLURM_RESTART_COUNT=1) resumes by itself."""
+    slurm, calls = slurm_env(tmp_path)
     root = tmp_path / "run"
     signal_at = {"class_path": f"{HERE}.SignalAt", "init_args": {"step": 3, "signum": int(signal.SIGUSR1)}}
     first = run_fit(root, callbacks=[signal_at], env=slurm)
-    assert first.returncode == 0, tail(first)
+    assert first.returncode == 128 + signal.SIGUSR1, tail(first)
     assert calls.read_text().split() == ["requeue", "4242"]
     assert sorted(losses(root)) == [1, 2, 3]  # stopped right after saving
     assert last_target(root).name == "epoch=0-step=3.ckpt"
@@ -222,12 +237,12 @@ def test_unwritable_checkpoint_dir_fails_before_training(tmp_path, capsys):
 
 
 def test_full_checkpoint_dir_fails_before_training(tmp_path, capsys, monkeypatch):
-    import inspo.callbacks
+    import inspo.checkpoints
 
     class Usage:
         free = 1024 * 1024  # 1 MiB: the tiny model's checkpoint needs ~38 MiB
 
-    monkeypatch.setattr(inspo.callbacks.shutil, "disk_usage", lambda path: Usage())
+    monkeypatch.setattr(inspo.checkpoints.shutil, "disk_usage", lambda path: Usage())
     with pytest.raises(SystemExit) as exit_info:
         _fit_in_process(tmp_path)
     err = capsys.readouterr().err.strip().splitlines()
@@ -260,3 +275,88 @@ def test_loader_state_round_trip_serves_the_rest_of_the_epoch():
     second.load_state_dict(state)
     assert list(second) == full[3:]
     assert list(second) == full  # the skip applies once; the next pass is the whole epoch again
+
+
+# ---------------------------------------------------------------- --ckpt_path FILE and an unusable last.ckpt
+def test_ckpt_path_file_resumes_exactly(crashed, baseline, tmp_path):
+    """Any checkpoint file, not only the keyword ``last`` (it failed with "unknown option
+    'model.loss.init_args.class'")."""
+    root = tmp_path / "copy"
+    shutil.copytree(crashed / "inspo", root / "inspo", symlinks=True)
+    result = run_fit(root, "--ckpt_path", str(root / "inspo/version_0/checkpoints/epoch=0-step=4.ckpt"))
+    assert result.returncode == 0, tail(result)
+    assert losses(root) == {step: baseline[step] for step in (5, 6, 7, 8)}
+
+
+def test_dangling_last_falls_back_to_the_newest_usable_checkpoint(crashed, baseline, tmp_path):
+    """``last.ckpt`` pointing at a file that is gone: one log line says so, and the run resumes from step 4 (it
+    used to start again from step 0 with exit status 0)."""
+    root = tmp_path / "copy"
+    shutil.copytree(crashed / "inspo", root / "inspo", symlinks=True)
+    link = root / "inspo/version_0/checkpoints/last.ckpt"
+    link.unlink()
+    link.symlink_to("epoch=0-step=6.ckpt")
+    result = run_fit(root, "--ckpt_path", "last")
+    assert result.returncode == 0, tail(result)
+    said = [line for line in result.stderr.splitlines() if line.startswith("inspo: resume:")]
+    expected = (f"inspo: resume: {link} is unusable (it is a link to epoch=0-step=6.ckpt, which does not exist); "
+                f"resuming from {link.parent / 'epoch=0-step=4.ckpt'}, the newest usable checkpoint")
+    assert said == [expected]
+    assert losses(root) == {step: baseline[step] for step in (5, 6, 7, 8)}
+
+
+def _one_error_line(capsys, root: Path, *args: str) -> str:
+    """Run a fit expected to stop with one error line before writing anything; return the error."""
+    before = sorted(root.rglob("*")) if root.exists() else []
+    with pytest.raises(SystemExit) as exit_info:
+        _fit_in_process(root, *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("inspo: error: "), err
+    assert (sorted(root.rglob("*")) if root.exists() else []) == before  # nothing written
+    return err[0].removeprefix("inspo: error: ")
+
+
+def test_truncated_checkpoint_is_one_line_never_a_fresh_start(crashed, tmp_path, capsys, monkeypatch):
+    """The only checkpoint truncated (a torch zip traceback before): ``--ckpt_path FILE``, ``--ckpt_path last`` and
+    a requeued Slurm job resuming by itself all stop with one line instead of training from step 0."""
+    root = tmp_path / "copy"
+    shutil.copytree(crashed / "inspo", root / "inspo", symlinks=True)
+    target = last_target(root)
+    target.write_bytes(target.read_bytes()[:100_000])
+    error = _one_error_line(capsys, root, "--ckpt_path", str(target))
+    assert error == (f"--ckpt_path {target}: it cannot be read, it is truncated or not a checkpoint (PytorchStreamReader"
+                     " failed reading zip archive: failed finding central directory)")
+    error = _one_error_line(capsys, root, "--ckpt_path", "last")
+    assert error.startswith("cannot resume: no usable checkpoint in ") and ".ckpt: it cannot be read" in error
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert _one_error_line(capsys, root).startswith("cannot resume: no usable checkpoint in ")
+
+
+def test_ckpt_path_last_with_no_checkpoint_stops_unless_slurm_resumes_by_itself(tmp_path, capsys, caplog,
+                                                                                 monkeypatch):
+    error = _one_error_line(capsys, tmp_path, "--ckpt_path", "last")
+    assert error == (f"--ckpt_path last: no checkpoint in {tmp_path}; check --trainer.default_root_dir (or "
+                     "--checkpoint.dirpath), or start a new run without --ckpt_path")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # a first allocation requeued before it saved anything: start over
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    caplog.set_level(logging.INFO, logger="inspo")
+    _fit_in_process(tmp_path, "--trainer.max_steps", "1")
+    assert f"inspo: resume: no checkpoint in {tmp_path} yet: starting from step 0" in caplog.text
+    assert not _no_training_step(tmp_path)
+
+
+def test_validate_and_test_take_a_checkpoint_file_and_refuse_another_runs(crashed, tmp_path, capsys):
+    """``inspo validate --ckpt_path FILE`` works; a checkpoint of another loss, beta or conditioning is refused with
+    one line before any data or weights are read (the saved hyperparameters no longer overwrite the command line,
+    which made the check compare the checkpoint with itself)."""
+    ckpt = str(last_target(crashed))
+    args = ["--config", str(TINY), "--trainer.default_root_dir", str(tmp_path), *QUICK, "--ckpt_path", ckpt]
+    main(["validate", *args, "--trainer.limit_val_batches", "1"])
+    for option, value in (("--model.loss", "ipo"), ("--model.loss.beta", "0.2"),
+                          ("--model.conditioning", "standard")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["test", *args, option, value])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1, err
+        assert err[0].startswith(f"inspo: error: cannot resume from {ckpt}: it was trained with model."), err

@@ -41,7 +41,21 @@ def test_plain_progress_lines_show_the_numbers_that_matter(lora_run):
     for name in ("loss", "acc", "margin", "lr", "tok/s"):
         assert f" {name} " in lines[-1], lines[-1]
     assert any(line.startswith("epoch 0 validation at step 4 | val_loss") for line in out.splitlines()), out
+    assert any(line.startswith("epoch 0 validation at step 0 | val_loss") for line in out.splitlines()), out
     assert "\r" not in out
+
+
+def test_fit_ends_with_a_summary(lora_run):
+    """Standard view only here (no ``val/plain_*`` logged): one validation line, unlabelled."""
+    run, out = lora_run
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("inspo: fit done: 4 optimizer steps ("))
+    assert " pairs/s, " in lines[start] and " pair tokens/s; peak memory " in lines[start]
+    assert lines[start + 1].startswith("  train, mean of the last 4 steps:  loss ") and " acc " in lines[start + 1]
+    assert lines[start + 2].startswith("  validation:  loss ") and " margin " in lines[start + 2]
+    assert lines[start + 3:] == [f"  trained policy: {run / 'hf_model'}",
+                                 f"  next: inspo report {run}    (plots and report.md)",
+                                 f"        inspo eval --model {run / 'hf_model'} --limit 50    (gold-reward win rate)"]
 
 
 def test_samples_and_run_stats(lora_run):

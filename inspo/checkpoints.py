@@ -1,0 +1,351 @@
+"""Checkpoints: atomic writes, the ``last.ckpt`` link, early checks of the folder, and which checkpoint a resume trusts.
+
+- :class:`ResumableCheckpoint` (``--checkpoint.*``) writes every checkpoint under a temporary name and renames it,
+  then points ``last.ckpt`` (a symlink, replaced atomically) at it: a crash mid-write never leaves a corrupt
+  checkpoint under a checkpoint name. ``last`` is searched in all versions of the run, and the checkpoint folder is
+  checked (writable, room for a checkpoint) before the first training step.
+- :func:`checkpoint_problem` says why a checkpoint cannot be resumed from (missing, a dangling link, truncated,
+  not a checkpoint of ``inspo fit``) without reading its weights: a ``.ckpt`` file is memory-mapped, a sharded
+  folder's shard files are checked against its metadata.
+- :func:`resolve_last` turns ``--ckpt_path last`` into a file: the newest *usable* checkpoint of the run. When the
+  newest one is unusable it says so in one log line and takes the one before; with none usable it stops with one
+  line. A resume that was asked for never silently starts from step 0 (Lightning's own ``last`` does, with a
+  warning, when the link dangles).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from typing_extensions import override
+
+from inspo.errors import ConfigError
+
+log = logging.getLogger("inspo")
+
+PARTIAL = ".partial."
+"""Prefix of checkpoints being written (never matched by ``last*.ckpt`` or Lightning's ``hpc_ckpt_N`` search)."""
+KEYWORDS = ("last", "best", "hpc")
+"""``--ckpt_path`` values that name no file: Lightning (``best``, ``hpc``) or :func:`resolve_last` pick one."""
+READ_ERRORS = (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError, ImportError,
+               pickle.UnpicklingError)
+"""What torch raises for a file that is truncated, not a zip, or not a checkpoint."""
+META = "meta.pt"
+"""Everything but the tensors of a sharded (distributed-checkpoint) folder, written by rank 0."""
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed to its name (no ``ckpt_`` in it: see :data:`PARTIAL`)."""
+    return path.with_name(PARTIAL + path.name.replace("ckpt_", "ckpt-") + ".tmp")
+
+
+def atomic_save(trainer: Trainer, path: str | Path, weights_only: bool = False) -> None:
+    """``trainer.save_checkpoint`` to a temporary name, then rename: ``path`` is complete or absent, never partial.
+
+    A sharded strategy writes a folder from every rank; rank 0 renames it once all ranks are done.
+    """
+    path = Path(path)
+    tmp = partial_path(path)
+    if trainer.is_global_zero:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(tmp)  # left over from a crash
+    trainer.strategy.barrier("inspo_atomic_save_start")
+    trainer.save_checkpoint(tmp, weights_only)
+    trainer.strategy.barrier("inspo_atomic_save_written")
+    if trainer.is_global_zero:
+        if tmp.is_dir() and path.exists():
+            _remove(path)  # a folder cannot replace a folder in one rename; `last` still points to the previous one
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    trainer.strategy.barrier("inspo_atomic_save_done")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def link_last(target: Path, link: Path) -> None:
+    """Point the symlink ``link`` at ``target`` (relative) by an atomic rename over the old link (or a copy)."""
+    tmp = partial_path(link)
+    _remove(tmp)
+    try:
+        os.symlink(os.path.relpath(target, link.parent), tmp)
+    except OSError:  # a file system without symlinks: an atomically renamed copy instead
+        _remove(tmp)
+        (shutil.copytree if target.is_dir() else shutil.copy2)(target, tmp)
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    os.replace(tmp, link)
+    _fsync_dir(link.parent)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint with atomic writes, an atomically replaced ``last.ckpt`` link and early checks.
+
+    Same arguments as ``ModelCheckpoint`` (``every_n_train_steps``, ``save_top_k``, ``dirpath``, ...);
+    ``save_last`` defaults to True. ``last.ckpt`` is a symlink to the newest checkpoint; the checkpoint it replaces
+    is deleted only after the link points to the new one. With no ``dirpath`` the checkpoints go to
+    ``<run version>/checkpoints`` and ``--ckpt_path last`` takes the newest ``last.ckpt`` of all versions of the
+    run (a resumed run writes a new version).
+    """
+
+    def __init__(self, *args: Any, save_last: bool | None = True, **kwargs: Any) -> None:
+        super().__init__(*args, save_last=save_last, **kwargs)
+        self.dirpath_given = self.dirpath is not None
+        self._pending_removal: list[str] = []
+        self._last_only: str | None = None  # a checkpoint saved only for last.ckpt (not a top-k one)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            check_writable(Path(self.dirpath), trainer.global_rank)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        check_free_space(Path(self.dirpath), pl_module)
+
+    @override
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        atomic_save(trainer, filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
+
+    @override
+    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self.save_last:
+            link = Path(self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST))
+            if not (self._last_checkpoint_saved and self._last_global_step_saved == trainer.global_step
+                    and Path(self._last_checkpoint_saved) != link):
+                path = self.format_checkpoint_name(monitor_candidates)
+                self._save_checkpoint(trainer, path)
+                if self._last_only and self._last_only != path:
+                    self._pending_removal.append(self._last_only)
+                self._last_only = path
+            if trainer.is_global_zero:
+                link_last(Path(self._last_checkpoint_saved), link)
+            trainer.strategy.barrier("inspo_link_last")
+            self.last_model_path = str(link)
+        for path in self._pending_removal:
+            if path != self._last_checkpoint_saved:
+                super()._remove_checkpoint(trainer, path)
+        self._pending_removal = []
+
+    def save_now(self, trainer: Trainer) -> str:
+        """Save a checkpoint of the current step and point ``last.ckpt`` at it (Slurm requeue); returns its path.
+
+        Needs ``save_last`` (the default): a requeued job resumes from ``last``.
+        """
+        if not self.save_last:
+            path = self.format_checkpoint_name(self._monitor_candidates(trainer))
+            self._save_checkpoint(trainer, path)
+            return path
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return str(self._last_checkpoint_saved)
+
+    @override
+    def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        if self.save_last:
+            self._pending_removal.append(filepath)  # deleted once last.ckpt points past it
+        else:
+            super()._remove_checkpoint(trainer, filepath)
+
+    @override
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        found = super()._find_last_checkpoints(trainer)
+        if not self.dirpath_given and trainer.loggers:
+            logger = trainer.loggers[0]
+            root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "")
+            found |= {os.path.normpath(p) for p in root.glob("*/checkpoints/last.ckpt") if p.exists()}
+        return found
+
+
+def check_writable(folder: Path, rank: int = 0) -> None:
+    """Raise a :class:`ConfigError` unless ``folder`` can be created and written (a probe file is written)."""
+    probe = folder / f"{PARTIAL}probe-{rank}-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * 4096)
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+    except OSError as err:
+        with_reason = "is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "is not writable"
+        raise ConfigError(f"checkpoint directory {folder} {with_reason} ({err.strerror or err}); set "
+                          "--checkpoint.dirpath to a writable folder with free space (or "
+                          "--trainer.enable_checkpointing false)") from None
+
+
+def checkpoint_bytes(pl_module: LightningModule) -> int:
+    """About the size of one checkpoint: the saved weights plus AdamW's two moments of every trained weight."""
+    policy = getattr(pl_module, "policy", None) or pl_module
+    total = 0
+    for p in policy.parameters():
+        size = p.numel() * p.element_size()
+        total += 3 * size if p.requires_grad else 0
+    return total
+
+
+def check_free_space(folder: Path, pl_module: LightningModule) -> None:
+    """Raise a :class:`ConfigError` if ``folder``'s file system has no room for one more checkpoint."""
+    needed = checkpoint_bytes(pl_module)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ConfigError(f"checkpoint directory {folder} is full: {free / 2**20:.1f} MiB free, a checkpoint of this "
+                          f"model needs about {needed / 2**20:.1f} MiB (weights and optimizer state); free space or "
+                          "set --checkpoint.dirpath elsewhere")
+
+
+
+# ---------------------------------------------------------------- what a resume may trust
+def read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint without reading its weights: a ``.ckpt`` file memory-mapped, or a sharded folder's ``meta.pt``.
+
+    Raises:
+        Exception: whatever torch raises for an unreadable file (truncated zip, not a checkpoint, ...).
+    """
+    if path.is_dir():
+        return torch.load(path / META, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be resumed from (one phrase), or None when it is complete and readable."""
+    path = Path(path)
+    if not path.exists():
+        return f"it is a link to {os.readlink(path)}, which does not exist" if path.is_symlink() else "not found"
+    if path.is_dir() and not (path / META).is_file():
+        return f"a folder but not a sharded checkpoint of `inspo fit` (no {META} in it)"
+    try:
+        meta = read_meta(path)
+    except READ_ERRORS as err:  # any failure to read means "not usable"; the reason is shown, not a traceback
+        return f"it cannot be read, it is truncated or not a checkpoint ({_first_line(err)})"
+    if not isinstance(meta, dict) or "global_step" not in meta:
+        return "not a Lightning checkpoint (no global_step in it)"
+    if path.is_dir():
+        return _missing_shards(path)
+    if "state_dict" not in meta:
+        return "it holds no weights (no state_dict)"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error message (torch appends a paragraph of advice to its zip errors)."""
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
+
+
+def _missing_shards(folder: Path) -> str | None:
+    """Why a distributed-checkpoint folder is incomplete (a shard file missing or shorter than its metadata says)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        storage = FileSystemReader(str(folder)).read_metadata().storage_data
+    except READ_ERRORS as err:  # a missing or unreadable .metadata
+        return f"its shard metadata cannot be read ({_first_line(err)})"
+    for info in storage.values():
+        shard = folder / info.relative_path
+        if not shard.is_file() or shard.stat().st_size < info.offset + info.length:
+            return f"shard {info.relative_path} is missing or truncated"
+    return None
+
+
+def checkpoint_folders(trainer: Trainer) -> list[Path]:
+    """Where the run's checkpoints may be: each :class:`ResumableCheckpoint`'s folder (all versions of the run when
+    it has no ``dirpath``) and ``default_root_dir`` (Lightning's ``hpc_ckpt_N.ckpt`` of a preempted run)."""
+    folders: list[Path] = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ResumableCheckpoint) and callback.dirpath_given:
+            folders.append(Path(callback.dirpath))
+        elif isinstance(callback, ModelCheckpoint) and trainer.loggers:
+            logger = trainer.loggers[0]
+            root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "")
+            folders += sorted(root.glob("*/checkpoints"))
+    folders.append(Path(trainer.default_root_dir))
+    return list(dict.fromkeys(folders))
+
+
+def checkpoint_candidates(folders: list[Path]) -> list[Path]:
+    """Every ``*.ckpt`` file, link or sharded folder in ``folders`` (not ones being written), newest first.
+
+    A link counts by its own time (it is replaced after its target is complete); a dangling one is kept, so that a
+    resume can say what was wrong with it.
+    """
+    found: list[Path] = []
+    for folder in folders:
+        if folder.is_dir():
+            found += [p for p in folder.iterdir() if p.name.endswith(".ckpt") and not p.name.startswith(PARTIAL)]
+
+    def when(path: Path) -> float:
+        try:
+            return path.lstat().st_mtime if path.is_symlink() else path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    return sorted(dict.fromkeys(found), key=when, reverse=True)
+
+
+def resolve_last(folders: list[Path], required: bool = True, announce: bool = True) -> str | None:
+    """The newest usable checkpoint in ``folders`` for ``--ckpt_path last``.
+
+    Args:
+        folders: where to look (:func:`checkpoint_folders`).
+        required: the user asked to resume: no checkpoint at all is an error. False (a requeued Slurm job resuming
+            by itself): no checkpoint at all starts from scratch, with one log line.
+        announce: log the fallback (rank 0 only, so that it is said once).
+
+    Raises:
+        ConfigError: every checkpoint found is unusable, or (``required``) there is none.
+    """
+    candidates = checkpoint_candidates(folders)
+    where = ", ".join(str(f) for f in folders)
+    problems: list[tuple[Path, str]] = []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if problems and announce:
+                bad, why = problems[0]
+                log.warning("inspo: resume: %s is unusable (%s); resuming from %s, the newest usable checkpoint",
+                            bad, why, path)
+            return str(path)
+        problems.append((path, problem))
+    if problems:
+        bad, why = problems[0]
+        raise ConfigError(f"cannot resume: no usable checkpoint in {where} (newest: {bad}: {why}); pass "
+                          "--ckpt_path FILE, or start a new run without --ckpt_path")
+    if required:
+        raise ConfigError(f"--ckpt_path last: no checkpoint in {where}; check --trainer.default_root_dir (or "
+                          "--checkpoint.dirpath), or start a new run without --ckpt_path")
+    if announce:
+        log.info("inspo: resume: no checkpoint in %s yet: starting from step 0", where)
+    return None

@@ -1,0 +1,130 @@
+"""Checks the CLI runs on the parsed config before anything is built: output folders, strategy, data paths.
+
+Each failure is a :class:`~inspo.errors.ConfigError` naming the option and the path, raised before any data is read,
+any model is loaded or any step is trained (before this, a ``model.export_dir`` that is a file crashed the export
+after the whole run had trained, and an unknown strategy or a ``default_root_dir`` that is a file ended in a
+traceback). Also here: the logger folder follows ``trainer.default_root_dir`` unless it is set explicitly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+
+from inspo.errors import ConfigError, InspoError
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _items(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def logger_specs(logger: Any) -> list[Any]:
+    """The ``class_path`` / ``init_args`` namespaces of a parsed ``trainer.logger`` value (a bool, None, one or a
+    list)."""
+    return [item for item in _items(logger) if hasattr(item, "get") and item.get("class_path")]
+
+
+def _default_save_dir(class_path: str) -> Any:
+    """The logger class's own default for ``save_dir`` (W&B: ``.``), or None."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        parameter = inspect.signature(getattr(importlib.import_module(module), name)).parameters.get("save_dir")
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def follow_root_dir(config: Any) -> None:
+    """Put every configured logger without an explicit ``save_dir`` under ``trainer.default_root_dir``, in place.
+
+    ``config`` is a parsed config, with or without the subcommand level. The shipped configs name no ``save_dir``,
+    so ``--trainer.default_root_dir X`` moves the whole run (logs, checkpoints, the HF folder) to ``X``;
+    ``--trainer.logger.init_args.save_dir Y`` (or a ``save_dir`` in a config file) still wins. A W&B logger's own
+    default (``.``) counts as not set.
+    """
+    trainers = [config.get("trainer")] + [config.get(sub, {}).get("trainer") for sub in SUBCOMMANDS
+                                          if hasattr(config.get(sub), "get")]
+    for trainer in filter(None, trainers):
+        root = trainer.get("default_root_dir") or os.getcwd()
+        for spec in logger_specs(trainer.get("logger")):
+            init = spec.get("init_args")
+            if init is None:
+                spec["init_args"] = init = Namespace()
+            if init.get("save_dir") is None or init.get("save_dir") == _default_save_dir(str(spec["class_path"])):
+                init["save_dir"] = str(root)
+
+
+def _not_a_file(option: str, path: Any) -> None:
+    if path is None or (isinstance(path, str) and "://" in path):
+        return
+    path = Path(path)
+    if path.is_file():
+        raise ConfigError(f"{option} {path} is a file, not a folder; give a folder path")
+    for parent in path.parents:  # the first existing ancestor must be a folder that can be written
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ConfigError(f"{option} {path}: {parent} is not writable")
+            return
+
+
+def check_output_folders(trainer: Any, model: Any, checkpoint: Any) -> None:
+    """``trainer.default_root_dir``, each logger's ``save_dir``, ``checkpoint.dirpath`` and ``model.export_dir``
+    must be folders (or not exist yet) under a writable parent."""
+    _not_a_file("trainer.default_root_dir", trainer.get("default_root_dir"))
+    for spec in logger_specs(trainer.get("logger")):
+        _not_a_file("trainer.logger save_dir", (spec.get("init_args") or {}).get("save_dir"))
+    if checkpoint is not None:
+        _not_a_file("checkpoint.dirpath", checkpoint.get("dirpath"))
+    export = model.get("export_dir") if model is not None else None
+    if export not in (None, "auto"):
+        _not_a_file("model.export_dir", export)
+
+
+def check_strategy(strategy: Any) -> None:
+    """A ``trainer.strategy`` string must be ``auto`` or a registered strategy name."""
+    if not isinstance(strategy, str):
+        return
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    names = ["auto", *StrategyRegistry.available_strategies()]
+    if strategy not in names:
+        common = ", ".join(n for n in names if "_find_unused" not in n and "xla" not in n and "tpu" not in n)
+        raise ConfigError(f"trainer.strategy {strategy!r} is not a strategy; choose one of: {common} (or add "
+                          "--config configs/strategy/ddp.yaml, fsdp.yaml or fsdp2.yaml)")
+
+
+def check_data_paths(data: Any) -> None:
+    """``data.path`` / ``data.val_path``: a folder is named as a folder (it was "not found"), with what to do."""
+    if data is None:
+        return
+    for option in ("path", "val_path"):
+        value = data.get(option)
+        if isinstance(value, str) and not value.startswith("bundled:") and Path(value).is_dir():
+            shards = sorted(p.name for p in Path(value).iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
+            if not shards:
+                raise ConfigError(f"data.{option} {value} is a folder, not a data file, and holds no .jsonl, .json or "
+                                  ".parquet file")
+            listed = ", ".join(shards[:3]) + (", ..." if len(shards) > 3 else "")
+            how = f"--data.dataset {value}" if option == "path" else "one file (concatenate the shards)"
+            raise ConfigError(f"data.{option} {value} is a folder, not a data file (it holds {len(shards)} data "
+                              f"files: {listed}); data.{option} reads one file: for a folder of shards use {how}")
+
+
+def user_error_in(err: BaseException) -> InspoError | None:
+    """The :class:`InspoError` that caused ``err`` (jsonargparse wraps errors raised by the classes it builds)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, InspoError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
