@@ -76,12 +76,14 @@ def fit_command(args: argparse.Namespace, loss: str, conditioning: str, seed: in
         "--seed_everything", str(seed), "--data.seed", "42", "--data.order_seed", str(42 + seed),  # same split
         "--data.max_pairs", "null",
         "--data.path", str(ROOT / "inspo" / "assets" / "verifiable" / "train.jsonl"),
-        "--trainer.max_steps", str(args.steps), "--trainer.val_check_interval", str(args.steps),
+        "--trainer.max_steps", str(args.steps),
+        "--trainer.val_check_interval", str(getattr(args, "val_every", None) or args.steps),
         "--trainer.default_root_dir", str(folder), "--trainer.logger.init_args.save_dir", str(folder),
         "--trainer.enable_checkpointing", "false",
         "--model.conditioning", conditioning, "--model.optim.lr", str(setting["lr"]),
         "--model.loss", json.dumps({"class_path": class_path, "init_args": init_args}),
         "--model.reference", "cached" if needs_reference else "none",
+        *getattr(args, "fit_extra", []),  # e.g. another start model or fewer pairs (run_evidence.py --smoke)
     ]
     return command
 
