@@ -62,15 +62,23 @@ def code_commit() -> str:
     return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def val_curve(folder: Path) -> list[dict[str, float]]:
-    """Every validation row of a run's CSV log: ``{"step", "val/...": value}``, in step order."""
+def val_curve(folder: Path, every: int | None = None, steps: int | None = None) -> list[dict[str, float]]:
+    """Every validation row of a run's CSV log, in order: ``{"step", "val/...": value}``.
+
+    With ``every`` (the run's validation interval) the k-th row is put at optimizer step min(k * every, steps):
+    Lightning logs a validation inside training at the step count before the one that triggered it, which would
+    shift the curve by one step against the step-0 validation of the untrained model.
+    """
     rows = []
     for path in sorted(folder.glob("inspo/version_*/metrics.csv")):
         for row in csv.DictReader(path.open()):
             values = {k: float(v) for k, v in row.items() if k.startswith("val/") and v not in ("", None)}
             if values:
-                rows.append({"step": int(float(row.get("step") or 0)), **values})
-    return sorted(rows, key=lambda r: r["step"])
+                step = int(float(row.get("step") or 0))
+                if every:
+                    step = min((len(rows) + 1) * every, steps or (len(rows) + 1) * every)
+                rows.append({"step": step, **values})
+    return rows
 
 
 class Driver:
@@ -130,7 +138,7 @@ class Driver:
         folder.mkdir(parents=True)
         commit, start = self.commit, time.time()
         model = self.fit(loss, conditioning, seed, lr, folder)
-        curve = val_curve(folder)
+        curve = val_curve(folder, self.args.val_every, self.args.steps)
         data = {"run": name, "loss": loss, "conditioning": conditioning, "seed": seed, "lr": lr,
                 "pairs": self.args.pairs, "steps": self.args.steps, "val_every": self.args.val_every,
                 "commit": commit, "train_seconds": round(time.time() - start, 1), "model": str(model),

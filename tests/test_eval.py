@@ -82,7 +82,7 @@ def test_lc_win_rate_se_is_calibrated_with_ties() -> None:
     for _ in range(1000):
         outcome, d = _simulated_outcomes(rng, 300)
         rate, se, _ = lc_win_rate(outcome, d)
-        (a, _), model_cov, _ = fit_logistic(outcome, d / np.sqrt(np.mean(d**2)))
+        _, model_cov, _ = fit_logistic(outcome, d / np.sqrt(np.mean(d**2)))
         estimates.append(rate)
         new_se.append(se)
         old_se.append(rate * (1 - rate) * np.sqrt(model_cov[0, 0]))

@@ -48,7 +48,7 @@ def test_ifeval_prompts_are_seeded_held_out_and_conflict_free(external) -> None:
     rows = external.ifeval_prompts(60, seed=0)
     assert rows == external.ifeval_prompts(60, seed=0)
     assert rows != external.ifeval_prompts(60, seed=1)
-    train_topics, heldout_topics = split_topics()
+    _, heldout_topics = split_topics()
     assert {row["topic"] for row in rows} <= {t.name for t in heldout_topics}
     conflicts = external._conflicts()
     for row in rows:
@@ -95,7 +95,7 @@ def test_ifbench_prompts_judge_offline(external) -> None:
 # --- scripts/run_evidence.py on synthetic results ------------------------------------------------------------------
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import run_evidence  # noqa: E402
+import run_evidence
 
 
 def _peaked(lr: float) -> float:
@@ -115,7 +115,8 @@ class Fakes:
         log = folder / "inspo" / "version_0"
         log.mkdir(parents=True)
         header = "step,val/reward_accuracy,val/loss,val/plain_reward_accuracy\n"
-        rows = [f"{s},{_peaked(lr) * s / 2:.4f},0.69,{0.5 + 0.01 * s if conditioning == 'inspo' else ''}\n"
+        # Lightning logs the validations after optimizer steps 1 and 2 at steps 0 and 1.
+        rows = [f"{s - 1},{_peaked(lr) * s / 2:.4f},0.69,{0.5 + 0.01 * s if conditioning == 'inspo' else ''}\n"
                 for s in (1, 2)]
         (log / "metrics.csv").write_text(header + "".join(rows))
         (log / "hf_model").mkdir()
@@ -183,7 +184,7 @@ def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
         assert summary[loss]["inspo"]["ifeval_prompt_strict"] is None
     transfer = dpo["transfer"]["0"]
     assert transfer["inspo"][0] == [0, 0.3] and transfer["standard"][0] == [0, 0.0]
-    assert [p[0] for p in transfer["inspo_plain"]] == [1, 2]
+    assert [p[0] for p in transfer["inspo"]] == [0, 1, 2] and [p[0] for p in transfer["inspo_plain"]] == [1, 2]
     for name in ("summary.md", "head_to_head.png", "vs_start.png", "transfer.png"):
         assert (out / name).stat().st_size > 0
 
