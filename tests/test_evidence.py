@@ -217,3 +217,14 @@ def test_a_killed_run_is_redone_and_finished_ones_are_kept(fakes: Fakes, tmp_pat
     run_evidence.main(argv)
     assert fakes.fits == 4  # only the InSPO run was trained again
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["simpo"]["seeds"] == 1
+
+
+def test_missing_eval_extra_fails_before_training(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    real = run_evidence.importlib.util.find_spec
+    monkeypatch.setattr(run_evidence.importlib.util, "find_spec", lambda name: None if name == "punkt" else real(name))
+    with pytest.raises(SystemExit) as exit_info:
+        run_evidence.parse_args(["--out", "/nonexistent"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "need punkt: pip install 'inspo[eval]'" in last
+    run_evidence.parse_args(["--ifeval", "0", "--ifbench", "0"])  # our prompts alone need no extra

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from inspo.errors import InspoError
 from inspo.eval.constraints import gold_reward
 from inspo.eval.generate import Generation, encode_prompts, generate
 from inspo.models import load_causal_lm, load_tokenizer
@@ -155,7 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = SuiteSettings(**{field: getattr(args, field) for field in defaults.key()})
     if settings.ifbench is not None and settings.ifbench < 0:
         settings.ifbench = None
-    result = answer_suite(args.model, settings, args.out, threads=args.threads)
+    try:
+        result = answer_suite(args.model, settings, args.out, threads=args.threads)
+    except InspoError as err:
+        raise SystemExit(f"inspo: error: {err}") from None
     print(json.dumps(result["seconds"]))
 
 
