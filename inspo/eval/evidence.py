@@ -143,6 +143,10 @@ def loss_summary(evals: Mapping[str, Mapping[int, Mapping[str, Any]]], start: Ma
                    gold_reward_diff_independent_se=diff["independent_se"], gold_reward_diff_per_seed=diff["per_seed"],
                    gold_reward_diff_beyond_2se=diff["beyond_2se"],
                    gold_reward_diff_mdd=minimum_detectable_difference(diff["se"]))
+        base = start["sets"]["own"]["reward"]  # the same baseline answers for both: paired by prompt
+        out["win_rate_vs_start_diff"] = _difference(
+            [head_to_head(a["sets"]["own"]["reward"], base) for a in inspo],
+            [head_to_head(b["sets"]["own"]["reward"], base) for b in standard])
     for name, mode in (("ifeval", "strict"), ("ifbench", "loose")):
         if name in start["sets"]:
             out[f"{name}_prompt_{mode}_diff"] = _difference(
