@@ -210,8 +210,22 @@ class Driver:
 
         return write_summary(self.out, self.args, plots=plots)
 
+    def check_settings(self) -> None:
+        """Refuse to mix evaluation settings within one grid (paired comparisons need identical settings)."""
+        from inspo.eval.suite import SuiteSettings
+
+        a, record = self.args, self.out / "eval" / "start.json"
+        wanted = SuiteSettings(own=a.own, ifeval=a.ifeval, ifbench=None if a.ifbench < 0 else a.ifbench,
+                               max_new_tokens=a.max_new_tokens, dtype=a.dtype, batch_size=a.eval_batch_size).key()
+        saved = json.loads(record.read_text())["settings"] if record.is_file() else wanted
+        if saved != wanted:
+            changed = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in wanted.items() if saved.get(k) != v)
+            raise SystemExit(f"inspo: error: {self.out} was evaluated with other settings ({changed}); use the "
+                             "same options or another --out")
+
     def run(self) -> None:
         a = self.args
+        self.check_settings()
         start = time.time()
         if a.stage in ("all", "train"):
             table.build_reference_cache(a)
@@ -248,6 +262,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", default=str(ROOT / "runs" / "evidence"), help="checkpoints, models, answers")
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "evidence"), help="committed results")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model, 24 pairs, a few prompts")
+    if "--smoke" in (sys.argv[1:] if argv is None else argv):  # smaller defaults; explicit options still win
+        parser.set_defaults(pairs=8, val_every=1, grid=[1e-4, 1e-3], own=8, ifeval=4, ifbench=4, max_new_tokens=8,
+                            eval_batch_size=8)
     args = parser.parse_args(argv)
     if args.ifeval or args.ifbench:
         missing = [m for m in ("if_verifiable", "punkt", "ifbench") if importlib.util.find_spec(m) is None]
@@ -263,7 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def smoke(args: argparse.Namespace) -> None:
-    """Shrink everything: a tiny random model saved once as the start, 24 pairs, a handful of prompts."""
+    """The smoke run's start: a tiny random model saved once, trained on 24 pairs (the other smaller settings are
+    the parser's defaults under ``--smoke``)."""
     from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
 
     start = Path(args.runs) / "tiny-start"
@@ -272,9 +290,6 @@ def smoke(args: argparse.Namespace) -> None:
         load_tokenizer(BUNDLED_SMOLLM2).save_pretrained(start)
     args.start_model = str(start)
     args.fit_extra = ["--model.model", str(start), "--data.max_pairs", "24", "--trainer.accelerator", "cpu"]
-    args.pairs, args.val_every = 8, 1
-    args.grid = [1e-4, 1e-3] if args.grid == GRID else args.grid
-    args.own, args.ifeval, args.ifbench, args.max_new_tokens, args.eval_batch_size = 8, 4, 4, 8, 8
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -136,7 +136,7 @@ class Fakes:
         scores = {"own": {"ids": list(range(8)), "reward": own, "tokens": [10 + i for i in range(8)]},
                   "ifeval": {"ids": list(range(4)), "strict": verdicts, "loose": verdicts},
                   "ifbench": {"ids": list(range(4)), "strict": verdicts[::-1], "loose": verdicts[::-1]}}
-        settings = SuiteSettings(own=8, ifeval=4, ifbench=4, max_new_tokens=8).key()
+        settings = SuiteSettings(own=8, ifeval=4, ifbench=4, max_new_tokens=8, batch_size=8).key()
         return {"model": model, "settings": settings, "prompts_sha": {"own": "a"}, "sets": scores}
 
 
@@ -196,6 +196,9 @@ def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
     run_evidence.main(argv)
     assert (fakes.fits, fakes.suites) == (fits, suites + 1)
     assert json.loads((out / "summary.json").read_text())["dpo"]["head_to_head_win_rate"] == pytest.approx(h2h.mean)
+    # Other evaluation settings would break the pairing: refused before anything runs.
+    with pytest.raises(SystemExit, match="evaluated with other settings .max_new_tokens 8 -> 16"):
+        run_evidence.main([*argv, "--max-new-tokens", "16"])
 
 
 def test_a_killed_run_is_redone_and_finished_ones_are_kept(fakes: Fakes, tmp_path: Path,

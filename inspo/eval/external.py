@@ -222,7 +222,12 @@ def ifbench_file() -> Path:
 
 
 def ifbench_prompts(limit: int | None = None) -> list[dict[str, Any]]:
-    """IFBench's test prompts, leaving out every prompt with an instruction type of :data:`IFBENCH_EXCLUDED`."""
+    """IFBench's test prompts, leaving out every prompt with an instruction type of :data:`IFBENCH_EXCLUDED`.
+
+    Args:
+        limit: keep only this many, evenly spaced over the file (which is grouped by instruction type, so a
+            prefix would drop whole types); None keeps all 276.
+    """
     rows = []
     for line in ifbench_file().read_text().splitlines():
         row = json.loads(line)
@@ -231,7 +236,9 @@ def ifbench_prompts(limit: int | None = None) -> list[dict[str, Any]]:
         kwargs = [{k: v for k, v in one.items() if v is not None} for one in row["kwargs"]]
         rows.append({"id": f"ifbench-{row['key']}", "prompt": row["prompt"],
                      "instruction_id_list": row["instruction_id_list"], "kwargs": kwargs})
-    return rows[:limit] if limit else rows
+    if limit and limit < len(rows):
+        rows = [rows[i * len(rows) // limit] for i in range(limit)]
+    return rows
 
 
 def judge(benchmark: str, row: dict[str, Any], response: str) -> dict[str, list[bool]]:
