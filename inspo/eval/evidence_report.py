@@ -75,6 +75,7 @@ def write_summary(out: Path, args: Any = None, plots: bool = True) -> dict[str, 
         "ifbench_prompts": len(sets["ifbench"]["ids"]) if "ifbench" in sets else 0,
         "eval_settings": start["settings"], "start": start_metrics(start),
         "commits": sorted({r["commit"] for r in [*runs.values(), start] if isinstance(r, dict) and "commit" in r}),
+        "cost": cost(start, grid, runs),
     }
     for loss in LOSSES:
         entry = loss_summary(grid.get(loss, {}), start)
@@ -93,6 +94,24 @@ def write_summary(out: Path, args: Any = None, plots: bool = True) -> dict[str, 
     if plots:
         write_plots(summary, out)
     return summary
+
+
+def cost(start: dict[str, Any], grid: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    """Mean training seconds per conditioning and evaluation CPU seconds per prompt and set (wall time on a shared
+    machine says little; CPU seconds at one thread are what a run costs)."""
+    models = [start, *(m for conds in grid.values() for seeds in conds.values() for m in seeds.values())]
+    per_set: dict[str, list[float]] = {}
+    for model in models:
+        for name, sec in model.get("seconds", {}).items():
+            if "generate_cpu" in sec and model["sets"].get(name, {}).get("ids"):
+                per_set.setdefault(name, []).append(sec["generate_cpu"] / len(model["sets"][name]["ids"]))
+    train: dict[str, list[float]] = {}
+    for record in runs.values():
+        if isinstance(record, dict) and "train_seconds" in record:
+            train.setdefault(record["conditioning"], []).append(record["train_seconds"])
+    return {"eval_cpu_seconds_per_prompt": {k: sum(v) / len(v) for k, v in per_set.items()},
+            "eval_wall_seconds_per_model": (sum(m.get("eval_seconds", 0.0) for m in models) / len(models)),
+            "train_wall_seconds": {k: sum(v) / len(v) for k, v in train.items()}}
 
 
 def _first(runs: dict[str, Any], key: str) -> Any:
