@@ -81,12 +81,14 @@ def fit_command(args: argparse.Namespace, loss: str, conditioning: str, seed: in
         "--seed_everything", str(seed), "--data.seed", "42", "--data.order_seed", str(42 + seed),  # same split
         "--data.max_pairs", "null",
         "--data.path", str(ROOT / "inspo" / "assets" / "verifiable" / "train.jsonl"),
-        "--trainer.max_steps", str(args.steps), "--trainer.val_check_interval", str(args.steps),
+        "--trainer.max_steps", str(args.steps),
+        "--trainer.val_check_interval", str(getattr(args, "val_every", None) or args.steps),
         "--trainer.default_root_dir", str(folder), "--trainer.logger.init_args.save_dir", str(folder),
         "--trainer.enable_checkpointing", "false",
         "--model.conditioning", conditioning, "--model.optim.lr", str(setting["lr"]),
         "--model.loss", json.dumps({"class_path": class_path, "init_args": init_args}),
         "--model.reference", "cached" if needs_reference else "none",
+        *getattr(args, "fit_extra", []),  # e.g. another start model or fewer pairs (run_evidence.py --smoke)
     ]
     return command
 
@@ -255,17 +257,40 @@ def table(args: argparse.Namespace) -> None:
             row["per_seed_win_rate"] = [models[n]["win_rate"] for n in names]
             row["prompt_se_win_rate"] = statistics.fmean(models[n]["win_rate_se"] for n in names)
             rows[f"{loss}-{conditioning}"] = row
+    differences = {loss: paired_difference(args, models, loss) for loss in args.losses}
     sweep_info = json.loads((Path(args.out) / "sweep.json").read_text())
     out = Path(args.out)
     summary = {"losses": args.losses, "baseline": {k: result["baseline"][k] for k in ("mean_reward", "mean_tokens", "median_tokens")},
                "n_prompts": result["n_prompts"], "steps": args.steps, "methods": rows,
-               "settings": {loss: entry["chosen"] for loss, entry in sweep_info["losses"].items()}}
+               "settings": {loss: entry["chosen"] for loss, entry in sweep_info["losses"].items()},
+               "inspo_minus_standard": differences}
     (out / "table.json").write_text(json.dumps(summary, indent=2) + "\n")
     shutil.copy(Path(args.runs) / "eval" / "winrate.md", out / "winrate_per_run.md")
     for png in ("winrate.png", "reward_vs_length.png"):
         shutil.copy(Path(args.runs) / "eval" / png, out / png)
     write_table_markdown(summary, out / "table.md")
     write_table_plot(summary, out / "table.png")
+
+
+def paired_difference(args: argparse.Namespace, models: dict[str, Any], loss: str) -> dict[str, float]:
+    """InSPO minus standard win rate against the start, paired by prompt and seed (``inspo.eval.stats``).
+
+    Both models of a seed answered the same prompts and meet the same baseline answers, so the difference of
+    their per-prompt outcomes has a far smaller variance than the two win rates' errors added in quadrature.
+    """
+    from inspo.eval.stats import crossed_mean, head_to_head
+
+    generations = Path(args.runs) / "eval" / "generations"
+
+    def rewards(name: str) -> list[float]:
+        return [json.loads(line)["reward"] for line in (generations / f"{name}.jsonl").read_text().splitlines()]
+
+    base = rewards("baseline")
+    seeds = sorted(int(n.rsplit("-s", 1)[1]) for n in models if n.rsplit("-s", 1)[0] == f"{loss}-inspo")
+    rows = [head_to_head(rewards(f"{loss}-inspo-s{s}"), base) - head_to_head(rewards(f"{loss}-standard-s{s}"), base)
+            for s in seeds]
+    result = crossed_mean(rows)
+    return {"mean": result.mean, "se": result.se, "seeds": len(seeds)}
 
 
 def _fmt(value: float, se: float | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -291,13 +316,10 @@ def write_table_markdown(summary: dict[str, Any], path: Path) -> None:
             f"{100 * row['prompt_se_win_rate']:.1f} | {_fmt(row['mean_reward'], row['mean_reward_se'], 1, 3)} | "
             f"{_fmt(row['all_satisfied_fraction'], row['all_satisfied_fraction_se'])} | "
             f"{_fmt(row['mean_tokens'], row['mean_tokens_se'], 1, 1)} |")
-    lines += ["", ("InSPO minus standard, per loss (win rate points; the standard error combines both rows' errors "
-              "over seeds, or the per-prompt errors with one seed):"), ""]
+    lines += ["", ("InSPO minus standard, per loss (win rate points; paired standard error over seeds and prompts: "
+              "both models of a seed answered the same prompts against the same baseline answers):"), ""]
     for loss in summary["losses"]:
-        a, b = summary["methods"][f"{loss}-inspo"], summary["methods"][f"{loss}-standard"]
-        se_a = a["win_rate_se"] if a["win_rate_se"] is not None else a["prompt_se_win_rate"]
-        se_b = b["win_rate_se"] if b["win_rate_se"] is not None else b["prompt_se_win_rate"]
-        diff, se = a["win_rate"] - b["win_rate"], math.hypot(se_a, se_b)
+        diff, se = summary["inspo_minus_standard"][loss]["mean"], summary["inspo_minus_standard"][loss]["se"]
         verdict = "within noise (|diff| < 2 SE)" if abs(diff) < 2 * se else "beyond 2 SE"
         lines.append(f"- {loss}: {100 * diff:+.1f} ± {100 * se:.1f}: {verdict}")
     path.write_text("\n".join(lines) + "\n")

@@ -12,7 +12,8 @@ from conftest import TINY
 
 from inspo.cli import main as cli_main
 from inspo.eval.generate import left_pad
-from inspo.eval.winrate import compare, lc_win_rate, outcomes
+from inspo.eval.stats import crossed_mean, head_to_head, paired_difference
+from inspo.eval.winrate import compare, fit_logistic, lc_win_rate, outcomes
 from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
 
 PROMPTS = [
@@ -51,13 +52,120 @@ def test_lc_win_rate_removes_a_pure_length_effect() -> None:
 
 
 def test_lc_win_rate_equals_win_rate_at_equal_lengths() -> None:
-    """With every length difference 0 only the intercept is fitted: sigma(a) = mean outcome = 0.7, and the
-    delta-method standard error is p (1 - p) / sqrt(n p (1 - p)) = sqrt(0.21 / 10)."""
+    """With every length difference 0 only the intercept is fitted: sigma(a) = mean outcome = 0.7. The sandwich
+    standard error is then the empirical one of the outcomes: squared deviations 6 * 0.3^2 + 2 * 0.2^2 + 2 * 0.7^2
+    = 1.6, so SE = sqrt(1.6 / 9 / 10) = 0.1333. The old model-based (Bernoulli) SE, p (1 - p) / sqrt(n p (1 - p))
+    = sqrt(0.21 / 10) = 0.1449, counted the two ties as if they were coin flips."""
     outcome = np.array([1.0] * 6 + [0.5] * 2 + [0.0] * 2)
     rate, se, slope = lc_win_rate(outcome, [0] * 10)
     assert rate == pytest.approx(0.7, abs=1e-6)
-    assert se == pytest.approx(np.sqrt(0.21 / 10), rel=1e-3)
+    assert se == pytest.approx(np.sqrt(1.6 / 90), rel=1e-3)
     assert slope == pytest.approx(0.0, abs=1e-6)
+
+
+def _simulated_outcomes(rng: np.random.Generator, n: int, tie: float = 0.58) -> tuple[np.ndarray, np.ndarray]:
+    """Outcomes in {0, 1/2, 1} whose mean given the length difference d follows the LC model exactly:
+    E[o | d] = sigma(0.3 + 0.2 d / 10), with P(tie) = 0.58 everywhere (as on the verifiable benchmark)."""
+    d = rng.integers(-20, 21, n).astype(float)
+    mean = 1 / (1 + np.exp(-(0.3 + 0.2 * d / 10)))
+    u = rng.random(n)
+    return np.where(u < mean - tie / 2, 1.0, np.where(u < mean + tie / 2, 0.5, 0.0)), d
+
+
+def test_lc_win_rate_se_is_calibrated_with_ties() -> None:
+    """1,000 simulated benchmarks of 300 prompts with 58% ties: the sandwich 2-SE interval covers the true LC win
+    rate sigma(0.3) = 0.574 in about 95% of them, and its SE matches the spread of the estimates; the old
+    model-based SE (inverse Fisher information, Bernoulli variance) is about 1.5x too wide (coverage ~99.9%)."""
+    rng = np.random.default_rng(0)
+    truth = 1 / (1 + np.exp(-0.3))
+    estimates, new_se, old_se = [], [], []
+    for _ in range(1000):
+        outcome, d = _simulated_outcomes(rng, 300)
+        rate, se, _ = lc_win_rate(outcome, d)
+        _, model_cov, _ = fit_logistic(outcome, d / np.sqrt(np.mean(d**2)))
+        estimates.append(rate)
+        new_se.append(se)
+        old_se.append(rate * (1 - rate) * np.sqrt(model_cov[0, 0]))
+    estimates, new_se, old_se = np.array(estimates), np.array(new_se), np.array(old_se)
+    coverage_new = np.mean(np.abs(estimates - truth) <= 2 * new_se)
+    coverage_old = np.mean(np.abs(estimates - truth) <= 2 * old_se)
+    assert 0.93 <= coverage_new <= 0.975
+    assert coverage_old > 0.99
+    spread = estimates.std()
+    assert new_se.mean() / spread == pytest.approx(1.0, abs=0.08)
+    assert old_se.mean() / spread > 1.35
+
+
+def test_paired_difference_golden() -> None:
+    """a = 1, 2, 3, 4 and b = 1.5, 2.5, 3, 4.5 (the same prompts, so the same difficulty ordering): d = -0.5,
+    -0.5, 0, -0.5, mean -0.375, std(d) = 0.25, paired SE 0.125. Unpaired: se_a = 1.291 / 2 = 0.6455,
+    se_b = 1.25 / 2 = 0.625, hypot = 0.8985: seven times larger, because it ignores the shared difficulty."""
+    result = paired_difference([1, 2, 3, 4], [1.5, 2.5, 3, 4.5])
+    assert result.mean == pytest.approx(-0.375)
+    assert result.se == pytest.approx(0.125)
+    assert result.independent_se == pytest.approx(np.hypot(np.sqrt(5 / 3) / 2, 0.625))
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([1, 2], [1])
+
+
+def test_paired_se_smaller_under_positive_and_larger_under_negative_correlation() -> None:
+    """Two models on 500 prompts sharing a prompt difficulty (correlation +0.8): the paired SE is far below the
+    unpaired one and matches the spread of the mean difference over 400 replications; with opposite difficulty
+    (negative correlation) the paired SE is the larger one."""
+    rng = np.random.default_rng(1)
+    means, paired, unpaired, opposite = [], [], [], []
+    for _ in range(400):
+        difficulty = rng.normal(size=500)
+        a = difficulty + 0.5 * rng.normal(size=500) + 0.05
+        b = difficulty + 0.5 * rng.normal(size=500)
+        result = paired_difference(a, b)
+        means.append(result.mean)
+        paired.append(result.se)
+        unpaired.append(result.independent_se)
+        flipped = paired_difference(a, -difficulty + 0.5 * rng.normal(size=500))
+        opposite.append(flipped.se > flipped.independent_se)
+    assert np.mean(paired) < 0.5 * np.mean(unpaired)
+    assert np.mean(paired) / np.std(means) == pytest.approx(1.0, abs=0.12)
+    assert all(opposite)
+
+
+def test_head_to_head_se_uses_the_empirical_variance() -> None:
+    """Head-to-head scores 1, 1/2, 1/2, 0 (two ties): win rate 1/2, SE std(o) / sqrt(4) = sqrt(1/6) / 2 = 0.2041
+    (the Bernoulli formula sqrt(0.25 / 4) = 0.25 would treat the ties as coin flips)."""
+    scores = head_to_head([1.0, 0.5, 0.5, 0.0], [0.0, 0.5, 0.5, 1.0])
+    assert scores.tolist() == [1.0, 0.5, 0.5, 0.0]
+    result = crossed_mean([scores])
+    assert result.mean == 0.5 and result.seed_se is None
+    assert result.se == pytest.approx(np.sqrt(1 / 6) / 2)
+
+
+def test_crossed_mean_golden() -> None:
+    """Table (seeds x prompts) [[1, 1/2, 0], [1, 1, 1/2]]: prompt means 1, 3/4, 1/4 (variance 7/48, part 7/144);
+    seed means 1/2, 5/6 (variance 1/18); residuals +-1/6, +-1/12, +-1/12, MS_e = (1/12) / 2 = 1/24; seed part
+    (1/18 - 1/72) / 2 = 3/144. SE = sqrt(10/144) = 0.2635."""
+    result = crossed_mean([[1, 0.5, 0], [1, 1, 0.5]])
+    assert result.mean == pytest.approx(2 / 3)
+    assert result.prompt_se == pytest.approx(np.sqrt(7 / 144))
+    assert result.seed_se == pytest.approx(np.sqrt(3 / 144))
+    assert result.se == pytest.approx(np.sqrt(10) / 12)
+
+
+def test_crossed_mean_se_is_unbiased_under_the_crossed_model() -> None:
+    """h[s, i] = a_s + b_i + e_si with sd 0.05 (seed), 0.3 (prompt), 0.2 (noise), 3 seeds x 200 prompts: the true
+    variance of the grand mean is 0.05^2 / 3 + 0.3^2 / 200 + 0.2^2 / 600 = 0.001350. The mean estimated SE^2 over
+    3,000 tables is within 10% of it; the prompt-only SE^2 misses the seed part (0.000833, 62% of it)."""
+    rng = np.random.default_rng(2)
+    truth = 0.05**2 / 3 + 0.3**2 / 200 + 0.2**2 / 600
+    estimates, se2, prompt_se2 = [], [], []
+    for _ in range(3000):
+        h = rng.normal(0, 0.05, (3, 1)) + rng.normal(0, 0.3, (1, 200)) + rng.normal(0, 0.2, (3, 200))
+        result = crossed_mean(h)
+        estimates.append(result.mean)
+        se2.append(result.se**2)
+        prompt_se2.append(result.prompt_se**2)
+    assert np.mean(se2) / truth == pytest.approx(1.0, abs=0.1)
+    assert np.var(estimates) / truth == pytest.approx(1.0, abs=0.1)
+    assert np.mean(prompt_se2) < 0.5 * truth
 
 
 def test_lc_win_rate_stays_finite_under_separation() -> None:

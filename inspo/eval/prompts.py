@@ -286,3 +286,22 @@ def make_prompts(
     if len(prompts) < n:
         raise ValueError(f"could only draw {len(prompts)} distinct {split} prompts of the {n} asked for")
     return prompts
+
+
+def training_prompts(seed: int = 0, n_train: int = 1800, n_heldout: int = 250) -> list[VerifiablePrompt]:
+    """The training prompts of the bundled verifiable benchmark, as ``scripts/make_verifiable_prefs.py`` drew them
+    (``n_heldout`` held-out prompts first, then ``n_train`` training prompts that avoid them)."""
+    return make_prompts(n_train, "train", seed=seed, exclude=make_prompts(n_heldout, "heldout", seed=seed))
+
+
+def evaluation_prompts(n: int = 1000, seed: int = 0) -> list[VerifiablePrompt]:
+    """``n`` held-out prompts for the evidence evaluation: held-out topics only, and no prompt text or constraint
+    combination of any training prompt of the bundled benchmark (:func:`training_prompts`).
+
+    The first 250 are not the bundled ``heldout_prompts.jsonl`` (the exclusion changes the draws); both sets are
+    disjoint from training.
+    """
+    prompts = make_prompts(n, "heldout", seed=seed, exclude=training_prompts(seed))
+    for i, prompt in enumerate(prompts):
+        prompt.id = f"eval-{i:05d}"
+    return prompts

