@@ -242,6 +242,11 @@ class Driver:
         print(f"done in {time.time() - start:.0f} s; summary in {self.out / 'summary.json'}", flush=True)
 
 
+def missing_extras() -> list[str]:
+    """The modules of the ``eval`` extra that are not installed."""
+    return [m for m in ("if_verifiable", "punkt", "ifbench") if importlib.util.find_spec(m) is None]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=["all", "train", "summary"], default="all")
@@ -257,7 +262,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ifeval", type=int, default=200, help="IFEval-style prompts (0: none)")
     parser.add_argument("--ifbench", type=int, default=-1, help="IFBench prompts (-1: all kept, 0: none)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap in the evaluation")
-    parser.add_argument("--eval-batch-size", type=int, default=32, help="prompts per generate call")
+    parser.add_argument("--eval-batch-size", type=int, default=96, help="prompts per generate call (96: 1.5x less "
+                        "CPU per prompt than 32, measured)")
     parser.add_argument("--dtype", default="fp32", help="generation precision (fp32: the same on every CPU)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "evidence"), help="checkpoints, models, answers")
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "evidence"), help="committed results")
@@ -267,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             eval_batch_size=8)
     args = parser.parse_args(argv)
     if args.ifeval or args.ifbench:
-        missing = [m for m in ("if_verifiable", "punkt", "ifbench") if importlib.util.find_spec(m) is None]
+        missing = missing_extras()
         if missing:  # fail now, not after hours of training
             parser.error(f"the external judges need {', '.join(missing)}: pip install 'inspo[eval]' "
                          "(or --ifeval 0 --ifbench 0)")

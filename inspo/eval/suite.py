@@ -54,7 +54,7 @@ class SuiteSettings:
     ifbench: int | None = None
     max_new_tokens: int = 64
     dtype: str = "fp32"
-    batch_size: int = 32
+    batch_size: int = 96
     seed: int = 0
 
     def key(self) -> dict[str, Any]:
