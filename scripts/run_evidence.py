@@ -115,7 +115,7 @@ class Driver:
         command = [sys.executable, "-m", "inspo.eval.suite", "--model", model, "--out", str(out), "--threads",
                    str(a.threads), "--own", str(a.own), "--ifeval", str(a.ifeval), "--ifbench", str(a.ifbench),
                    "--max-new-tokens", str(a.max_new_tokens), "--dtype", a.dtype, "--batch-size",
-                   str(a.eval_batch_size)]
+                   str(a.eval_batch_size), "--device", a.eval_device]
         out.parent.mkdir(parents=True, exist_ok=True)
         table.run_logged(command, out.with_suffix(".log"), table.job_env(self.args), f"evaluating {model}")
         return json.loads(out.read_text())
@@ -216,7 +216,8 @@ class Driver:
 
         a, record = self.args, self.out / "eval" / "start.json"
         wanted = SuiteSettings(own=a.own, ifeval=a.ifeval, ifbench=None if a.ifbench < 0 else a.ifbench,
-                               max_new_tokens=a.max_new_tokens, dtype=a.dtype, batch_size=a.eval_batch_size).key()
+                               max_new_tokens=a.max_new_tokens, dtype=a.dtype, batch_size=a.eval_batch_size,
+                               device=a.eval_device).key()
         saved = json.loads(record.read_text())["settings"] if record.is_file() else wanted
         if saved != wanted:
             changed = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in wanted.items() if saved.get(k) != v)
@@ -265,6 +266,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-batch-size", type=int, default=96, help="prompts per generate call (96: 1.5x less "
                         "CPU per prompt than 32, measured)")
     parser.add_argument("--dtype", default="fp32", help="generation precision (fp32: the same on every CPU)")
+    parser.add_argument("--eval-device", default="cpu", help="cpu, or cuda on a GPU machine (then the whole grid)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "evidence"), help="checkpoints, models, answers")
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "evidence"), help="committed results")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model, 24 pairs, a few prompts")
