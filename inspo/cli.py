@@ -97,13 +97,19 @@ class InspoCLI(LightningCLI):
             if problem is not None:
                 raise ConfigError(f"--ckpt_path {ckpt}: {problem}")
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # Checked right after parsing, before the seed is set or anything is built (nothing printed, nothing written).
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
         trainer = config.get("trainer", {})
         check_logger_packages(trainer.get("logger"))
         check_strategy(trainer.get("strategy"))
         check_output_folders(trainer, config.get("model"), config.get("checkpoint"))
         check_data_paths(config.get("data"))
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand == "fit" and config.get("ckpt_path") is None and slurm_restart() > 0:
             log.info("inspo: Slurm restart %d of job %s: resuming from the last checkpoint", slurm_restart(),
                      os.environ.get("SLURM_JOB_ID"))

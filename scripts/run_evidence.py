@@ -115,7 +115,7 @@ class Driver:
         command = [sys.executable, "-m", "inspo.eval.suite", "--model", model, "--out", str(out), "--threads",
                    str(a.threads), "--own", str(a.own), "--ifeval", str(a.ifeval), "--ifbench", str(a.ifbench),
                    "--max-new-tokens", str(a.max_new_tokens), "--dtype", a.dtype, "--batch-size",
-                   str(a.eval_batch_size)]
+                   str(a.eval_batch_size), "--device", a.eval_device]
         out.parent.mkdir(parents=True, exist_ok=True)
         table.run_logged(command, out.with_suffix(".log"), table.job_env(self.args), f"evaluating {model}")
         return json.loads(out.read_text())
@@ -216,7 +216,8 @@ class Driver:
 
         a, record = self.args, self.out / "eval" / "start.json"
         wanted = SuiteSettings(own=a.own, ifeval=a.ifeval, ifbench=None if a.ifbench < 0 else a.ifbench,
-                               max_new_tokens=a.max_new_tokens, dtype=a.dtype, batch_size=a.eval_batch_size).key()
+                               max_new_tokens=a.max_new_tokens, dtype=a.dtype, batch_size=a.eval_batch_size,
+                               device=a.eval_device).key()
         saved = json.loads(record.read_text())["settings"] if record.is_file() else wanted
         if saved != wanted:
             changed = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in wanted.items() if saved.get(k) != v)
@@ -242,6 +243,11 @@ class Driver:
         print(f"done in {time.time() - start:.0f} s; summary in {self.out / 'summary.json'}", flush=True)
 
 
+def missing_extras() -> list[str]:
+    """The modules of the ``eval`` extra that are not installed."""
+    return [m for m in ("if_verifiable", "punkt", "ifbench") if importlib.util.find_spec(m) is None]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=["all", "train", "summary"], default="all")
@@ -257,8 +263,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ifeval", type=int, default=200, help="IFEval-style prompts (0: none)")
     parser.add_argument("--ifbench", type=int, default=-1, help="IFBench prompts (-1: all kept, 0: none)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap in the evaluation")
-    parser.add_argument("--eval-batch-size", type=int, default=32, help="prompts per generate call")
+    parser.add_argument("--eval-batch-size", type=int, default=96, help="prompts per generate call (96: 1.5x less "
+                        "CPU per prompt than 32, measured)")
     parser.add_argument("--dtype", default="fp32", help="generation precision (fp32: the same on every CPU)")
+    parser.add_argument("--eval-device", default="cpu", help="cpu, or cuda on a GPU machine (then the whole grid)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "evidence"), help="checkpoints, models, answers")
     parser.add_argument("--out", default=str(ROOT / "scripts" / "results" / "evidence"), help="committed results")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model, 24 pairs, a few prompts")
@@ -267,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             eval_batch_size=8)
     args = parser.parse_args(argv)
     if args.ifeval or args.ifbench:
-        missing = [m for m in ("if_verifiable", "punkt", "ifbench") if importlib.util.find_spec(m) is None]
+        missing = missing_extras()
         if missing:  # fail now, not after hours of training
             parser.error(f"the external judges need {', '.join(missing)}: pip install 'inspo[eval]' "
                          "(or --ifeval 0 --ifbench 0)")

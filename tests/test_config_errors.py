@@ -138,3 +138,18 @@ def test_console_script_misspelled_yaml_key(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "inspo: error: unknown option 'model.optim.warmup_ratoi' (did you mean 'model.optim.warmup_ratio'?)" + HELP
     ]
+
+
+@pytest.mark.parametrize("args", [["--model.export_dir", "{file}"], ["--ckpt_path", "{file}"],
+                                  ["--trainer.strategy", "nonsense"]], ids=["export_dir", "ckpt_path", "strategy"])
+def test_console_script_stops_before_training_with_one_line(tmp_path, args):
+    """The installed executable, for errors that used to train the whole run first or end in a traceback: exit
+    status 2, exactly one line on stderr, nothing written under the run folder."""
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder, not a checkpoint")
+    result = subprocess.run(["inspo", "fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path / "run"),
+                             *[a.format(file=taken) for a in args]], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, check=False, env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("inspo: error: "), result.stderr
+    assert not (tmp_path / "run").exists()

@@ -278,12 +278,22 @@ def test_loader_state_round_trip_serves_the_rest_of_the_epoch():
 
 
 # ---------------------------------------------------------------- --ckpt_path FILE and an unusable last.ckpt
+STEP4 = "inspo/version_0/checkpoints/epoch=0-step=4.ckpt"
+
+
+def copy_crashed(crashed: Path, root: Path) -> None:
+    """The crashed run as it was left (version_0 only: the SIGKILL test resumes it in place, as version_1)."""
+    shutil.copytree(crashed / "inspo" / "version_0", root / "inspo" / "version_0", symlinks=True)
+    for partial in root.glob("inspo/version_0/checkpoints/.partial.*"):
+        partial.unlink()
+
+
 def test_ckpt_path_file_resumes_exactly(crashed, baseline, tmp_path):
     """Any checkpoint file, not only the keyword ``last`` (it failed with "unknown option
     'model.loss.init_args.class'")."""
     root = tmp_path / "copy"
-    shutil.copytree(crashed / "inspo", root / "inspo", symlinks=True)
-    result = run_fit(root, "--ckpt_path", str(root / "inspo/version_0/checkpoints/epoch=0-step=4.ckpt"))
+    copy_crashed(crashed, root)
+    result = run_fit(root, "--ckpt_path", str(root / STEP4))
     assert result.returncode == 0, tail(result)
     assert losses(root) == {step: baseline[step] for step in (5, 6, 7, 8)}
 
@@ -292,7 +302,7 @@ def test_dangling_last_falls_back_to_the_newest_usable_checkpoint(crashed, basel
     """``last.ckpt`` pointing at a file that is gone: one log line says so, and the run resumes from step 4 (it
     used to start again from step 0 with exit status 0)."""
     root = tmp_path / "copy"
-    shutil.copytree(crashed / "inspo", root / "inspo", symlinks=True)
+    copy_crashed(crashed, root)
     link = root / "inspo/version_0/checkpoints/last.ckpt"
     link.unlink()
     link.symlink_to("epoch=0-step=6.ckpt")
@@ -320,7 +330,7 @@ def test_truncated_checkpoint_is_one_line_never_a_fresh_start(crashed, tmp_path,
     """The only checkpoint truncated (a torch zip traceback before): ``--ckpt_path FILE``, ``--ckpt_path last`` and
     a requeued Slurm job resuming by itself all stop with one line instead of training from step 0."""
     root = tmp_path / "copy"
-    shutil.copytree(crashed / "inspo", root / "inspo", symlinks=True)
+    copy_crashed(crashed, root)
     target = last_target(root)
     target.write_bytes(target.read_bytes()[:100_000])
     error = _one_error_line(capsys, root, "--ckpt_path", str(target))
@@ -350,7 +360,7 @@ def test_validate_and_test_take_a_checkpoint_file_and_refuse_another_runs(crashe
     """``inspo validate --ckpt_path FILE`` works; a checkpoint of another loss, beta or conditioning is refused with
     one line before any data or weights are read (the saved hyperparameters no longer overwrite the command line,
     which made the check compare the checkpoint with itself)."""
-    ckpt = str(last_target(crashed))
+    ckpt = str(crashed / STEP4)
     args = ["--config", str(TINY), "--trainer.default_root_dir", str(tmp_path), *QUICK, "--ckpt_path", ckpt]
     main(["validate", *args, "--trainer.limit_val_batches", "1"])
     for option, value in (("--model.loss", "ipo"), ("--model.loss.beta", "0.2"),

@@ -47,6 +47,7 @@ class SuiteSettings:
             avx512_bf16 / AMX and otherwise emulated, several times slower).
         batch_size: prompts per generate call.
         seed: seed of the prompt draws.
+        device: where the model generates (``cpu`` or ``cuda``; greedy answers can differ between them).
     """
 
     own: int = 1000
@@ -54,8 +55,9 @@ class SuiteSettings:
     ifbench: int | None = None
     max_new_tokens: int = 64
     dtype: str = "fp32"
-    batch_size: int = 32
+    batch_size: int = 96
     seed: int = 0
+    device: str = "cpu"
 
     def key(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict."""
@@ -118,7 +120,7 @@ def answer_suite(source: str, settings: SuiteSettings, out: Path, threads: int =
         torch.set_num_threads(threads)
     sets = suite_prompts(settings)
     tokenizer = load_tokenizer(source)
-    model = load_causal_lm(source, dtype=settings.dtype)
+    model = load_causal_lm(source, dtype=settings.dtype).to(settings.device)
     result: dict[str, Any] = {"model": str(source), "settings": settings.key(), "seconds": {}, "sets": {},
                               "prompts_sha": {}}
     texts = []
