@@ -49,7 +49,7 @@ from inspo.parser import InspoArgumentParser, expand_loss_names
 from inspo.preflight import check_data_paths, check_output_folders, check_strategy, user_error_in
 from inspo.quiet import quiet_run
 from inspo.samples import SampleGenerations
-from inspo.signals import GracefulStop
+from inspo.signals import GracefulStop, restored_signals
 from inspo.summary import fit_summary
 
 log = logging.getLogger("inspo")
@@ -189,7 +189,7 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] in COMMANDS:
             importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
             return
-        with quiet_run():  # library noise filtered for this command only
+        with quiet_run(), restored_signals():  # library noise filtered, signal handlers put back: this command only
             InspoCLI(
                 PreferenceModule,
                 PreferenceDataModule,

@@ -22,12 +22,15 @@ job as succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -121,6 +124,10 @@ class GracefulStop(Callback):
         self._restore()
 
     @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore()  # Lightning then restores the handlers it found, which may be ours: see restored_signals
+
+    @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._step_at_start = trainer.global_step
 
@@ -184,3 +191,21 @@ def requeue(checkpoint: str) -> None:
     else:
         log.warning("inspo: `scontrol requeue %s` failed (%s); the checkpoint %s stays: resubmit with --ckpt_path "
                     "last", job, code, checkpoint)
+
+
+@contextlib.contextmanager
+def restored_signals() -> Iterator[None]:
+    """Put back, after the block, the SIGTERM, SIGINT and SIGUSR1 handlers found before it.
+
+    :class:`GracefulStop` restores them at teardown, but after an exception Lightning re-installs the handlers it
+    found when it registered its own, and those can be :class:`GracefulStop`'s: an ``inspo`` command run
+    in-process (tests, notebooks) must not leave Ctrl+C saving checkpoints of a finished run.
+    """
+    names = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    main = threading.current_thread() is threading.main_thread()
+    saved = {signum: signal.getsignal(signum) for signum in names} if main else {}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

@@ -260,8 +260,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--own", type=int, default=1000, help="held-out prompts of our families")
-    parser.add_argument("--ifeval", type=int, default=200, help="IFEval-style prompts (0: none)")
-    parser.add_argument("--ifbench", type=int, default=-1, help="IFBench prompts (-1: all kept, 0: none)")
+    parser.add_argument("--ifeval", type=int, default=120, help="IFEval-style prompts (0: none)")
+    parser.add_argument("--ifbench", type=int, default=120, help="IFBench prompts, evenly spaced over the 276 kept "
+                        "(-1: all 276, 0: none)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap in the evaluation")
     parser.add_argument("--eval-batch-size", type=int, default=96, help="prompts per generate call (96: 1.5x less "
                         "CPU per prompt than 32, measured)")

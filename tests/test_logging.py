@@ -184,7 +184,10 @@ def test_quiet_run_filters_only_inside(monkeypatch):
             assert [str(w.message) for w in caught] == ["yours"]
             assert not hf_logging.is_progress_bar_enabled()
         lightning_log.warning("💡 Tip: again")
+        monkeypatch.setenv("INSPO_VERBOSE", "1")
+        with quiet_run():
+            lightning_log.warning("💡 Tip: verbose")
     finally:
         lightning_log.removeHandler(handler)
-    assert records == ["GPU available: False, used: False", "💡 Tip: again"]
+    assert records == ["GPU available: False, used: False", "💡 Tip: again", "💡 Tip: verbose"]
     assert warnings.filters == filters and hf_logging.is_progress_bar_enabled() == bars

@@ -243,12 +243,15 @@ def test_full_checkpoint_dir_fails_before_training(tmp_path, capsys, monkeypatch
         free = 1024 * 1024  # 1 MiB: the tiny model's checkpoint needs ~38 MiB
 
     monkeypatch.setattr(inspo.checkpoints.shutil, "disk_usage", lambda path: Usage())
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     with pytest.raises(SystemExit) as exit_info:
         _fit_in_process(tmp_path)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert "is full: 1.0 MiB free, a checkpoint of this model needs about" in err[0], err
     assert _no_training_step(tmp_path)
+    # A run stopped by an error (Lightning then re-installs the handlers it found: inspo's) leaves Ctrl+C as it was.
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
 
 
 def test_loader_state_round_trip_serves_the_rest_of_the_epoch():

@@ -51,8 +51,8 @@ class SuiteSettings:
     """
 
     own: int = 1000
-    ifeval: int = 200
-    ifbench: int | None = None
+    ifeval: int = 120
+    ifbench: int | None = 120
     max_new_tokens: int = 64
     dtype: str = "fp32"
     batch_size: int = 96
