@@ -87,6 +87,8 @@ def test_ifbench_prompts_judge_offline(external) -> None:
     rows = external.ifbench_prompts()
     assert len(rows) == 276
     assert not any(set(row["instruction_id_list"]) & set(external.IFBENCH_EXCLUDED) for row in rows)
+    subset = external.ifbench_prompts(120)  # evenly spaced: the file is grouped by instruction type
+    assert len(subset) == 120 and subset[0] == rows[0] and subset[-1] == rows[119 * 276 // 120]  # row 273 of 276
     for row in rows:
         verdict = external.judge("ifbench", row, "Sure! Here it is.\n\n* The sun is bright. John likes it.\n* Done.")
         assert len(verdict["strict"]) == len(row["instruction_id_list"])
