@@ -138,7 +138,8 @@ class Fakes:
         scores = {"own": {"ids": list(range(8)), "reward": own, "tokens": [10 + i for i in range(8)]},
                   "ifeval": {"ids": list(range(4)), "strict": verdicts, "loose": verdicts},
                   "ifbench": {"ids": list(range(4)), "strict": verdicts[::-1], "loose": verdicts[::-1]}}
-        settings = SuiteSettings(own=8, ifeval=4, ifbench=4, max_new_tokens=8, batch_size=8).key()
+        settings = SuiteSettings(own=8, ifeval=4, ifbench=4, max_new_tokens=8, batch_size=8,
+                                  external_batch_size=4).key()
         return {"model": model, "settings": settings, "prompts_sha": {"own": "a"}, "sets": scores}
 
 
