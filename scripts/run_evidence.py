@@ -220,6 +220,7 @@ class Driver:
                                max_new_tokens=a.max_new_tokens, dtype=a.dtype, batch_size=a.eval_batch_size,
                                external_batch_size=a.external_batch_size, device=a.eval_device).key()
         saved = json.loads(record.read_text())["settings"] if record.is_file() else wanted
+        saved.setdefault("external_batch_size", saved["batch_size"])  # before 3fd3aa3 one batch size served all sets
         if saved != wanted:
             changed = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in wanted.items() if saved.get(k) != v)
             raise SystemExit(f"inspo: error: {self.out} was evaluated with other settings ({changed}); use the "

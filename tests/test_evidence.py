@@ -249,3 +249,18 @@ def test_run_table_difference_is_paired(tmp_path: Path) -> None:
     args = type("Args", (), {"runs": str(tmp_path)})()
     result = run_table.paired_difference(args, {"dpo-standard-s0": {}, "dpo-inspo-s0": {}}, "dpo")
     assert result == {"mean": pytest.approx(0.125), "se": pytest.approx(0.125), "seeds": 1}
+
+
+def test_results_from_before_the_external_batch_size_keep_their_setting(fakes: Fakes, tmp_path: Path) -> None:
+    """A start evaluated before ``external_batch_size`` existed used ``batch_size`` for every set: continuing needs
+    ``--external-batch-size`` equal to it, and says so."""
+    out = tmp_path / "out"
+    settings = SuiteSettings(own=8, ifeval=4, ifbench=4, max_new_tokens=8, batch_size=8).key()
+    del settings["external_batch_size"]
+    (out / "eval").mkdir(parents=True)
+    (out / "eval" / "start.json").write_text(json.dumps({"settings": settings}))
+    argv = ["--smoke", "--losses", "dpo", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    driver = run_evidence.Driver(run_evidence.parse_args(argv))
+    with pytest.raises(SystemExit, match="external_batch_size 8 -> 4"):
+        driver.check_settings()
+    run_evidence.Driver(run_evidence.parse_args([*argv, "--external-batch-size", "8"])).check_settings()
