@@ -115,7 +115,8 @@ class Driver:
         command = [sys.executable, "-m", "inspo.eval.suite", "--model", model, "--out", str(out), "--threads",
                    str(a.threads), "--own", str(a.own), "--ifeval", str(a.ifeval), "--ifbench", str(a.ifbench),
                    "--max-new-tokens", str(a.max_new_tokens), "--dtype", a.dtype, "--batch-size",
-                   str(a.eval_batch_size), "--device", a.eval_device]
+                   str(a.eval_batch_size), "--external-batch-size", str(a.external_batch_size), "--device",
+                   a.eval_device]
         out.parent.mkdir(parents=True, exist_ok=True)
         table.run_logged(command, out.with_suffix(".log"), table.job_env(self.args), f"evaluating {model}")
         return json.loads(out.read_text())
@@ -217,8 +218,9 @@ class Driver:
         a, record = self.args, self.out / "eval" / "start.json"
         wanted = SuiteSettings(own=a.own, ifeval=a.ifeval, ifbench=None if a.ifbench < 0 else a.ifbench,
                                max_new_tokens=a.max_new_tokens, dtype=a.dtype, batch_size=a.eval_batch_size,
-                               device=a.eval_device).key()
+                               external_batch_size=a.external_batch_size, device=a.eval_device).key()
         saved = json.loads(record.read_text())["settings"] if record.is_file() else wanted
+        saved.setdefault("external_batch_size", saved["batch_size"])  # before 3fd3aa3 one batch size served all sets
         if saved != wanted:
             changed = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in wanted.items() if saved.get(k) != v)
             raise SystemExit(f"inspo: error: {self.out} was evaluated with other settings ({changed}); use the "
@@ -266,6 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap in the evaluation")
     parser.add_argument("--eval-batch-size", type=int, default=96, help="prompts per generate call (96: 1.5x less "
                         "CPU per prompt than 32, measured)")
+    parser.add_argument("--external-batch-size", type=int, default=32, help="prompts per generate call on the "
+                        "IFEval / IFBench prompts (long ones: large batches cost more per prompt)")
     parser.add_argument("--dtype", default="fp32", help="generation precision (fp32: the same on every CPU)")
     parser.add_argument("--eval-device", default="cpu", help="cpu, or cuda on a GPU machine (then the whole grid)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "evidence"), help="checkpoints, models, answers")
@@ -273,7 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="a tiny random model, 24 pairs, a few prompts")
     if "--smoke" in (sys.argv[1:] if argv is None else argv):  # smaller defaults; explicit options still win
         parser.set_defaults(pairs=8, val_every=1, grid=[1e-4, 1e-3], own=8, ifeval=4, ifbench=4, max_new_tokens=8,
-                            eval_batch_size=8)
+                            eval_batch_size=8, external_batch_size=4)
     args = parser.parse_args(argv)
     if args.ifeval or args.ifbench:
         missing = missing_extras()

@@ -87,6 +87,8 @@ def test_ifbench_prompts_judge_offline(external) -> None:
     rows = external.ifbench_prompts()
     assert len(rows) == 276
     assert not any(set(row["instruction_id_list"]) & set(external.IFBENCH_EXCLUDED) for row in rows)
+    subset = external.ifbench_prompts(120)  # evenly spaced: the file is grouped by instruction type
+    assert len(subset) == 120 and subset[0] == rows[0] and subset[-1] == rows[119 * 276 // 120]  # row 273 of 276
     for row in rows:
         verdict = external.judge("ifbench", row, "Sure! Here it is.\n\n* The sun is bright. John likes it.\n* Done.")
         assert len(verdict["strict"]) == len(row["instruction_id_list"])
@@ -136,7 +138,8 @@ class Fakes:
         scores = {"own": {"ids": list(range(8)), "reward": own, "tokens": [10 + i for i in range(8)]},
                   "ifeval": {"ids": list(range(4)), "strict": verdicts, "loose": verdicts},
                   "ifbench": {"ids": list(range(4)), "strict": verdicts[::-1], "loose": verdicts[::-1]}}
-        settings = SuiteSettings(own=8, ifeval=4, ifbench=4, max_new_tokens=8, batch_size=8).key()
+        settings = SuiteSettings(own=8, ifeval=4, ifbench=4, max_new_tokens=8, batch_size=8,
+                                  external_batch_size=4).key()
         return {"model": model, "settings": settings, "prompts_sha": {"own": "a"}, "sets": scores}
 
 
@@ -246,3 +249,18 @@ def test_run_table_difference_is_paired(tmp_path: Path) -> None:
     args = type("Args", (), {"runs": str(tmp_path)})()
     result = run_table.paired_difference(args, {"dpo-standard-s0": {}, "dpo-inspo-s0": {}}, "dpo")
     assert result == {"mean": pytest.approx(0.125), "se": pytest.approx(0.125), "seeds": 1}
+
+
+def test_results_from_before_the_external_batch_size_keep_their_setting(fakes: Fakes, tmp_path: Path) -> None:
+    """A start evaluated before ``external_batch_size`` existed used ``batch_size`` for every set: continuing needs
+    ``--external-batch-size`` equal to it, and says so."""
+    out = tmp_path / "out"
+    settings = SuiteSettings(own=8, ifeval=4, ifbench=4, max_new_tokens=8, batch_size=8).key()
+    del settings["external_batch_size"]
+    (out / "eval").mkdir(parents=True)
+    (out / "eval" / "start.json").write_text(json.dumps({"settings": settings}))
+    argv = ["--smoke", "--losses", "dpo", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    driver = run_evidence.Driver(run_evidence.parse_args(argv))
+    with pytest.raises(SystemExit, match="external_batch_size 8 -> 4"):
+        driver.check_settings()
+    run_evidence.Driver(run_evidence.parse_args([*argv, "--external-batch-size", "8"])).check_settings()
