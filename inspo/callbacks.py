@@ -217,11 +217,13 @@ class TrainingMonitor(Callback):
         self._t0 = 0.0
         self._lr = 0.0
         self._started = time.monotonic()
+        self.start_step = 0
         self.recent: dict[str, list[float]] = {}
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._started = time.monotonic()
+        self.start_step = trainer.global_step  # > 0 when resumed
         if trainer.is_global_zero:
             from inspo.summary import model_line
 

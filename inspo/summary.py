@@ -2,15 +2,16 @@
 
 Example (configs/tiny.yaml)::
 
-    inspo: fit done: 8 optimizer steps (32 pairs) in 14 s, 3.1 pairs/s, 870 pair tokens/s; peak memory 1.9 GiB (RSS)
-      train, mean of the last 8 steps:  loss 0.6724  acc 0.6562  margin 0.04612
+    inspo: fit done: 8 optimizer steps (30 pairs) in 5 s, 7.63 pairs/s, 682 pair tokens/s; peak memory 0.8 GiB (RSS, rank 0)
+      train, mean of the last 8 steps:  loss 0.6733  acc 0.6562  margin 0.04507
       validation, conditioned (x, y_alt):  loss 0.6512  acc 0.6667  margin 0.09494
-      validation, plain (x):  loss 0.6893  acc 0.5  margin 0.0121
+      validation, plain (x):  loss ...  acc ...  margin ...
       trained policy: runs/tiny/inspo/version_0/hf_model
       next: inspo report runs/tiny/inspo/version_0    (plots and report.md)
             inspo eval --model runs/tiny/inspo/version_0/hf_model --limit 50    (gold-reward win rate)
 
-The two validation lines are InSPO's two views (see :data:`inspo.callbacks.VIEWS`); with standard conditioning
+A resumed run says so: ``8 optimizer steps (resumed at step 3: 5 steps, 20 pairs)``, pairs and speed being this
+run's. The two validation lines are InSPO's two views (see :data:`inspo.callbacks.VIEWS`); with standard conditioning
 there is one line, ``validation``.
 """
 
@@ -59,7 +60,9 @@ def fit_summary(trainer: Trainer, module: LightningModule) -> str:
     monitor = next((c for c in trainer.callbacks if isinstance(c, TrainingMonitor)), None)
     stats = monitor.stats(trainer, module) if monitor is not None else {}
     train = stats.get("train") or {}
-    lines = [(f"inspo: fit done: {trainer.global_step} optimizer steps ({train.get('pairs', '?')} pairs) in "
+    start = getattr(monitor, "start_step", 0)
+    this_run = f"resumed at step {start}: {trainer.global_step - start} steps, " if start else ""
+    lines = [(f"inspo: fit done: {trainer.global_step} optimizer steps ({this_run}{train.get('pairs', '?')} pairs) in "
              f"{_duration(train.get('wall_seconds') or 0)}, {train.get('pairs_per_sec') or 0:.3g} pairs/s, "
              f"{train.get('pair_tokens_per_sec') or 0:.0f} pair tokens/s; {_memory(stats)}")]
     recent = {name: sum(v) / len(v) for name, v in (monitor.recent if monitor is not None else {}).items() if v}

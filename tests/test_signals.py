@@ -79,6 +79,7 @@ def test_sigterm_saves_exits_143_requeues_under_slurm_and_resumes(tmp_path):
     resumed = run_fit(root, "--ckpt_path", "last")
     assert resumed.returncode == 0, tail(resumed)
     assert sorted(losses(root)) == [4, 5, 6, 7, 8]
+    assert "inspo: fit done: 8 optimizer steps (resumed at step 3: 5 steps, " in resumed.stdout
 
 
 def test_sigint_saves_and_exits_130_without_requeue(tmp_path):
