@@ -40,20 +40,24 @@ def test_plain_progress_lines_show_the_numbers_that_matter(lora_run):
     assert [line.split()[3] for line in lines] == ["1/4", "2/4", "4/4"], out
     for name in ("loss", "acc", "margin", "lr", "tok/s"):
         assert f" {name} " in lines[-1], lines[-1]
-    assert any(line.startswith("epoch 0 validation at step 4 | val_loss") for line in out.splitlines()), out
-    assert any(line.startswith("epoch 0 validation at step 0 | val_loss") for line in out.splitlines()), out
+    # configs/tiny.yaml trains InSPO: every validation line shows the conditioned and the plain (deployed) view
+    for step in (0, 4):
+        prefix = f"epoch 0 validation at step {step} | conditioned (x, y_alt): val_loss "
+        line = next((line for line in out.splitlines() if line.startswith(prefix)), None)
+        assert line is not None and " | plain (x): val_loss " in line and " val_acc " in line, out
     assert "\r" not in out
 
 
 def test_fit_ends_with_a_summary(lora_run):
-    """Standard view only here (no ``val/plain_*`` logged): one validation line, unlabelled."""
+    """InSPO (configs/tiny.yaml): the validation metrics come as two labelled lines, conditioned and plain."""
     run, out = lora_run
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("inspo: fit done: 4 optimizer steps ("))
     assert " pairs/s, " in lines[start] and " pair tokens/s; peak memory " in lines[start]
     assert lines[start + 1].startswith("  train, mean of the last 4 steps:  loss ") and " acc " in lines[start + 1]
-    assert lines[start + 2].startswith("  validation:  loss ") and " margin " in lines[start + 2]
-    assert lines[start + 3:] == [f"  trained policy: {run / 'hf_model'}",
+    assert lines[start + 2].startswith("  validation, conditioned (x, y_alt):  loss ") and " margin " in lines[start + 2]
+    assert lines[start + 3].startswith("  validation, plain (x):  loss ") and " margin " in lines[start + 3]
+    assert lines[start + 4:] == [f"  trained policy: {run / 'hf_model'}",
                                  f"  next: inspo report {run}    (plots and report.md)",
                                  f"        inspo eval --model {run / 'hf_model'} --limit 50    (gold-reward win rate)"]
 
