@@ -31,6 +31,7 @@ CASES = [
     (["--data.batch_size", "abc"], "data.batch_size: invalid value 'abc': expected int" + HELP),
     (["--data.max_pairs", "many"], "data.max_pairs: invalid value 'many': expected int or null" + HELP),
     (["--model.conditioning", "insp"], "unknown conditioning 'insp'; choose one of: inspo, standard"),
+    (["--model.loss.sft_weight", "-1"], "DPOLoss: sft_weight must be >= 0, got -1.0"),
     (["--model.dtype", "bf17"],
      "unknown model.dtype 'bf17'; choose one of: bf16, bfloat16, float16, float32, fp16, fp32"),
     (["--model.reference", "none"],
@@ -153,3 +154,4 @@ def test_console_script_stops_before_training_with_one_line(tmp_path, args):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("inspo: error: "), result.stderr
     assert not (tmp_path / "run").exists()
+

@@ -14,6 +14,8 @@ from typing import ClassVar, TypeVar
 
 from torch import Tensor, nn
 
+from inspo.errors import ConfigError
+
 
 @dataclass
 class PairLogps:
@@ -94,8 +96,8 @@ class PreferenceLoss(nn.Module):
 
     def __init__(self, sft_weight: float = 0.0) -> None:
         super().__init__()
-        if sft_weight < 0:
-            raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
+        if not sft_weight >= 0:  # also NaN
+            raise ConfigError(f"{type(self).__name__}: sft_weight must be >= 0, got {sft_weight}")
         self.sft_weight = sft_weight
 
     @property
