@@ -17,6 +17,20 @@ TINY = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "nu
         "num_key_value_heads": 2}
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Give every test the environment it started with. Lightning's launcher writes MASTER_ADDR, MASTER_PORT,
+    NODE_RANK, LOCAL_RANK and WORLD_SIZE into this process's environment when a test runs a distributed fit
+    in-process; a later test's 2-process ``inspo fit`` subprocess inheriting LOCAL_RANK then believes its ranks were
+    started by an outside launcher and waits forever for rank 1 (seen in a full run: test_signals hung after
+    test_distributed)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return load_tokenizer(BUNDLED_SMOLLM2)

@@ -79,6 +79,10 @@ class CrashWhileSaving(Callback):
 
 
 # ---------------------------------------------------------------- helpers
+DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE",
+                         "LOCAL_WORLD_SIZE")
+
+
 def fit_command(root: Path, *args: str, callbacks: list[dict] | None = None, env: dict[str, str] | None = None,
                 devices: int = 1) -> tuple[list[str], dict[str, str]]:
     """``python -m inspo fit`` of configs/tiny.yaml writing under ``root`` (losses recorded in ``root``)."""
@@ -89,7 +93,9 @@ def fit_command(root: Path, *args: str, callbacks: list[dict] | None = None, env
     command = [sys.executable, "-m", "inspo", "fit", "--config", str(TINY), "--config", str(extra),
                "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
                "--trainer.devices", str(devices), *QUICK, *args]
-    return command, {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    # No launcher variables: inherited, LOCAL_RANK would make rank 0 wait for ranks it was told someone else starts.
+    inherited = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES}
+    return command, {**inherited, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
 
 
 def run_fit(root: Path, *args: str, callbacks: list[dict] | None = None, env: dict[str, str] | None = None,
