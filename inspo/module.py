@@ -377,8 +377,6 @@ class PreferenceModule(LightningModule):
     def on_fit_end(self) -> None:
         if self.hparams.export_dir is None:
             return
-        if any(getattr(callback, "requeued", False) for callback in self.trainer.callbacks):
-            return  # stopped for a Slurm requeue: the next allocation goes on training and exports at its end
         out = self.export_path()  # on every rank: trainer.log_dir is a collective under DDP
         state = full_state_dict(self.policy) if is_sharded(self.policy) else None  # a collective under FSDP2
         if not self.trainer.is_global_zero:
