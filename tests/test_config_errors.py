@@ -44,6 +44,10 @@ CASES = [
     (["--data.read.max_length", "2", "--data.read.max_prompt_length", "1"],
      ("data.read.max_prompt_length (1) must be at most data.read.max_length - 2 (0): each response needs at least "
       "one token")),
+    # issue 14: each data option group (inspo.data.options) checks itself in __post_init__, naming the field
+    (["--data.loader.batch_size", "0"], "data.loader.batch_size must be at least 1, got 0"),
+    (["--data.source.path", "x.jsonl", "--data.source.dataset", "y"],
+     "give either data.source.path or data.source.dataset, not both"),
     # issue 12: these printed a traceback, or a line naming neither the value nor the expected type
     (["--model.optim.lr", "fast"], "model.optim.lr: invalid value 'fast': expected float" + HELP),
     (["--model.loss.beta", "0"], "DPOLoss: beta must be > 0, got 0.0"),
