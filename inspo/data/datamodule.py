@@ -94,9 +94,10 @@ class PreferenceDataModule(LightningDataModule):
 
         Args:
             tokenizer: the tokenizer's model name (the CLI links ``model.model`` here).
-            source: where the pairs come from (a file, a bundled set or a HF dataset) and the validation split.
-            read: how rows become pairs: field names, chat template, truncation, bad and duplicate rows.
-            loader: batch sizes, workers and the order of the training pairs.
+            source: data.source: where the pairs come from (a file, a bundled set or a HF dataset) and which are
+                held out for validation.
+            read: data.read: how rows become pairs (field names, chat template, truncation, bad and duplicate rows).
+            loader: data.loader: batch sizes, workers and the order of the training pairs.
         """
         super().__init__()
         # Frozen and checked in __post_init__; plain dicts in the saved hparams, so checkpoints load with
