@@ -103,20 +103,22 @@ def check_strategy(strategy: Any) -> None:
 
 
 def check_data_paths(data: Any) -> None:
-    """``data.path`` / ``data.val_path``: a folder is named as a folder (it was "not found"), with what to do."""
-    if data is None:
+    """``data.source.path`` / ``data.source.val_path``: a folder is named as a folder (it was "not found")."""
+    source = data.get("source") if data is not None else None
+    if source is None:
         return
     for option in ("path", "val_path"):
-        value = data.get(option)
+        value = source.get(option)
         if isinstance(value, str) and not value.startswith("bundled:") and Path(value).is_dir():
+            name = f"data.source.{option}"
             shards = sorted(p.name for p in Path(value).iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
             if not shards:
-                raise ConfigError(f"data.{option} {value} is a folder, not a data file, and holds no .jsonl, .json or "
+                raise ConfigError(f"{name} {value} is a folder, not a data file, and holds no .jsonl, .json or "
                                   ".parquet file")
             listed = ", ".join(shards[:3]) + (", ..." if len(shards) > 3 else "")
-            how = f"--data.dataset {value}" if option == "path" else "one file (concatenate the shards)"
-            raise ConfigError(f"data.{option} {value} is a folder, not a data file (it holds {len(shards)} data "
-                              f"files: {listed}); data.{option} reads one file: for a folder of shards use {how}")
+            how = f"--data.source.dataset {value}" if option == "path" else "one file (concatenate the shards)"
+            raise ConfigError(f"{name} {value} is a folder, not a data file (it holds {len(shards)} data "
+                              f"files: {listed}); {name} reads one file: for a folder of shards use {how}")
 
 
 def user_error_in(err: BaseException) -> InspoError | None:

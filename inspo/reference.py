@@ -273,8 +273,9 @@ def cached_reference(module: Any) -> ReferenceCache:
         raise InspoError("model.reference 'cached' needs the pairs to cache: run it through a Trainer with a "
                          "PreferenceDataModule (its pairs are set up before the model is configured)")
     hp = module.hparams
-    data = getattr(datamodule, "hparams", {})
-    settings = {name: data.get(name) for name in ("tokenizer", "chat_template", "max_length", "max_prompt_length")}
+    token_settings = getattr(datamodule, "token_settings", None)  # PreferenceDataModule: data.tokenizer, data.read.*
+    settings = token_settings() if token_settings is not None else dict.fromkeys(
+        ("tokenizer", "chat_template", "max_length", "max_prompt_length"))
     if hp.reference_model:
         def reference() -> nn.Module:
             from inspo.models import load_causal_lm

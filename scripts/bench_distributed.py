@@ -74,8 +74,9 @@ def run(name: str, args: argparse.Namespace, devices: int, strategy: str | None,
                "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
                "--trainer.default_root_dir", str(folder), "--samples.every_n_steps", "0",
                "--model.export_dir", "null", "--model.random_init", json.dumps(model),
-               "--data.batch_size", str(per_process), "--data.max_pairs", "null", "--data.bucket_batches", "1",
-               "--data.max_length", str(args.max_length), "--data.max_prompt_length", str(args.max_length // 2)]
+               "--data.loader.batch_size", str(per_process), "--data.loader.bucket_batches", "1",
+               "--data.read.max_pairs", "null", "--data.read.max_length", str(args.max_length),
+               "--data.read.max_prompt_length", str(args.max_length // 2)]
     if strategy is not None:
         command += ["--config", str(ROOT / "configs" / "strategy" / f"{strategy}.yaml")]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'scripts'}", "OMP_NUM_THREADS": str(threads)}

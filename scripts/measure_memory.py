@@ -32,7 +32,8 @@ def run(name: str, extra: list[str], steps: int, batch_size: int, workdir: Path)
         "/usr/bin/time", "-v", sys.executable, "-m", "inspo", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
         "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
-        "--trainer.enable_checkpointing", "false", "--data.batch_size", str(batch_size), "--model.export_dir", "null",
+        "--trainer.enable_checkpointing", "false", "--data.loader.batch_size", str(batch_size),
+        "--model.export_dir", "null",
         "--samples.every_n_steps", "0", "--progress_bar.plain", "true", *extra,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)

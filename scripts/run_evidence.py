@@ -7,7 +7,8 @@
 Every run starts from SmolLM2-135M-Instruct (full fine-tuning, fp32, the quickstart recipe) and trains on
 ``--pairs`` pairs (``--pairs / 4`` optimizer steps) of the 90% training split of
 ``inspo/assets/verifiable/train.jsonl``; the other 10% (116 pairs) is the validation split. Seed s trains in the
-order ``data.order_seed = 42 + s``: the standard and the InSPO run of a seed see the same pairs in the same order.
+order ``data.loader.order_seed = 42 + s``: the standard and the InSPO run of a seed see the same pairs in the same
+order.
 Every run validates at step 0 (one ``inspo validate`` of the untrained model per loss and conditioning) and every
 ``--val-every`` steps, so the transfer plot can show, per InSPO run, the conditioned ``val/reward_accuracy`` and
 the unconditioned ``val/plain_reward_accuracy`` next to the standard run's ``val/reward_accuracy``.
@@ -302,7 +303,7 @@ def smoke(args: argparse.Namespace) -> None:
         load_causal_lm(BUNDLED_SMOLLM2, random_init=SMOKE_TINY, seed=0).save_pretrained(start)
         load_tokenizer(BUNDLED_SMOLLM2).save_pretrained(start)
     args.start_model = str(start)
-    args.fit_extra = ["--model.model", str(start), "--data.max_pairs", "24", "--trainer.accelerator", "cpu"]
+    args.fit_extra = ["--model.model", str(start), "--data.read.max_pairs", "24", "--trainer.accelerator", "cpu"]
 
 
 def main(argv: list[str] | None = None) -> None:

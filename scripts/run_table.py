@@ -13,7 +13,7 @@ is the validation split. The held-out prompts (``heldout_prompts.jsonl``) are us
    setting is used for the loss's InSPO version. Written to ``sweep.json`` and ``sweep.md``.
 2. **train**: every loss x {standard, inspo} x seeds (3 seeds for DPO and SimPO, 1 for the rest) with the
    chosen setting; the sweep's seed-0 standard run is reused. Seed s trains on the same split in another order
-   (``data.order_seed`` 42 + s); nothing else in a run is random.
+   (``data.loader.order_seed`` 42 + s); nothing else in a run is random.
 3. **eval**: ``inspo eval`` of every trained model against the untrained start, greedy (bf16, batches of 100), on
    the first 200 held-out prompts (``--limit``).
 4. **table**: mean and standard error over seeds -> ``table.md``, ``table.json``, ``table.png``.
@@ -78,9 +78,10 @@ def fit_command(args: argparse.Namespace, loss: str, conditioning: str, seed: in
     init_args = {**init_args, **{k: v for k, v in setting.items() if k != "lr"}}
     command = [
         sys.executable, "-m", "inspo", "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
-        "--seed_everything", str(seed), "--data.seed", "42", "--data.order_seed", str(42 + seed),  # same split
-        "--data.max_pairs", "null",
-        "--data.path", str(ROOT / "inspo" / "assets" / "verifiable" / "train.jsonl"),
+        "--seed_everything", str(seed),
+        "--data.source.seed", "42", "--data.loader.order_seed", str(42 + seed),  # same split, another order
+        "--data.read.max_pairs", "null",
+        "--data.source.path", str(ROOT / "inspo" / "assets" / "verifiable" / "train.jsonl"),
         "--trainer.max_steps", str(args.steps),
         "--trainer.val_check_interval", str(getattr(args, "val_every", None) or args.steps),
         "--trainer.default_root_dir", str(folder), "--trainer.logger.init_args.save_dir", str(folder),

@@ -102,8 +102,8 @@ def test_row_missing_chosen_names_file_row_and_field(tmp_path):
     data = tmp_path / "pairs.jsonl"
     rows = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}] * 3 + [{"prompt": "Say bye.", "rejected": "x"}]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    result = inspo("fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.path", str(data), *run_dir_args(tmp_path),
-                   cwd=tmp_path)
+    result = inspo("fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.source.path", str(data),
+                   *run_dir_args(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     assert f"{data}: row 4: missing field 'chosen'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -27,9 +27,10 @@ CASES = [
     (["--trainer.logger.init_args.save_dirr", "x"],
      "unknown option 'trainer.logger.init_args.save_dirr' (did you mean 'trainer.logger.init_args.save_dir'?)" + HELP),
     (["--model.layout", "pakced"], "model.layout: invalid value 'pakced'; choose one of: separate, packed" + HELP),
-    (["--data.on_invalid", "drop"], "data.on_invalid: invalid value 'drop'; choose one of: error, skip" + HELP),
-    (["--data.batch_size", "abc"], "data.batch_size: invalid value 'abc': expected int" + HELP),
-    (["--data.max_pairs", "many"], "data.max_pairs: invalid value 'many': expected int or null" + HELP),
+    (["--data.read.on_invalid", "drop"],
+     "data.read.on_invalid: invalid value 'drop'; choose one of: error, skip" + HELP),
+    (["--data.loader.batch_size", "abc"], "data.loader.batch_size: invalid value 'abc': expected int" + HELP),
+    (["--data.read.max_pairs", "many"], "data.read.max_pairs: invalid value 'many': expected int or null" + HELP),
     (["--model.conditioning", "insp"], "unknown conditioning 'insp'; choose one of: inspo, standard"),
     (["--model.loss.sft_weight", "-1"], "DPOLoss: sft_weight must be >= 0, got -1.0"),
     (["--model.dtype", "bf17"],
@@ -37,10 +38,16 @@ CASES = [
     (["--model.reference", "none"],
      ("loss DPOLoss needs a reference model; set model.reference to copy or path (or choose a reference-free loss: "
       "simpo, orpo)")),
-    (["--data.max_prompt_length", "300"],
-     "data.max_prompt_length (300) must be at most data.max_length - 2 (254): each response needs at least one token"),
-    (["--data.max_length", "2", "--data.max_prompt_length", "1"],
-     "data.max_prompt_length (1) must be at most data.max_length - 2 (0): each response needs at least one token"),
+    (["--data.read.max_prompt_length", "300"],
+     ("data.read.max_prompt_length (300) must be at most data.read.max_length - 2 (254): each response needs at "
+      "least one token")),
+    (["--data.read.max_length", "2", "--data.read.max_prompt_length", "1"],
+     ("data.read.max_prompt_length (1) must be at most data.read.max_length - 2 (0): each response needs at least "
+      "one token")),
+    # issue 14: each data option group (inspo.data.options) checks itself in __post_init__, naming the field
+    (["--data.loader.batch_size", "0"], "data.loader.batch_size must be at least 1, got 0"),
+    (["--data.source.path", "x.jsonl", "--data.source.dataset", "y"],
+     "give either data.source.path or data.source.dataset, not both"),
     # issue 12: these printed a traceback, or a line naming neither the value nor the expected type
     (["--model.optim.lr", "fast"], "model.optim.lr: invalid value 'fast': expected float" + HELP),
     (["--model.loss.beta", "0"], "DPOLoss: beta must be > 0, got 0.0"),
@@ -101,15 +108,15 @@ def test_data_path_that_is_a_folder_says_so(capsys, tmp_path):
     shards.mkdir()
     for name in ("part-0.jsonl", "part-1.jsonl"):
         (shards / name).write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
-    code, err = run_main(capsys, tmp_path / "run", "--data.path", str(shards))
+    code, err = run_main(capsys, tmp_path / "run", "--data.source.path", str(shards))
     assert code == 2 and err.strip().splitlines() == [
-        (f"inspo: error: data.path {shards} is a folder, not a data file (it holds 2 data files: part-0.jsonl, "
-        f"part-1.jsonl); data.path reads one file: for a folder of shards use --data.dataset {shards}")]
+        (f"inspo: error: data.source.path {shards} is a folder, not a data file (it holds 2 data files: part-0.jsonl, "
+        f"part-1.jsonl); data.source.path reads one file: for a folder of shards use --data.source.dataset {shards}")]
     for shard in shards.iterdir():
         shard.unlink()
-    code, err = run_main(capsys, tmp_path / "run", "--data.path", str(shards))
-    assert err.strip().splitlines() == [(f"inspo: error: data.path {shards} is a folder, not a data file, and holds "
-                                        "no .jsonl, .json or .parquet file")]
+    code, err = run_main(capsys, tmp_path / "run", "--data.source.path", str(shards))
+    assert err.strip().splitlines() == [(f"inspo: error: data.source.path {shards} is a folder, not a data file, "
+                                        "and holds no .jsonl, .json or .parquet file")]
 
 
 def test_misspelled_key_in_a_yaml_file(capsys, tmp_path):
@@ -117,7 +124,8 @@ def test_misspelled_key_in_a_yaml_file(capsys, tmp_path):
     config.write_text("data:\n  batchsize: 3\nmodel:\n  loss: dpo\n")
     code, err = run_main(capsys, tmp_path, "--config", str(config))
     assert code == 2
-    assert err.strip() == "inspo: error: unknown option 'data.batchsize' (did you mean 'data.batch_size'?)" + HELP
+    assert err.strip() == ("inspo: error: unknown option 'data.batchsize' (did you mean 'data.loader.batch_size'?)"
+                           + HELP)
 
 
 def test_debug_shows_the_traceback_and_jsonargparse_usage(capsys, tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from inspo.data.datamodule import (
     split_pairs,
 )
 from inspo.data.formats import PreferenceRecord, read_rows, to_record
+from inspo.data.options import DataSource, LoaderOptions, ReadOptions
 from inspo.data.tokenize import TokenizedPair, adds_bos, tokenize_record, truncate_pair
 from inspo.errors import ConfigError, DataError
 from inspo.models import BUNDLED_SMOLLM2, load_tokenizer
@@ -163,7 +164,7 @@ def test_plain_text_response_ends_with_eos_even_though_pad_is_eos(tokenizer):
 
 
 def test_conversational_rows_need_a_chat_template(tokenizer):
-    with pytest.raises(DataError, match="mem: row 1: .*chat messages.*data.chat_template is false"):
+    with pytest.raises(DataError, match="mem: row 1: .*chat messages.*data.read.chat_template is false"):
         tokenize_record(record(prompt=CONVERSATION), tokenizer, chat_template=False)
     with pytest.raises(DataError, match="the tokenizer has no chat template"):
         tokenize_record(record(prompt=CONVERSATION), with_template(tokenizer, None), chat_template=True)
@@ -263,10 +264,10 @@ def test_truncation_can_keep_the_bos():
 
 
 def test_truncation_budget_is_validated():
-    with pytest.raises(ConfigError, match="max_prompt_length .* at most data.max_length - 2"):
+    with pytest.raises(ConfigError, match="max_prompt_length .* at most data.read.max_length - 2"):
         truncate_pair(make_pair(3, 3, 3), max_length=10, max_prompt_length=9)
     with pytest.raises(ConfigError):
-        PreferenceDataModule(max_length=10, max_prompt_length=9)
+        PreferenceDataModule(read=ReadOptions(max_length=10, max_prompt_length=9))
 
 
 # ---------------------------------------------------------------- datamodule
@@ -285,7 +286,8 @@ def test_split_is_deterministic_from_the_seed():
 
 
 def test_datamodule_end_to_end(tmp_path, tokenizer, caplog):
-    dm = PreferenceDataModule(path=str(write_jsonl(tmp_path / "x.jsonl", ROWS)), batch_size=4, val_fraction=0.25)
+    dm = PreferenceDataModule(source=DataSource(path=str(write_jsonl(tmp_path / "x.jsonl", ROWS)), val_fraction=0.25),
+                              loader=LoaderOptions(batch_size=4))
     with caplog.at_level(logging.INFO, logger="inspo"):
         dm.setup("fit")
     assert dm.stats["rows_read"] == dm.stats["kept"] == 20 and dm.stats["invalid"] == 0
@@ -309,7 +311,8 @@ def test_training_order_depends_only_on_the_seed(tmp_path):
     path = str(write_jsonl(tmp_path / "x.jsonl", ROWS))
 
     def order(seed: int, num_workers: int) -> list[int]:
-        dm = PreferenceDataModule(path=path, batch_size=3, seed=seed, num_workers=num_workers)
+        dm = PreferenceDataModule(source=DataSource(path=path, seed=seed),
+                                  loader=LoaderOptions(batch_size=3, num_workers=num_workers))
         dm.setup("fit")
         return [row for batch in dm.train_dataloader() for row in batch.rows]
 
@@ -321,13 +324,13 @@ def test_training_order_depends_only_on_the_seed(tmp_path):
 def test_datamodule_reports_the_first_bad_row(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [*ROWS[:3], {"prompt": "p", "rejected": "r"}, {"prompt": "q"}])
     with pytest.raises(DataError, match=r"x.jsonl: row 4: missing field 'chosen'"):
-        PreferenceDataModule(path=str(path)).setup("fit")
+        PreferenceDataModule(source=DataSource(path=str(path))).setup("fit")
 
 
 def test_datamodule_truncates_and_counts(tmp_path):
     rows = [{"prompt": "word " * 50, "chosen": "yes " * 50, "rejected": "no"}] * 3
-    dm = PreferenceDataModule(path=str(write_jsonl(tmp_path / "x.jsonl", rows)), max_length=40, max_prompt_length=20,
-                              val_fraction=0.0)
+    dm = PreferenceDataModule(source=DataSource(path=str(write_jsonl(tmp_path / "x.jsonl", rows)), val_fraction=0.0),
+                              read=ReadOptions(max_length=40, max_prompt_length=20))
     dm.setup("fit")
     assert dm.stats["truncated"] == 3 and all(p.longest <= 40 for p in dm.train_pairs)
 
@@ -336,7 +339,8 @@ def test_val_path_and_max_pairs(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", ROWS)
     val = tmp_path / "val.json"
     val.write_text(json.dumps(ROWS[:6]))
-    dm = PreferenceDataModule(path=str(train), val_path=str(val), max_pairs=4, eval_batch_size=5)
+    dm = PreferenceDataModule(source=DataSource(path=str(train), val_path=str(val)), read=ReadOptions(max_pairs=4),
+                              loader=LoaderOptions(eval_batch_size=5))
     dm.setup("fit")
     assert [p.row for p in dm.train_pairs] == [1, 2, 3, 4] and len(dm.val_pairs) == 4
     assert [len(b) for b in dm.val_dataloader()] == [4]
@@ -349,25 +353,25 @@ def test_hf_dataset_folder(tmp_path, monkeypatch):
     folder = tmp_path / "ds"
     folder.mkdir()
     pq.write_table(pa.Table.from_pylist(ROWS[:6]), folder / "train.parquet")
-    dm = PreferenceDataModule(dataset=str(folder), val_fraction=0.0)
+    dm = PreferenceDataModule(source=DataSource(dataset=str(folder), val_fraction=0.0))
     dm.setup("fit")
     assert [p.row for p in dm.train_pairs] == [1, 2, 3, 4, 5, 6]
-    with pytest.raises(ConfigError, match="either data.path or data.dataset"):
-        PreferenceDataModule(path="x.jsonl", dataset=str(folder))
+    with pytest.raises(ConfigError, match="either data.source.path or data.source.dataset"):
+        PreferenceDataModule(source=DataSource(path="x.jsonl", dataset=str(folder)))
 
 
 def test_default_source_is_the_bundled_file(tmp_path, monkeypatch):
     assert bundled_dataset() == Path(inspo.__file__).parent / "assets" / "prefs.jsonl"
     monkeypatch.setattr(datamodule_module, "bundled_dataset",
                         lambda name: write_jsonl(tmp_path / f"{name}.jsonl", ROWS[:4]))
-    dm = PreferenceDataModule(val_fraction=0.0)
+    dm = PreferenceDataModule(source=DataSource(val_fraction=0.0))
     dm.setup("fit")
     assert dm.stats["kept"] == 4
 
 
 @pytest.mark.parametrize("name", ["prefs", "verifiable"])
 def test_bundled_file_loads(name):
-    dm = PreferenceDataModule(path=None if name == "prefs" else f"bundled:{name}", val_fraction=0.0)
+    dm = PreferenceDataModule(source=DataSource(path=None if name == "prefs" else f"bundled:{name}", val_fraction=0.0))
     dm.setup("fit")
     rows = (Path(inspo.__file__).parent / "assets" / BUNDLED_DATA[name]).read_text().splitlines()
     assert dm.stats["kept"] == len(rows) == len(dm.train_pairs)
@@ -375,15 +379,15 @@ def test_bundled_file_loads(name):
 
 def test_unknown_bundled_dataset_is_named():
     with pytest.raises(ConfigError, match="unknown bundled dataset 'bundled:nope'.*bundled:verifiable"):
-        PreferenceDataModule(path="bundled:nope", val_fraction=0.0).setup("fit")
+        PreferenceDataModule(source=DataSource(path="bundled:nope", val_fraction=0.0)).setup("fit")
 
 
 def test_order_seed_changes_the_training_order_but_not_the_split(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{**ROWS[i % len(ROWS)], "prompt": f"p{i}"} for i in range(40)])
     orders, splits = [], []
     for order_seed in (None, 42, 7):
-        dm = PreferenceDataModule(path=str(path), val_fraction=0.25, seed=42, order_seed=order_seed,
-                                  bucket_batches=1, batch_size=4)
+        dm = PreferenceDataModule(source=DataSource(path=str(path), val_fraction=0.25, seed=42),
+                                  loader=LoaderOptions(order_seed=order_seed, bucket_batches=1, batch_size=4))
         dm.setup("fit")
         splits.append(sorted(p.row for p in dm.val_pairs))
         orders.append([row for batch in dm.train_dataloader() for row in batch.rows])

@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from inspo.data.datamodule import PreferenceDataModule, collate_pairs
+from inspo.data.options import DataSource, LoaderOptions, ReadOptions
 from inspo.data.tokenize import TokenizedPair
 from inspo.module import PreferenceModule
 from inspo.optim import OptimConfig
@@ -22,7 +23,9 @@ def tiny_run(tmp_path, name: str, seed: int = 42) -> list[str]:
     seed_everything(seed)
     module = PreferenceModule(random_init=TINY, loss="dpo", conditioning="inspo", export_dir=None,
                               optim=OptimConfig(lr=1e-3, warmup_ratio=0.1))
-    data = PreferenceDataModule(max_length=64, max_prompt_length=32, batch_size=1, max_pairs=16, seed=seed)
+    data = PreferenceDataModule(source=DataSource(seed=seed),
+                                read=ReadOptions(max_length=64, max_prompt_length=32, max_pairs=16),
+                                loader=LoaderOptions(batch_size=1))
     logger = CSVLogger(tmp_path, name=name)
     trainer = Trainer(accelerator="cpu", max_steps=10, limit_val_batches=0, num_sanity_val_steps=0,
                       log_every_n_steps=1, logger=logger, enable_checkpointing=False, enable_progress_bar=False,

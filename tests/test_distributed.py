@@ -18,13 +18,13 @@ from tests.test_resume import TINY, losses, run_fit, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGY = ROOT / "configs" / "strategy"
-SAME_DATA = ["--data.bucket_batches", "1", "--data.seed", "7"]  # data.seed != the global seed (42)
+SAME_DATA = ["--data.loader.bucket_batches", "1", "--data.source.seed", "7"]  # data.source.seed != the global seed (42)
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> dict[int, float]:
     root = tmp_path_factory.mktemp("single")
-    result = run_fit(root, "--data.batch_size", "4", *SAME_DATA)
+    result = run_fit(root, "--data.loader.batch_size", "4", *SAME_DATA)
     assert result.returncode == 0, tail(result)
     out = losses(root)
     assert sorted(out) == list(range(1, 9)) and len(set(out.values())) == 8
@@ -35,7 +35,7 @@ def single(tmp_path_factory) -> dict[int, float]:
 def fsdp2(tmp_path_factory) -> Path:
     """2-process FSDP2 run keeping its sharded checkpoints of steps 4 and 8 and exporting the live policy at the end."""
     root = tmp_path_factory.mktemp("fsdp2")
-    result = run_fit(root, "--config", str(STRATEGY / "fsdp2.yaml"), "--data.batch_size", "2", *SAME_DATA,
+    result = run_fit(root, "--config", str(STRATEGY / "fsdp2.yaml"), "--data.loader.batch_size", "2", *SAME_DATA,
                      "--checkpoint.every_n_train_steps", "4", "--checkpoint.save_top_k", "-1",
                      "--model.export_dir", str(root / "live"), devices=2)
     assert result.returncode == 0, tail(result)
@@ -50,7 +50,8 @@ def assert_close_losses(got: dict[int, float], expected: dict[int, float]) -> No
 
 
 def test_ddp_two_processes_follow_one_process(tmp_path, single):
-    result = run_fit(tmp_path, "--config", str(STRATEGY / "ddp.yaml"), "--data.batch_size", "2", *SAME_DATA, devices=2)
+    result = run_fit(tmp_path, "--config", str(STRATEGY / "ddp.yaml"), "--data.loader.batch_size", "2", *SAME_DATA,
+                     devices=2)
     assert result.returncode == 0, tail(result)
     got = losses(tmp_path)
     assert len(list(tmp_path.glob("losses-*.jsonl"))) == 2  # both ranks trained
@@ -68,7 +69,7 @@ def test_fsdp2_two_processes_follow_one_process(fsdp2, single):
 def test_fsdp2_resumes_exactly_from_a_sharded_checkpoint(fsdp2, tmp_path):
     before = losses(fsdp2)
     (step4,) = fsdp2.glob("inspo/version_0/checkpoints/epoch=0-step=4.ckpt")
-    result = run_fit(tmp_path, "--config", str(STRATEGY / "fsdp2.yaml"), "--data.batch_size", "2", *SAME_DATA,
+    result = run_fit(tmp_path, "--config", str(STRATEGY / "fsdp2.yaml"), "--data.loader.batch_size", "2", *SAME_DATA,
                      "--ckpt_path", str(step4), devices=2)
     assert result.returncode == 0, tail(result)
     assert losses(tmp_path) == {step: before[step] for step in (5, 6, 7, 8)}

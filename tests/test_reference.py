@@ -119,10 +119,12 @@ def test_module_cached_mode_runs_without_a_reference_model(tmp_path, monkeypatch
     from lightning.pytorch import Trainer
 
     from inspo.data.datamodule import PreferenceDataModule, collate_pairs
+    from inspo.data.options import LoaderOptions, ReadOptions
 
     monkeypatch.setattr(reference, "cache_dir", lambda: tmp_path)
     module = PreferenceModule(random_init=TINY, reference="cached", export_dir=None)
-    data = PreferenceDataModule(max_pairs=8, batch_size=4, max_length=96, max_prompt_length=48)
+    data = PreferenceDataModule(read=ReadOptions(max_pairs=8, max_length=96, max_prompt_length=48),
+                                loader=LoaderOptions(batch_size=4))
     trainer = Trainer(accelerator="cpu", limit_val_batches=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, data, verbose=False)

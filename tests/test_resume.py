@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
 HERE = "tests.test_resume"  # the subprocesses import the helper callbacks from here (PYTHONPATH=repo root)
 QUICK = ["--samples.every_n_steps", "0", "--trainer.limit_val_batches", "0", "--model.export_dir", "null",
-         "--data.batch_size", "2", "--trainer.enable_progress_bar", "false"]
+         "--data.loader.batch_size", "2", "--trainer.enable_progress_bar", "false"]
 
 
 # ---------------------------------------------------------------- callbacks run inside the subprocesses

@@ -26,7 +26,7 @@ def lora_run(tmp_path_factory) -> tuple[Path, str]:
     with contextlib.redirect_stdout(stdout):
         main(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--trainer.default_root_dir", str(root),
               "--trainer.logger.init_args.save_dir", str(root), "--trainer.limit_train_batches", "4",
-              "--data.batch_size", "2",
+              "--data.loader.batch_size", "2",
               "--trainer.limit_val_batches", "1", "--model.lora.rank", "4", "--model.lora.alpha", "8",
               "--samples.every_n_steps", "2", "--samples.max_new_tokens", "8", "--progress_bar.plain", "true",
               "--progress_bar.plain_every_n_steps", "2"])

@@ -1,5 +1,5 @@
 """Length-bucketed training batches: every pair once, similar lengths together, determinism, DDP re-sharding;
-``data.shuffle: false`` keeps the dataset's order, on one process, under DDP and across an exact resume."""
+``data.loader.shuffle: false`` keeps the dataset's order, on one process, under DDP and across an exact resume."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
 from inspo.data.datamodule import PreferenceDataModule
+from inspo.data.options import DataSource, LoaderOptions
 from inspo.data.sampler import LengthBucketBatchSampler
 from inspo.module import PreferenceModule
 from tests.conftest import TINY
@@ -82,7 +83,7 @@ def test_lightning_ddp_replaces_the_inner_sampler():
     assert set(seen[0]) | set(seen[1]) == set(data) and len(set(seen[0]) & set(seen[1])) <= 1
 
 
-# ---------------------------------------------------------------- data.shuffle: false
+# ---------------------------------------------------------------- data.loader.shuffle: false
 
 
 def test_shuffle_false_serves_the_dataset_order_even_from_a_shuffling_sampler():
@@ -114,10 +115,12 @@ def write_rows(tmp_path, n: int = 30):
 
 def test_datamodule_shuffle_false_trains_in_file_order(tmp_path):
     """Prompt lengths vary (bucketing would reorder them); with val_fraction 0 every row trains, in file order."""
-    dm = PreferenceDataModule(path=write_rows(tmp_path), batch_size=4, val_fraction=0.0, shuffle=False)
+    dm = PreferenceDataModule(source=DataSource(path=write_rows(tmp_path), val_fraction=0.0),
+                              loader=LoaderOptions(batch_size=4, shuffle=False))
     dm.setup("fit")
     assert [batch.rows for batch in dm.train_dataloader()] == [list(range(i, min(i + 4, 31))) for i in range(1, 31, 4)]
-    shuffled = PreferenceDataModule(path=write_rows(tmp_path), batch_size=4, val_fraction=0.0)
+    shuffled = PreferenceDataModule(source=DataSource(path=write_rows(tmp_path), val_fraction=0.0),
+                                    loader=LoaderOptions(batch_size=4))
     shuffled.setup("fit")
     assert [row for batch in shuffled.train_dataloader() for row in batch.rows] != list(range(1, 31))
 
@@ -137,7 +140,8 @@ def fit_rows(tmp_path, path: str, ckpt_path: str | None = None) -> list[list[int
     trainer = Trainer(accelerator="cpu", max_steps=5, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
                       callbacks=[record, checkpoint])
-    datamodule = PreferenceDataModule(path=path, batch_size=2, val_fraction=0.0, shuffle=False)
+    datamodule = PreferenceDataModule(source=DataSource(path=path, val_fraction=0.0),
+                                      loader=LoaderOptions(batch_size=2, shuffle=False))
     trainer.fit(PreferenceModule(random_init=TINY, export_dir=None), datamodule=datamodule, ckpt_path=ckpt_path)
     return record.rows
 

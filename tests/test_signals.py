@@ -113,8 +113,8 @@ def test_sigterm_to_the_main_process_stops_every_rank_at_the_same_step(tmp_path,
     shard per rank under FSDP2), stop after step 2, and exit: rank 1 learns of the signal from the ranks'
     agreement, not from a signal of its own."""
     root = tmp_path / "run"
-    stopped = fit_and_kill(root, signal.SIGTERM, 2, "--config", str(STRATEGY / strategy), "--data.batch_size", "2",
-                           devices=2)
+    stopped = fit_and_kill(root, signal.SIGTERM, 2, "--config", str(STRATEGY / strategy),
+                           "--data.loader.batch_size", "2", devices=2)
     assert stopped.returncode == 128 + signal.SIGTERM, tail(stopped)
     for rank in (0, 1):
         steps = [int(line.split('"step": ')[1].split(",")[0])

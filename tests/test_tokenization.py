@@ -17,6 +17,7 @@ import pytest
 from inspo.conditioning import REFERENCE_SEQUENCES, make_conditioning
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.data.formats import PreferenceRecord
+from inspo.data.options import DataSource, ReadOptions
 from inspo.data.tokenize import tokenize_record
 from inspo.layout import make_layout
 from inspo.models import load_tokenizer
@@ -95,8 +96,8 @@ def test_one_bos_survives_left_truncation_in_the_datamodule(tokenizer, tmp_path)
             {"prompt": "Short?", "chosen": "Yes.", "rejected": "No."}]
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    dm = PreferenceDataModule(path=str(path), tokenizer=str(tmp_path / "tok"), max_length=48, max_prompt_length=24,
-                              val_fraction=0.0)
+    dm = PreferenceDataModule(tokenizer=str(tmp_path / "tok"), source=DataSource(path=str(path), val_fraction=0.0),
+                              read=ReadOptions(max_length=48, max_prompt_length=24))
     dm.setup("fit")
     assert dm.stats["truncated"] == 2
     for pair in dm.train_pairs:

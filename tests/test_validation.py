@@ -12,7 +12,8 @@ from inspo import module as module_module
 from inspo.data import validate
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.data.formats import RowError, read_rows, to_record
-from inspo.data.validate import ReadOptions, read_pairs
+from inspo.data.options import DataSource, ReadOptions
+from inspo.data.validate import read_pairs
 from inspo.errors import ConfigError, DataError
 from inspo.module import PreferenceModule
 from tests.conftest import TINY
@@ -88,11 +89,11 @@ def test_each_bad_row_stops_setup_by_default_and_is_dropped_under_skip(tokenizer
     with pytest.raises(DataError) as info:
         read(tokenizer, path)
     message = str(info.value)
-    assert message.startswith(f"{path}: 1 of 31 rows are invalid (data.on_invalid=error):\n")
+    assert message.startswith(f"{path}: 1 of 31 rows are invalid (data.read.on_invalid=error):\n")
     assert f"  {path}: {unit} 4: {detail}" in message
     where = f" in {field!r}" if field else ""
     assert f"      1 {unit} with {validate.REASONS[reason]}{where}: 4\n" in message
-    assert "set data.on_invalid=skip" in message
+    assert "set data.read.on_invalid=skip" in message
     pairs, report = read(tokenizer, path, on_invalid="skip")
     assert report.stats() == {"rows_read": 31, "kept": 30, "invalid": 1, "duplicates": 0, "truncated": 0,
                               f"dropped_{reason}": 1}
@@ -108,7 +109,7 @@ def test_error_names_the_first_five_rows_and_the_count(tokenizer, tmp_path):
     with pytest.raises(DataError) as info:
         read(tokenizer, path)
     assert str(info.value).splitlines()[:5] == [
-        f"{path}: 8 of 40 rows are invalid (data.on_invalid=error):",
+        f"{path}: 8 of 40 rows are invalid (data.read.on_invalid=error):",
         f"  {path}: row 4: missing field 'chosen' (fields present: 'prompt', 'rejected')",
         "      7 rows with missing field in 'chosen': 4, 9, 12, 21, 26 and 2 more",
         f"  {path}: row 37: field 'rejected' is an empty response",
@@ -125,7 +126,7 @@ def test_pairs_from_different_conversations_are_counted_like_other_invalid_rows(
     with pytest.raises(DataError) as info:
         read(tokenizer, path)
     assert str(info.value).splitlines()[:3] == [
-        f"{path}: 7 of 40 rows are invalid (data.on_invalid=error):",
+        f"{path}: 7 of 40 rows are invalid (data.read.on_invalid=error):",
         (f"  {path}: row 4: fields 'chosen' and 'rejected' follow different conversations: their earlier turns "
         "differ at message 0 (content 'What is 2 plus 2?' vs 'What is 3 plus 3?')"),
         ("      7 rows with chosen and rejected following different conversations in 'chosen/rejected': "
@@ -188,7 +189,7 @@ def test_skip_still_stops_below_min_valid_fraction(tokenizer, tmp_path):
     with pytest.raises(DataError) as info:
         read(tokenizer, path, on_invalid="skip")
     assert str(info.value).splitlines()[:3] == [
-        f"{path}: only 32 of 40 rows are valid (80.0%), below data.min_valid_fraction=0.9:",
+        f"{path}: only 32 of 40 rows are valid (80.0%), below data.read.min_valid_fraction=0.9:",
         f"  {path}: row 1: field 'chosen' is null",
         "      8 rows with null field in 'chosen': 1, 6, 11, 16, 21 and 3 more",
     ]
@@ -222,7 +223,7 @@ def test_prompt_too_long_for_any_response_token_is_dropped(tokenizer, tmp_path, 
                         lambda pair, *args, **kwargs: None if pair.row == 2 else real(pair, *args, **kwargs))
     path = write(tmp_path, GOOD[:20])
     with pytest.raises(DataError, match=r"row 2: the prompt \(\d+ tokens\) leaves fewer than 2 response tokens "
-                                        r"within data.max_length=512"):
+                                        r"within data.read.max_length=512"):
         read(tokenizer, path)
     pairs, report = read(tokenizer, path, on_invalid="skip")
     assert report.stats()["dropped_prompt_too_long"] == 1 and [p.row for p in pairs] == [1, *range(3, 21)]
@@ -255,13 +256,14 @@ def test_json_array_errors_name_the_file_and_line(tmp_path):
 
 def test_datamodule_options_and_stats(tmp_path):
     path = write(tmp_path, [*GOOD[:30], {"prompt": "p"}, GOOD[0]])
-    dm = PreferenceDataModule(path=str(path), on_invalid="skip", duplicates="drop", val_fraction=0.0)
+    dm = PreferenceDataModule(source=DataSource(path=str(path), val_fraction=0.0),
+                              read=ReadOptions(on_invalid="skip", duplicates="drop"))
     dm.setup("fit")
     assert dm.stats == {"rows_read": 32, "kept": 30, "invalid": 1, "duplicates": 1, "truncated": 0,
                         "dropped_missing_field": 1, "dropped_duplicate": 1, "train": 30, "val": 0}
     assert [report.source for report in dm.reports] == [str(path)]
-    with pytest.raises(ConfigError, match=r"data.min_valid_fraction must be in \[0, 1\], got 1.5"):
-        PreferenceDataModule(min_valid_fraction=1.5)
+    with pytest.raises(ConfigError, match=r"data.read.min_valid_fraction must be in \[0, 1\], got 1.5"):
+        PreferenceDataModule(read=ReadOptions(min_valid_fraction=1.5))
 
 
 def test_bad_data_stops_the_run_before_any_model_is_loaded(tmp_path, monkeypatch):
@@ -275,4 +277,5 @@ def test_bad_data_stops_the_run_before_any_model_is_loaded(tmp_path, monkeypatch
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(DataError, match=r"row 11: field 'chosen' must be a string"):
-        trainer.fit(PreferenceModule(random_init=TINY), datamodule=PreferenceDataModule(path=str(path)))
+        trainer.fit(PreferenceModule(random_init=TINY),
+                    datamodule=PreferenceDataModule(source=DataSource(path=str(path))))

@@ -9,6 +9,7 @@ import pytest
 
 import inspo
 from inspo.data.datamodule import PreferenceDataModule
+from inspo.data.options import DataSource, ReadOptions
 from inspo.eval.constraints import RUNAWAY_PENALTY, Constraint, satisfied
 from inspo.eval.evaluate import heldout_prompts_file, read_prompts
 from inspo.eval.prompts import make_prompts
@@ -59,8 +60,8 @@ def test_shipped_prompts_are_the_seeded_ones(train_rows: list[dict]) -> None:
 
 
 def test_datamodule_reads_the_rows_despite_extra_fields() -> None:
-    data = PreferenceDataModule(path=str(FOLDER / "train.jsonl"), val_fraction=0.1, max_length=384,
-                                max_prompt_length=192)
+    data = PreferenceDataModule(source=DataSource(path=str(FOLDER / "train.jsonl"), val_fraction=0.1),
+                                read=ReadOptions(max_length=384, max_prompt_length=192))
     data.setup("fit")
     assert data.stats["invalid"] == 0
     assert data.stats["train"] + data.stats["val"] == data.stats["rows_read"]

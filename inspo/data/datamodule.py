@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from typing_extensions import override
 
 import inspo
 from inspo.data.formats import read_rows
+from inspo.data.options import DataSource, LoaderOptions, ReadOptions
 from inspo.data.sampler import LengthBucketBatchSampler, ResumableDataLoader
-from inspo.data.tokenize import TokenizedPair, check_lengths, has_chat_template
-from inspo.data.validate import DataReport, Duplicates, OnInvalid, ReadOptions, read_pairs
+from inspo.data.tokenize import TokenizedPair, has_chat_template
+from inspo.data.validate import DataReport, read_pairs
 from inspo.errors import ConfigError, DataError
 from inspo.models import BUNDLED_SMOLLM2, load_tokenizer, resolve_model
 
@@ -33,13 +34,13 @@ log = logging.getLogger("inspo")
 
 
 BUNDLED_DATA = {"prefs": "prefs.jsonl", "verifiable": "verifiable/train.jsonl"}
-"""``data.path: bundled:NAME``: the preference files shipped in ``inspo/assets`` (readable from any folder)."""
+"""``data.source.path: bundled:NAME``: the preference files shipped in ``inspo/assets`` (readable from any folder)."""
 
 
 def bundled_dataset(name: str = "prefs") -> Path:
     """The offline preference data shipped with the package: the hand-written pairs or the verifiable set."""
     if name not in BUNDLED_DATA:
-        raise ConfigError(f"data.path: unknown bundled dataset 'bundled:{name}'; choose from "
+        raise ConfigError(f"data.source.path: unknown bundled dataset 'bundled:{name}'; choose from "
                           + ", ".join(f"bundled:{key}" for key in BUNDLED_DATA))
     return Path(inspo.__file__).parent / "assets" / BUNDLED_DATA[name]
 
@@ -75,95 +76,45 @@ def collate_pairs(pairs: list[TokenizedPair]) -> PairBatch:
 
 
 class PreferenceDataModule(LightningDataModule):
-    """Preference pairs for training and validation."""
+    """Preference pairs for training and validation.
+
+    Its options come in three groups (:mod:`inspo.data.options`): ``data.source`` (where the pairs come from and
+    which are held out), ``data.read`` (how rows become pairs) and ``data.loader`` (how batches are served).
+    """
 
     def __init__(
         self,
-        path: str | None = None,
-        dataset: str | None = None,
-        dataset_config: str | None = None,
-        split: str = "train",
         tokenizer: str = BUNDLED_SMOLLM2,
-        prompt_field: str = "prompt",
-        chosen_field: str = "chosen",
-        rejected_field: str = "rejected",
-        chat_template: bool = True,
-        max_length: int = 512,
-        max_prompt_length: int = 256,
-        val_fraction: float = 0.1,
-        val_path: str | None = None,
-        max_pairs: int | None = None,
-        on_invalid: OnInvalid = "error",
-        min_valid_fraction: float = 0.9,
-        duplicates: Duplicates = "keep",
-        batch_size: int = 4,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 42,
-        order_seed: int | None = None,
-        bucket_batches: int = 16,
-        shuffle: bool = True,
+        # Frozen dataclasses, so a shared default instance is safe; jsonargparse lists their fields in --help.
+        source: DataSource = DataSource(),  # noqa: B008
+        read: ReadOptions = ReadOptions(),  # noqa: B008
+        loader: LoaderOptions = LoaderOptions(),  # noqa: B008
     ) -> None:
         """Configure the data; nothing is read until :meth:`setup`.
 
         Args:
-            path: a local .jsonl, .json or .parquet file, or ``bundled:prefs`` (the hand-written pairs in
-                ``inspo/assets/prefs.jsonl``, the default when neither path nor dataset is given) or
-                ``bundled:verifiable`` (the on-policy verifiable pairs, ``inspo/assets/verifiable``).
-            dataset: a Hugging Face ``datasets`` name or a local dataset folder, loaded with
-                ``datasets.load_dataset(dataset, dataset_config, split=split)``.
-            dataset_config: the dataset configuration name, if it has several.
-            split: the dataset split to read.
             tokenizer: the tokenizer's model name (the CLI links ``model.model`` here).
-            prompt_field: the field holding the prompt: a string or a list of chat messages.
-            chosen_field: the field holding the preferred response: a string or a list of messages.
-            rejected_field: the field holding the dispreferred response: a string or a list of messages.
-            chat_template: render prompts with the tokenizer's chat template (if it has one).
-            max_length: token budget of the longest conditioned sequence, prompt + both responses.
-            max_prompt_length: the prompt is cut from the left, but never below this many tokens.
-            val_fraction: fraction of the pairs held out for validation (ignored when val_path is given).
-            val_path: an explicit validation file instead of a split of the training data.
-            max_pairs: use only the first N valid pairs of each source (quick runs).
-            on_invalid: ``error`` stops at setup if any row is invalid, naming file, rows, field and reason;
-                ``skip`` drops invalid rows and logs the counts (:mod:`inspo.data.validate`).
-            min_valid_fraction: with ``on_invalid: skip``, stop anyway if fewer than this fraction of rows is valid.
-            duplicates: ``keep`` or ``drop`` rows repeating an earlier (prompt, chosen, rejected); counted either way.
-            batch_size: pairs per training batch (per device).
-            eval_batch_size: pairs per validation/test/predict batch; defaults to batch_size.
-            num_workers: DataLoader worker processes.
-            seed: seed of the validation split and (unless order_seed is set) of the training order.
-            order_seed: seed of the training order only: runs that differ in it train on the same split in
-                another order (seeds of an experiment); default: ``seed``.
-            bucket_batches: training batches per length bucket: the shuffled order is cut into windows of this
-                many batches, each sorted by pair length (``inspo.data.sampler``), so a batch pads and packs
-                little; 1 keeps plain shuffled batches.
-            shuffle: false trains on the pairs in the dataset's order, every epoch (no shuffling and no length
-                bucketing: ``bucket_batches`` is ignored), e.g. to follow another trainer step by step. The
-                validation pairs are still held out by ``seed``; ``val_fraction: 0`` or ``val_path`` keeps every
-                row for training. Under DDP rank r takes pairs r, r + R, ...: a global batch is consecutive pairs.
+            source: data.source: where the pairs come from (a file, a bundled set or a HF dataset) and which are
+                held out for validation.
+            read: data.read: how rows become pairs (field names, chat template, truncation, bad and duplicate rows).
+            loader: data.loader: batch sizes, workers and the order of the training pairs.
         """
         super().__init__()
-        if path is not None and dataset is not None:
-            raise ConfigError("give either data.path or data.dataset, not both")
-        check_lengths(max_length, max_prompt_length)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-        if max_pairs is not None and max_pairs < 1:
-            raise ConfigError(f"data.max_pairs must be at least 1, got {max_pairs}")
-        if not 0.0 <= min_valid_fraction <= 1.0:
-            raise ConfigError(f"data.min_valid_fraction must be in [0, 1], got {min_valid_fraction}")
-        if bucket_batches < 1:
-            raise ConfigError(f"data.bucket_batches must be at least 1, got {bucket_batches}")
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
-        self.save_hyperparameters()
+        # Frozen and checked in __post_init__; plain dicts in the saved hparams, so checkpoints load with
+        # weights_only and name the options as the YAML does (data.read.max_length -> hparams["read"]["max_length"]).
+        self.source, self.read, self.loader = source, read, loader
+        self.save_hyperparameters({"tokenizer": tokenizer, "source": asdict(source), "read": asdict(read),
+                                   "loader": asdict(loader)})
         self.train_pairs: list[TokenizedPair] | None = None
         self.val_pairs: list[TokenizedPair] | None = None
         self.stats: dict[str, int] = {}
         self.reports: list[DataReport] = []
         self._tokenizer: PreTrainedTokenizerBase | None = None
+
+    def token_settings(self) -> dict[str, Any]:
+        """The settings that decide a pair's token ids besides its text (part of the reference cache's key)."""
+        return {"tokenizer": self.hparams.tokenizer, "chat_template": self.read.chat_template,
+                "max_length": self.read.max_length, "max_prompt_length": self.read.max_prompt_length}
 
     def get_tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer named by ``tokenizer``, loaded once (kept out of the state dict)."""
@@ -175,27 +126,25 @@ class PreferenceDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         # Runs once per node before setup: convert a GGUF tokenizer and download a hub dataset into the caches.
         resolve_model(self.hparams.tokenizer)
-        if self.hparams.dataset is not None:
+        if self.source.dataset is not None:
             self._load_hf_dataset()
 
     @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_pairs is not None:
             return
-        hp = self.hparams
-        tokenizer = self.get_tokenizer()
-        if hp.chat_template and not has_chat_template(tokenizer):
-            log.info("tokenizer %s has no chat template: prompts are used as plain text", hp.tokenizer)
-        options = ReadOptions.from_hparams(hp)
+        tokenizer, options, val_path = self.get_tokenizer(), self.read, self.source.val_path
+        if options.chat_template and not has_chat_template(tokenizer):
+            log.info("tokenizer %s has no chat template: prompts are used as plain text", self.hparams.tokenizer)
         source, rows = self._main_rows()
         pairs, report = read_pairs(source, rows, tokenizer, options)
         self.reports = [report]
-        if hp.val_path is not None:
-            val_pairs, val_report = read_pairs(hp.val_path, read_rows(hp.val_path, keep_going=True), tokenizer, options)
+        if val_path is not None:
+            val_pairs, val_report = read_pairs(val_path, read_rows(val_path, keep_going=True), tokenizer, options)
             self.reports.append(val_report)
             train_pairs = pairs
         else:
-            train_pairs, val_pairs = split_pairs(pairs, hp.val_fraction, hp.seed)
+            train_pairs, val_pairs = split_pairs(pairs, self.source.val_fraction, self.source.seed)
         self.train_pairs, self.val_pairs = train_pairs, val_pairs
         stats = Counter[str]()
         for one in self.reports:
@@ -204,10 +153,10 @@ class PreferenceDataModule(LightningDataModule):
         log.info("data: train=%d val=%d (source %s)", len(train_pairs), len(val_pairs), source)
 
     def _main_rows(self) -> tuple[str, Iterable[tuple[int, Any]]]:
-        hp = self.hparams
-        if hp.dataset is not None:
-            return hp.dataset, enumerate(self._load_hf_dataset(), start=1)
-        path = hp.path if hp.path is not None else "bundled:prefs"
+        source = self.source
+        if source.dataset is not None:
+            return source.dataset, enumerate(self._load_hf_dataset(), start=1)
+        path = source.path if source.path is not None else "bundled:prefs"
         if path.startswith("bundled:"):
             path = str(bundled_dataset(path.removeprefix("bundled:")))
         return path, read_rows(path, keep_going=True)  # unreadable lines are counted, not fatal, under skip
@@ -215,30 +164,30 @@ class PreferenceDataModule(LightningDataModule):
     def _load_hf_dataset(self) -> Iterable[Any]:
         import datasets
 
-        hp = self.hparams
+        source = self.source
         try:
-            return datasets.load_dataset(hp.dataset, hp.dataset_config, split=hp.split)
+            return datasets.load_dataset(source.dataset, source.dataset_config, split=source.split)
         except (OSError, ValueError, ConnectionError) as err:  # DatasetNotFoundError is a FileNotFoundError
-            raise DataError(f"cannot load dataset {hp.dataset!r} (config {hp.dataset_config!r}, split "
-                            f"{hp.split!r}): {err}") from None
+            raise DataError(f"cannot load dataset {source.dataset!r} (config {source.dataset_config!r}, split "
+                            f"{source.split!r}): {err}") from None
 
     @override
     def train_dataloader(self) -> DataLoader:
         """Shuffled, length-bucketed batches (``inspo.data.sampler``) from a loader that checkpoints its position.
 
-        With ``shuffle: false`` the batches follow the dataset's order instead.
+        With ``data.loader.shuffle: false`` the batches follow the dataset's order instead.
 
         One process shuffles with a one-replica DistributedSampler; under DDP/FSDP Lightning puts in one per rank
         with the same seed, so the pairs of a global batch do not depend on the number of processes.
         """
-        hp, pairs = self.hparams, self._pairs("train")
-        seed = hp.seed if hp.order_seed is None else hp.order_seed
-        if not hp.shuffle:
-            log.info("data.shuffle is false: training batches follow the dataset's order (no length bucketing)")
-        sampler = DistributedSampler(pairs, num_replicas=1, rank=0, shuffle=hp.shuffle, seed=seed)
-        batches = LengthBucketBatchSampler(sampler, hp.batch_size, lengths=[pair.longest for pair in pairs],
-                                           bucket_batches=hp.bucket_batches, seed=seed, shuffle=hp.shuffle)
-        workers = self.hparams.num_workers
+        loader, pairs = self.loader, self._pairs("train")
+        seed = self.source.seed if loader.order_seed is None else loader.order_seed
+        if not loader.shuffle:
+            log.info("data.loader.shuffle is false: training batches follow the dataset's order (no length bucketing)")
+        sampler = DistributedSampler(pairs, num_replicas=1, rank=0, shuffle=loader.shuffle, seed=seed)
+        batches = LengthBucketBatchSampler(sampler, loader.batch_size, lengths=[pair.longest for pair in pairs],
+                                           bucket_batches=loader.bucket_batches, seed=seed, shuffle=loader.shuffle)
+        workers = loader.num_workers
         return ResumableDataLoader(pairs, batch_sampler=batches, collate_fn=collate_pairs, num_workers=workers,
                                    persistent_workers=workers > 0, position=self._train_position)
 
@@ -252,7 +201,7 @@ class PreferenceDataModule(LightningDataModule):
 
     @override
     def val_dataloader(self) -> DataLoader:
-        batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
+        batch_size = self.loader.eval_batch_size or self.loader.batch_size
         return self._loader(self._pairs("val"), batch_size, shuffle=False)
 
     @override
@@ -270,7 +219,7 @@ class PreferenceDataModule(LightningDataModule):
         return pairs
 
     def _loader(self, pairs: list[TokenizedPair], batch_size: int, **kwargs: Any) -> DataLoader:
-        workers = self.hparams.num_workers
+        workers = self.loader.num_workers
         return DataLoader(pairs, batch_size=batch_size, collate_fn=collate_pairs, num_workers=workers,
                           persistent_workers=workers > 0, **kwargs)
 

@@ -19,7 +19,7 @@ what gets rendered), any other difference does.
 
 Every problem with one row is a :class:`RowError` (a :class:`~inspo.errors.DataError`) of the form
 ``data/x.jsonl: row 7: missing field 'chosen'``, carrying a short ``reason`` code (one of :data:`REASONS`) and the
-field at fault, so :mod:`inspo.data.validate` can count, report and (with ``data.on_invalid=skip``) drop them.
+field at fault, so :mod:`inspo.data.validate` can count, report and (with ``data.read.on_invalid=skip``) drop them.
 """
 
 from __future__ import annotations

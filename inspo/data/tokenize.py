@@ -94,7 +94,7 @@ def tokenize_record(
         chosen, rejected = (_encode(tokenizer, text) for text in responses)
     else:
         if record.is_conversational:
-            reason = "data.chat_template is false" if not chat_template else "the tokenizer has no chat template"
+            reason = "data.read.chat_template is false" if not chat_template else "the tokenizer has no chat template"
             raise DataError(f"{where}: the prompt is a list of chat messages, which needs a chat template, "
                             f"but {reason}")
         eos = tokenizer.eos_token_id
@@ -140,7 +140,7 @@ def _render_with_template(
             raise DataError(
                 f"{where}: the chat template does not extend the prompt: the conversation with the {name} answer "
                 f"does not start with the prompt rendered with add_generation_prompt=True, so the response tokens "
-                f"cannot be separated from the prompt (set data.chat_template=false or fix the template)"
+                f"cannot be separated from the prompt (set data.read.chat_template=false or fix the template)"
             )
         response_text = full_text[len(prompt_text):]
         if not response_text.strip():
@@ -156,11 +156,11 @@ def check_lengths(max_length: int, max_prompt_length: int) -> None:
         ConfigError: when the prompt budget leaves fewer than one token for each response.
     """
     if max_prompt_length < 1:
-        raise ConfigError(f"data.max_prompt_length must be at least 1, got {max_prompt_length}")
+        raise ConfigError(f"data.read.max_prompt_length must be at least 1, got {max_prompt_length}")
     if max_prompt_length > max_length - 2:
         raise ConfigError(
-            f"data.max_prompt_length ({max_prompt_length}) must be at most data.max_length - 2 ({max_length - 2}): "
-            f"each response needs at least one token"
+            f"data.read.max_prompt_length ({max_prompt_length}) must be at most data.read.max_length - 2 "
+            f"({max_length - 2}): each response needs at least one token"
         )
 
 

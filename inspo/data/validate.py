@@ -22,42 +22,20 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from inspo.data.formats import REASONS, RowError, to_record
+from inspo.data.options import ReadOptions
 from inspo.data.tokenize import TokenizedPair, adds_bos, tokenize_record, truncate_pair
 from inspo.errors import DataError
 
 log = logging.getLogger("inspo")
 
-OnInvalid = Literal["error", "skip"]
-Duplicates = Literal["keep", "drop"]
 EXAMPLES = 5  # row numbers named per reason and field
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """How rows become pairs: the ``data.*`` options that :func:`read_pairs` uses (see PreferenceDataModule)."""
-
-    prompt_field: str = "prompt"
-    chosen_field: str = "chosen"
-    rejected_field: str = "rejected"
-    chat_template: bool = True
-    max_length: int = 512
-    max_prompt_length: int = 256
-    max_pairs: int | None = None
-    on_invalid: OnInvalid = "error"
-    min_valid_fraction: float = 0.9
-    duplicates: Duplicates = "keep"
-
-    @classmethod
-    def from_hparams(cls, hparams: Mapping[str, Any]) -> ReadOptions:
-        """The options named in ``hparams`` (a datamodule's hyperparameters); others keep their defaults."""
-        return cls(**{f.name: hparams[f.name] for f in fields(cls) if f.name in hparams})
 
 
 @dataclass
@@ -69,7 +47,7 @@ class DataReport:
         rows_read: rows (non-blank lines) read, including invalid ones.
         kept: pairs kept for training / validation.
         truncated: kept pairs that were truncated to fit ``max_length``.
-        duplicates: valid rows repeating an earlier pair (kept or dropped, see ``data.duplicates``).
+        duplicates: valid rows repeating an earlier pair (kept or dropped, see ``data.read.duplicates``).
         dropped: rows dropped, by reason (:data:`~inspo.data.formats.REASONS` keys, plus ``duplicate``).
         errors: per (reason, field), the first :data:`EXAMPLES` row errors.
         counts: per (reason, field), the number of invalid rows.
@@ -135,16 +113,17 @@ class DataReport:
         """
         if self.invalid and options.on_invalid == "error":
             raise DataError(
-                f"{self.source}: {self.invalid} of {self.rows_read} rows are invalid (data.on_invalid=error):\n"
-                f"{self.describe_invalid()}\nfix them, or set data.on_invalid=skip to drop invalid rows (the run "
-                f"still stops if fewer than data.min_valid_fraction={options.min_valid_fraction} of them are valid)"
+                f"{self.source}: {self.invalid} of {self.rows_read} rows are invalid (data.read.on_invalid=error):\n"
+                f"{self.describe_invalid()}\nfix them, or set data.read.on_invalid=skip to drop invalid rows (the "
+                f"run still stops if fewer than data.read.min_valid_fraction={options.min_valid_fraction} of them are "
+                f"valid)"
             )
         valid = self.rows_read - self.invalid
         if self.rows_read and valid < options.min_valid_fraction * self.rows_read:
             raise DataError(
                 f"{self.source}: only {valid} of {self.rows_read} rows are valid ({valid / self.rows_read:.1%}), "
-                f"below data.min_valid_fraction={options.min_valid_fraction}:\n{self.describe_invalid()}\n"
-                f"fix the data or lower data.min_valid_fraction"
+                f"below data.read.min_valid_fraction={options.min_valid_fraction}:\n{self.describe_invalid()}\n"
+                f"fix the data or lower data.read.min_valid_fraction"
             )
         if not self.kept:
             raise DataError(f"{self.source}: no valid pairs ({self.summary(options)})")
@@ -160,7 +139,7 @@ def read_pairs(
         rows: ``(row_number, raw_row)``; a raw row may be a :class:`RowError` from
             :func:`~inspo.data.formats.read_rows` with ``keep_going=True`` (an unreadable line).
         tokenizer: the policy's tokenizer.
-        options: the ``data.*`` options.
+        options: the ``data.read`` options.
 
     Returns:
         The kept pairs in source order, and the report (also logged).
@@ -224,9 +203,9 @@ def _truncate(source: str, full: TokenizedPair, options: ReadOptions, keep_bos: 
     pair = truncate_pair(full, options.max_length, options.max_prompt_length, bos_token_id=keep_bos)
     if pair is None:
         raise RowError(source, full.row, "prompt_too_long", f"the prompt ({len(full.prompt)} tokens) leaves fewer "
-                       f"than 2 response tokens within data.max_length={options.max_length}", options.prompt_field)
+                       f"than 2 response tokens within data.read.max_length={options.max_length}", options.prompt_field)
     if pair.chosen == pair.rejected:
         raise RowError(source, full.row, "identical_responses", f"chosen and rejected are identical after "
-                       f"truncation to {len(pair.chosen)} tokens (raise data.max_length)",
+                       f"truncation to {len(pair.chosen)} tokens (raise data.read.max_length)",
                        f"{options.chosen_field}/{options.rejected_field}")
     return pair
