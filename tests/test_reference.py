@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from inspo import reference
+from inspo.reference import cache as reference
 from inspo.data.datamodule import PairBatch
 from inspo.errors import InspoError
 from inspo.module import PreferenceModule
@@ -126,7 +126,7 @@ def test_module_cached_mode_runs_without_a_reference_model(tmp_path, monkeypatch
     trainer = Trainer(accelerator="cpu", limit_val_batches=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, data, verbose=False)
-    assert module.reference is None and len(module.reference_cache) == 8
+    assert module.reference is None and len(module.reference_mode.cache) == 8
     assert len(list((tmp_path / "reference").glob("*.refcache"))) == 1
     batch = collate_pairs(data.train_pairs + data.val_pairs)
     with torch.no_grad():
