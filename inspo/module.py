@@ -118,14 +118,16 @@ class PreferenceModule(LightningModule):
         on_nonfinite: OnNonFinite = "error",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["loss", "reference", "reference_model"])
+        # Objects are saved below by class path (hparams.yaml cannot hold them); reference_model folds into reference.
+        ignore = ["loss", "reference_model"] + ([] if isinstance(reference, str) else ["reference"])
+        self.save_hyperparameters(ignore=ignore)
         self.loss = resolve_loss(loss)
         self.hparams["loss"] = loss_hparams(self.loss)  # the shape LightningCLI parses back from a checkpoint
         self.reference_mode = resolve_reference(reference, self.loss.requires_reference, lora is not None)
         if reference_model is not None:  # the spelling before reference modes were classes
             if not isinstance(self.reference_mode, (PathReference, CachedReference)) or self.reference_mode.model:
-                raise ConfigError(f"model.reference_model is only read by reference path or cached, as its model: "
-                                  f"use --model.reference.model {reference_model} instead")
+                raise ConfigError(f"model.reference_model is only read by model.reference path or cached, as their "
+                                  f"model: use --model.reference path --model.reference.model {reference_model}")
             log.warning("inspo: model.reference_model is deprecated: use --model.reference %s --model.reference.model "
                         "%s", self.reference_mode.name, reference_model)
             self.reference_mode.model = reference_model

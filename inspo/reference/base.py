@@ -140,5 +140,6 @@ def resolve_reference(spec: ReferenceMode | str | dict[str, Any], requires_refer
     if spec == "auto":
         spec = ("adapter" if lora else "copy") if requires_reference else "none"
     if spec not in REFERENCES:
-        raise ConfigError(f"unknown model.reference {spec!r}; choose one of: {', '.join(['auto', *sorted(REFERENCES)])}")
+        choices = ", ".join(["auto", *sorted(REFERENCES)])
+        raise ConfigError(f"unknown model.reference {spec!r}; choose one of: {choices}")
     return REFERENCES[spec]()
