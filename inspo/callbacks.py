@@ -280,7 +280,7 @@ class TrainingMonitor(Callback):
             "data": dict(getattr(datamodule, "stats", None) or {}),
             "parameters": {"policy": count_parameters(policy),
                            "policy_and_reference": count_parameters(policy, getattr(pl_module, "reference", None))},
-            "reference_mode": getattr(pl_module, "reference_mode", None),
+            "reference_mode": getattr(getattr(pl_module, "reference_mode", None), "name", None),
             "train": {"optimizer_steps": trainer.global_step, "batches": self._batches, "pairs": self._pairs,
                       "pair_tokens": self._tokens, "seconds": round(self._seconds, 3),
                       "wall_seconds": round(time.monotonic() - self._started, 3),

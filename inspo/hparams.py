@@ -8,16 +8,19 @@ from typing import Any
 
 from torch import nn
 
-RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference_model", "dtype",
+RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference.model", "dtype",
                "lora")
-"""Hyperparameters that define the trained model and its objective: a resumed run must have the same values (not
-``reference``: ``auto`` and the mode it resolves to are the same run; not LoRA's ``merge_on_export``)."""
+"""Hyperparameters that define the trained model and its objective: a resumed run must have the same values.
+``reference.model`` is the model the reference comes from (None: the initial policy), not the mode: ``auto`` and
+the mode it resolves to, or ``copy`` and ``cached``, are the same run. Not LoRA's ``merge_on_export``."""
 
 
 def resume_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> tuple[str, Any, Any] | None:
     """The first of :data:`RESUME_KEYS` whose saved and current values differ, as (key, saved, current), or None."""
     for key in RESUME_KEYS:
         before, now = plain(saved.get(key)), plain(current.get(key))
+        if key == "reference.model":
+            before, now = reference_model(saved), reference_model(current)
         if key == "loss":  # checkpoints written before loss_hparams stored {"class": qualname, **args}
             before, now = _loss_identity(before), _loss_identity(now)
         if key == "lora" and isinstance(before, dict) and isinstance(now, dict):
@@ -40,15 +43,32 @@ def plain(value: Any) -> Any:
     return value
 
 
+def reference_model(hparams: dict[str, Any]) -> str | None:
+    """The model a run's reference comes from (``reference.init_args.model``), None for the initial policy.
+
+    Checkpoints written before reference modes were classes saved ``reference`` as a name and ``reference_model``.
+    """
+    reference = plain(hparams.get("reference"))
+    if isinstance(reference, dict) and "class_path" in reference:
+        return (reference.get("init_args") or {}).get("model")
+    return plain(hparams.get("reference_model"))
+
+
 def loss_hparams(loss: nn.Module) -> dict[str, Any]:
     """``{"class_path": ..., "init_args": {...}}`` of a loss: its class and the scalar init arguments it keeps.
 
     This is the shape LightningCLI parses back from a checkpoint's saved hyperparameters (``--ckpt_path FILE``).
     """
-    cls = type(loss)
+    return component_hparams(loss)
+
+
+def component_hparams(component: Any) -> dict[str, Any]:
+    """``{"class_path": ..., "init_args": {...}}`` of a component (a loss, a reference mode): its class and the
+    scalar init arguments it keeps under their own names."""
+    cls = type(component)
     names = [p.name for p in inspect.signature(cls).parameters.values()
              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    values = {name: getattr(loss, name) for name in names if hasattr(loss, name)}
+    values = {name: getattr(component, name) for name in names if hasattr(component, name)}
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
             "init_args": {k: v for k, v in values.items() if isinstance(v, (int, float, str, bool))}}
 

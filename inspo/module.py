@@ -9,10 +9,10 @@ pi_ref(y|x), the unconditioned model a user deploys (what a standard-conditionin
 
 from __future__ import annotations
 
-import copy
 import importlib
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,15 +27,16 @@ from inspo.data.datamodule import PairBatch
 from inspo.distributed import LogpScorer, full_state_dict, is_sharded, shard_model
 from inspo.errors import ConfigError
 from inspo.guards import NonFiniteLossError, OnNonFinite, check_on_nonfinite, nonfinite_message, skip_allowed
-from inspo.hparams import loss_hparams, resume_mismatch
+from inspo.hparams import component_hparams, loss_hparams, resume_mismatch
 from inspo.layout import ModelRows, make_layout, packed_unsupported_reason
 from inspo.logprobs import target_logps
-from inspo.lora import LoraSettings, adapter_state_keys, apply_lora, reference_adapter
+from inspo.lora import LoraSettings, adapter_state_keys, apply_lora
 from inspo.losses import LOSSES, PairLogps, PreferenceLoss
 from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics, plain_view
 from inspo.models import BUNDLED_SMOLLM2, DTYPES, disable_dropout, load_causal_lm, load_tokenizer
 from inspo.optim import OptimConfig, check_precision, keeps_fp32_master, make_optimizer, start_schedules
-from inspo.reference import ReferenceCache, cached_reference
+from inspo.reference import CachedReference, PathReference, ReferenceData, ReferenceMode, resolve_reference
+from inspo.scoring import score_pairs
 
 log = logging.getLogger("inspo")
 
@@ -61,11 +62,13 @@ class PreferenceModule(LightningModule):
         loss: a registered loss name (``dpo``, ``ipo``, ``simpo``, ...) or a loss given by ``class_path``.
         conditioning: ``inspo`` (log pi(y_w|x,y_l), log pi(y_l|x,y_w)) or ``standard`` (log pi(y|x)).
         reflection_template: text around the alternative response under InSPO; default: raw concatenation.
-        reference: ``auto`` (``copy`` if the loss needs a reference, else ``none``), ``copy`` (frozen copy of the
-            initial policy), ``path`` (load ``reference_model``), ``cached`` (log pi_ref(y|x) of every pair computed
-            once, from ``reference_model`` if given else the initial policy, and stored on disk; no reference model
-            is held during training, see ``inspo.reference``) or ``none``.
-        reference_model: the reference model name when ``reference: path`` (or ``cached``).
+        reference: where log pi_ref(y|x) comes from (``inspo.reference``): ``auto`` (``copy`` if the loss needs a
+            reference, ``adapter`` with LoRA, else ``none``), ``copy`` (frozen copy of the initial policy), ``path``
+            (another model: ``--model.reference path --model.reference.model NAME``), ``adapter``, ``cached``
+            (log pi_ref(y|x) of every pair computed once and stored on disk; no reference model during training),
+            ``none``, or a mode given by ``class_path``.
+        reference_model: deprecated spelling of the reference mode's ``model`` (``reference: path`` or ``cached``
+            with ``reference_model: X``): read as ``--model.reference.model X``, with one warning.
         layout: ``packed`` (one row per pair, prompt computed once, exact; falls back to ``separate`` with one log
             line when the attention implementation cannot take a 4D mask) or ``separate`` (one padded row per
             sequence).
@@ -98,7 +101,7 @@ class PreferenceModule(LightningModule):
         loss: PreferenceLoss | str = "dpo",
         conditioning: str = "inspo",
         reflection_template: ReflectionTemplate | None = None,
-        reference: Literal["auto", "copy", "path", "cached", "adapter", "none"] = "auto",
+        reference: ReferenceMode | str = "auto",
         reference_model: str | None = None,
         layout: Literal["separate", "packed"] = "packed",
         max_tokens_per_row: int | None = None,
@@ -115,22 +118,21 @@ class PreferenceModule(LightningModule):
         on_nonfinite: OnNonFinite = "error",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["loss"])
+        # Objects are saved below by class path (hparams.yaml cannot hold them); reference_model folds into reference.
+        ignore = ["loss", "reference_model"] + ([] if isinstance(reference, str) else ["reference"])
+        self.save_hyperparameters(ignore=ignore)
         self.loss = resolve_loss(loss)
         self.hparams["loss"] = loss_hparams(self.loss)  # the shape LightningCLI parses back from a checkpoint
-        if reference == "auto":
-            reference = ("adapter" if lora is not None else "copy") if self.loss.requires_reference else "none"
-        if reference == "adapter" and lora is None:
-            raise ConfigError("model.reference 'adapter' runs the LoRA policy with its adapters off: set model.lora")
-        if lora is not None and lora.adapter and reference == "copy":
-            raise ConfigError("with model.lora.adapter the reference is that adapter, kept frozen: use "
-                              "model.reference adapter (or auto)")
-        if reference == "none" and self.loss.requires_reference:
-            raise ConfigError(f"loss {type(self.loss).__name__} needs a reference model; set model.reference to "
-                              "copy or path (or choose a reference-free loss: simpo, orpo)")
-        if reference == "path" and not reference_model:
-            raise ConfigError("model.reference is 'path' but model.reference_model is not set")
-        self.reference_mode = reference
+        self.reference_mode = resolve_reference(reference, self.loss.requires_reference, lora is not None)
+        if reference_model is not None:  # the spelling before reference modes were classes
+            if not isinstance(self.reference_mode, (PathReference, CachedReference)) or self.reference_mode.model:
+                raise ConfigError(f"model.reference_model is only read by model.reference path or cached, as their "
+                                  f"model: use --model.reference path --model.reference.model {reference_model}")
+            log.warning("inspo: model.reference_model is deprecated: use --model.reference %s --model.reference.model "
+                        "%s", self.reference_mode.name, reference_model)
+            self.reference_mode.model = reference_model
+        self.reference_mode.check(self.loss, lora)
+        self.hparams["reference"] = component_hparams(self.reference_mode)  # the resolved mode, as the loss
         self.layout = make_layout(layout, max_tokens_per_row)
         self.optim = optim or OptimConfig()
         # Names checked here, not when the model loads, so a typo fails before any data or weights are read.
@@ -147,8 +149,7 @@ class PreferenceModule(LightningModule):
         if logprob_chunk_size < 1:
             raise ConfigError(f"model.logprob_chunk_size must be >= 1, got {logprob_chunk_size}")
         self.policy: nn.Module | None = None
-        self.reference: nn.Module | None = None
-        self.reference_cache: ReferenceCache | None = None
+        self.reference: nn.Module | None = None  # the frozen model the reference mode holds, if any
         self.tokenizer = None
         self.conditioning = None
         self.metrics = make_metrics()  # every logged key: inspo.metrics
@@ -176,10 +177,7 @@ class PreferenceModule(LightningModule):
                 "trust_remote_code": hp.trust_remote_code, "gradient_checkpointing": hp.gradient_checkpointing,
                 "load_in_4bit": self.lora is not None and self.lora.load_in_4bit}
         self.policy = load_causal_lm(hp.model, random_init=hp.random_init, **load)
-        if self.reference_mode == "copy":
-            self.reference = copy.deepcopy(self.policy)
-        elif self.reference_mode == "path":
-            self.reference = load_causal_lm(hp.reference_model, **load)
+        self.reference = self.reference_mode.build(self.policy, partial(load_causal_lm, **load))
         reason = packed_unsupported_reason(self.policy) if self.layout.needs_4d_mask else None
         if reason is not None:
             log.warning("inspo: layout 'packed' is not exact here (%s): using layout 'separate'", reason)
@@ -189,8 +187,11 @@ class PreferenceModule(LightningModule):
                 disable_dropout(m)
         if self.lora is not None:  # after the dropout loop: an explicit lora.dropout is kept
             self.policy = apply_lora(self.policy, self.lora, hp.gradient_checkpointing)
-        if self.reference_mode == "cached":
-            self.reference_cache = cached_reference(self)  # before any training step: the initial weights
+        # Before any training step: the initial weights (the cached mode builds its cache from them).
+        plain_load = partial(load_causal_lm, dtype=hp.dtype, attn_implementation=hp.attn_implementation,
+                             trust_remote_code=hp.trust_remote_code)
+        data = ReferenceData.from_trainer(self._trainer, self.tokenizer.pad_token_id, self.layout, plain_load)
+        self.reference_mode.prepare(self.policy, data)
         self.policy.train()  # from_pretrained returns eval mode; Lightning keeps the modes it finds
         if self.reference is not None:
             self.reference.requires_grad_(False).eval()
@@ -217,19 +218,9 @@ class PreferenceModule(LightningModule):
         segments = [self.conditioning.segments(*p) for p in zip(batch.prompt, batch.chosen, batch.rejected)]
         if id(model) not in self._checked and segments:
             self._check_exactness(model, segments[0], sequences)
-        rows = self.layout.build(segments, sequences, self.tokenizer.pad_token_id, self.device)
-        sums = self._scorer(model)(rows, id(model) in self._full_logits)
-        counts = torch.bincount(rows.slot, minlength=rows.num_slots).view(rows.num_pairs, -1).float()
-        col = {name: i for i, name in enumerate(rows.names)}
-        return PairLogps(
-            chosen=sums[:, col["chosen"]],
-            rejected=sums[:, col["rejected"]],
-            chosen_tokens=counts[:, col["chosen"]],
-            rejected_tokens=counts[:, col["rejected"]],
-            chosen_plain=sums[:, col["chosen_plain"]] if "chosen_plain" in col else None,
-            rejected_plain=sums[:, col["rejected_plain"]] if "rejected_plain" in col else None,
-            conditioned=sequences["chosen"] != REFERENCE_SEQUENCES["chosen"],
-        )
+        full = id(model) in self._full_logits
+        return score_pairs(lambda rows: self._scorer(model)(rows, full), segments, sequences, self.layout,
+                           self.tokenizer.pad_token_id, self.device)
 
     def _scorer(self, model: nn.Module) -> Callable[[ModelRows, bool], Tensor]:
         """(rows, full_logits) -> summed target log-probs of ``model`` (through its FSDP2 root unit if sharded)."""
@@ -258,15 +249,8 @@ class PreferenceModule(LightningModule):
 
     def reference_logps(self, batch: PairBatch) -> PairLogps | None:
         """log pi_ref(y|x) for both responses (always unconditioned), or None without a reference."""
-        if self.reference_cache is not None:
-            return self.reference_cache.lookup(batch, self.device)
-        if self.reference_mode == "adapter":
-            with torch.no_grad(), reference_adapter(self.policy) as reference:
-                return self.score(reference, batch, REFERENCE_SEQUENCES)
-        if self.reference is None:
-            return None
-        with torch.no_grad():
-            return self.score(self.reference, batch, REFERENCE_SEQUENCES)
+        score = partial(self.score, batch=batch, sequences=REFERENCE_SEQUENCES)
+        return self.reference_mode.logps(batch, self.policy, score, self.device)
 
     def pair_logps(self, batch: PairBatch, plain: bool = False) -> tuple[PairLogps, PairLogps | None]:
         """The one pair forward: policy log-probs under the run's conditioning, and the reference's.
@@ -345,7 +329,7 @@ class PreferenceModule(LightningModule):
     @property
     def unsaved_prefixes(self) -> tuple[str, ...]:
         """State-dict key prefixes that checkpoints leave out (the frozen reference is rebuilt from its source)."""
-        return ("reference.",)
+        return self.reference_mode.unsaved_prefixes
 
     def check_resumable(self, checkpoint: dict[str, Any], source: Any = None) -> None:
         """Raise a :class:`ConfigError` if ``checkpoint`` was trained with another model or loss config."""
@@ -367,7 +351,7 @@ class PreferenceModule(LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith("reference.")]:
+        for key in [k for k in state if k.startswith(self.unsaved_prefixes)]:
             del state[key]
         if self.lora is not None:  # the frozen base is rebuilt from its source: keep the adapters only
             for key in adapter_state_keys(state):

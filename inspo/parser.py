@@ -72,15 +72,17 @@ class InspoArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
 
-def expand_loss_names(parser: LightningArgumentParser, dest: str = "model.loss") -> None:
+def expand_loss_names(parser: LightningArgumentParser, dest: str = "model.loss",
+                      names: dict[str, type] | None = None) -> None:
     """Let ``dest`` take a registered short name (``dpo``) as its class path, so that its init arguments can be
-    set after it: ``loss: dpo`` in YAML, then ``--model.loss.beta 0.2`` (see :func:`loss_class_path`)."""
+    set after it: ``loss: dpo`` in YAML, then ``--model.loss.beta 0.2`` (see :func:`loss_class_path`). ``names``:
+    the registry of ``dest`` (default: the losses), e.g. the reference modes for ``model.reference``."""
     action = parser._option_string_actions.get(f"--{dest}")
     if action is not None and not getattr(action, "expands_loss_names", False):
-        action.__class__ = _expanding_action(type(action))
+        action.__class__ = _expanding_action(type(action), names)
 
 
-def loss_class_path(value: Any) -> Any:
+def loss_class_path(value: Any, names: dict[str, type] | None = None) -> Any:
     """``{"class_path": ...}`` for a registered loss name (``dpo`` -> ``inspo.losses.dpo.DPOLoss``), else ``value``.
 
     jsonargparse only resolves a class by its class name (``DPOLoss``); a short name stays a plain string, and a
@@ -89,22 +91,23 @@ def loss_class_path(value: Any) -> Any:
     """
     from inspo.losses import LOSSES
 
-    if isinstance(value, str) and value.strip() in LOSSES:
-        cls = LOSSES[value.strip()]
+    names = LOSSES if names is None else names
+    if isinstance(value, str) and value.strip() in names:
+        cls = names[value.strip()]
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
     return value
 
 
-def _expanding_action(base: type) -> type:
+def _expanding_action(base: type, names: dict[str, type] | None = None) -> type:
     """A subclass of jsonargparse's action ``base`` whose values go through :func:`loss_class_path` first."""
 
     def _check_type_(self: Any, value: Any, **kwargs: Any) -> Any:
         cfg = kwargs.get("cfg")
         previous = cfg.get(self.dest) if isinstance(cfg, Namespace) else None
-        expanded = loss_class_path(previous)
+        expanded = loss_class_path(previous, names)
         if expanded is not previous:  # a short name set earlier (a config file): nested options now apply to it
             cfg[self.dest] = previous = Namespace(expanded)
-        named = loss_class_path(value)
+        named = loss_class_path(value, names)
         if named is not value and isinstance(previous, Namespace) and previous.get("class_path") != named["class_path"]:
             cfg[self.dest] = None  # a name means that loss with its own defaults, not the init args of the one before
         return base._check_type_(self, named, **kwargs)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -68,7 +66,7 @@ class SampleGenerations(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._enabled(trainer) or not trainer.is_global_zero:
             return
-        with self._reference_model(pl_module) as (model, source):
+        with pl_module.reference_mode.generation_model(pl_module.policy) as (model, source):
             self._reference_source = source
             self._reference = [self._generate(model, pl_module, prompt) for prompt in self.prompts]
 
@@ -101,18 +99,6 @@ class SampleGenerations(Callback):
                 f.write(json.dumps(row) + "\n")
         for logger in trainer.loggers:
             log_table(logger, rows, step)
-
-    @contextmanager
-    def _reference_model(self, pl_module: LightningModule) -> Iterator[tuple[nn.Module, str]]:
-        from inspo.lora import reference_adapter
-
-        if getattr(pl_module, "reference", None) is not None:
-            yield pl_module.reference, "reference"
-        elif getattr(pl_module, "reference_mode", None) == "adapter":
-            with reference_adapter(pl_module.policy) as model:
-                yield model, "reference (adapter)"
-        else:
-            yield pl_module.policy, "initial policy"
 
     def _generate(self, model: nn.Module, pl_module: LightningModule, prompt: str) -> dict[str, Any]:
         """Greedy answer of ``model`` to ``prompt``: its text and its length in tokens (up to the first EOS)."""

@@ -100,7 +100,8 @@ def serve_ours(args: argparse.Namespace, variant: str) -> None:
                               random_init=SIZES[args.model_size] if args.model_size else None,
                               max_tokens_per_row=args.max_tokens_per_row)
     pairs = make_pairs(args.batch_size * (args.warmup + args.steps), args.prompt, args.chosen, args.rejected)
-    module.reference_pairs = [SimpleNamespace(prompt=p, chosen=c, rejected=r) for p, c, r in pairs]
+    if ref != "live":  # the pairs the cached mode computes once (no datamodule here)
+        module.reference_mode.pairs = [SimpleNamespace(prompt=p, chosen=c, rejected=r) for p, c, r in pairs]
     start = time.perf_counter()
     module.configure_model()  # cached: builds the reference cache, or finds it on disk
     setup_seconds = time.perf_counter() - start

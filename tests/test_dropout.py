@@ -157,12 +157,12 @@ def test_two_reference_passes_in_train_mode_are_identical(mode, dropout_folder, 
 def test_cached_and_none_references_are_deterministic(tmp_path, monkeypatch):
     """``cached``: computed once in eval mode, so it equals the policy's eval-mode log-probs at step 0 although
     the policy has attention dropout 0.5; ``none``: no reference pass at all."""
-    from inspo import reference as reference_module
+    from inspo.reference import cache as reference_module
 
     monkeypatch.setattr(reference_module, "cache_dir", lambda: tmp_path)
     module = PreferenceModule(random_init=DROPOUT, disable_dropout=False, reference="cached", export_dir=None)
     b = batch()
-    module.reference_pairs = [type("P", (), {"prompt": x, "chosen": yw, "rejected": yl})()
+    module.reference_mode.pairs = [type("P", (), {"prompt": x, "chosen": yw, "rejected": yl})()
                               for x, yw, yl in zip(b.prompt, b.chosen, b.rejected)]
     first, second, _ = reference_twice(module)
     assert torch.equal(first.chosen, second.chosen)
@@ -170,5 +170,5 @@ def test_cached_and_none_references_are_deterministic(tmp_path, monkeypatch):
         live = module.score(module.policy.eval(), b, REFERENCE_SEQUENCES)
     torch.testing.assert_close(first.chosen, live.chosen, atol=1e-5, rtol=1e-6)
     none = PreferenceModule(random_init=DROPOUT, disable_dropout=False, loss="simpo")
-    assert none.reference_mode == "none"
+    assert none.reference_mode.name == "none"
     assert reference_twice(none)[0] is None

@@ -1,5 +1,6 @@
 """The worked examples in tests/examples/ (README, "Extending"): a DPO variant in one file, chosen from YAML by
-class path and by short name, and a conditioning added by overriding one hook. Both train a step end to end."""
+class path and by short name, a conditioning added by overriding one hook, and a reference mode in one file. Each
+trains a step end to end."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from inspo.conditioning import CONDITIONINGS
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.losses import LOSSES, PairLogps
 from inspo.module import PreferenceModule
+from inspo.reference import REFERENCES
 from tests.test_cli import CONFIGS
 from tests.test_losses import direction_violations
 from tests.test_module import batch, logp
@@ -22,13 +24,15 @@ from tests.test_module import batch, logp
 @pytest.fixture
 def examples():
     """Import the examples; their registrations are undone afterwards, so other tests see the stock registries."""
-    saved = dict(LOSSES), dict(CONDITIONINGS)
+    saved = dict(LOSSES), dict(CONDITIONINGS), dict(REFERENCES)
     loss = importlib.import_module("tests.examples.sigmoid_margin")
     peek = importlib.import_module("tests.examples.peek")
+    uniform = importlib.import_module("tests.examples.uniform_reference")
     LOSSES["sigmoid_margin"] = loss.SigmoidMarginLoss  # again: a cached import does not re-run the decorator
     CONDITIONINGS["peek"] = peek.PeekConditioning
-    yield loss, peek
-    for registry, before in zip((LOSSES, CONDITIONINGS), saved):
+    REFERENCES["uniform"] = uniform.UniformReference
+    yield loss, peek, uniform
+    for registry, before in zip((LOSSES, CONDITIONINGS, REFERENCES), saved):
         registry.clear()
         registry.update(before)
 
@@ -42,7 +46,7 @@ def module_from_yaml(tmp_path, yaml: str) -> PreferenceModule:
 
 
 def test_loss_from_yaml_by_class_path_and_by_short_name(examples, tmp_path):
-    loss_module, _ = examples
+    loss_module = examples[0]
     by_path = module_from_yaml(tmp_path, "model:\n  loss:\n    class_path: tests.examples.sigmoid_margin."
                                          "SigmoidMarginLoss\n    init_args: {margin: 1.0}\n")
     assert isinstance(by_path.loss, loss_module.SigmoidMarginLoss) and by_path.loss.margin == 1.0
@@ -93,3 +97,25 @@ def test_inspo_plugins_imports_modules_first(examples, monkeypatch, capsys, tmp_
         main(["report", str(tmp_path)])
     assert exit_info.value.code == 2 and "INSPO_PLUGINS: cannot import 'tests.examples.no_such_module'" in \
         capsys.readouterr().err
+
+
+def test_uniform_reference_from_yaml_by_short_name_and_class_path(examples, tmp_path):
+    """log pi_ref(y|x) = -|y| log V: for |y_w| = 3, |y_l| = 5 and V = 100, -3 ln 100 = -13.81551 and
+    -5 ln 100 = -23.02585; with V from the tiny model's config (SmolLM2's 49152): -3 ln 49152 = -32.44888.
+    No reference model is held, and DPO trains a step against it."""
+    from inspo.data.datamodule import PairBatch
+
+    uniform = examples[2].UniformReference
+    b = PairBatch([[1, 2]], [[3, 4, 5]], [[6, 7, 8, 9, 10]], rows=[1])
+    by_path = module_from_yaml(tmp_path, "model:\n  reference:\n    class_path: tests.examples.uniform_reference."
+                                         "UniformReference\n    init_args: {vocab_size: 100}\n")
+    assert isinstance(by_path.reference_mode, uniform) and by_path.hparams.reference["init_args"] == {"vocab_size": 100}
+    reference = by_path.reference_mode.logps(b, None, None, "cpu")
+    assert reference.chosen.item() == pytest.approx(-13.81551, abs=1e-4)
+    assert reference.rejected.item() == pytest.approx(-23.02585, abs=1e-4)
+    module = module_from_yaml(tmp_path, "model:\n  reference: uniform\n")
+    module.configure_model()  # tiny.yaml: the tiny random model, loss dpo
+    assert isinstance(module.reference_mode, uniform) and module.reference is None
+    assert module.reference_logps(b).chosen.item() == pytest.approx(-3 * math.log(49152), abs=1e-4)
+    module.loss(*module.pair_logps(batch())).loss.backward()
+    assert module.policy.lm_head.weight.grad.abs().sum() > 0

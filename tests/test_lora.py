@@ -47,7 +47,7 @@ def plain_chosen(module: PreferenceModule, b) -> torch.Tensor:
 def test_adapter_reference_equals_the_base_model_exactly():
     """Reference log-probs with adapters off are bit-identical to a separately loaded base model's."""
     module = lora_module()
-    assert module.reference_mode == "adapter" and module.reference is None
+    assert module.reference_mode.name == "adapter" and module.reference is None
     perturb_adapters(module.policy)
     b = batch()
     _, reference = module.pair_logps(b)
@@ -161,7 +161,7 @@ def test_config_errors():
         PreferenceModule(lora=LoraSettings(adapter="x"), reference="copy")
     with pytest.raises(ConfigError, match="rank must be >= 1"):
         LoraSettings(rank=0)
-    assert PreferenceModule(lora=LoraSettings(), loss="simpo").reference_mode == "none"
+    assert PreferenceModule(lora=LoraSettings(), loss="simpo").reference_mode.name == "none"
     assert PreferenceModule().hparams.trust_remote_code is False
 
 

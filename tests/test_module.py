@@ -153,7 +153,7 @@ def test_config_errors_are_clear():
         PreferenceModule(loss="dpoo")
     with pytest.raises(ConfigError, match="needs a reference model"):
         PreferenceModule(loss=DPOLoss(), reference="none")
-    with pytest.raises(ConfigError, match="reference_model"):
+    with pytest.raises(ConfigError, match="needs its model: --model.reference path --model.reference.model NAME"):
         PreferenceModule(reference="path")
     with pytest.raises(ConfigError, match="choose one of: inspo, standard"):
         make_module(conditioning="insp")

@@ -1,4 +1,5 @@
-"""Reference cache: values equal the live reference; hit, miss, invalidation of every key part, corruption."""
+"""Reference modes (auto, short names, class paths, the old spelling, resume, samples) and the reference cache:
+values equal the live reference; hit, miss, invalidation of every key part, corruption."""
 
 from __future__ import annotations
 
@@ -8,11 +9,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from inspo import reference
 from inspo.data.datamodule import PairBatch
-from inspo.errors import InspoError
+from inspo.errors import ConfigError, InspoError
 from inspo.module import PreferenceModule
-from inspo.reference import load_cache, load_or_build
+from inspo.reference import (
+    AdapterReference,
+    CachedReference,
+    CopyReference,
+    NoReference,
+    PathReference,
+    load_cache,
+    load_or_build,
+    resolve_reference,
+)
+from inspo.reference import cache as reference
 from tests.conftest import TINY, random_pairs, tiny_model
 
 SETTINGS = {"tokenizer": "bundled", "chat_template": True, "max_length": 512, "max_prompt_length": 256}
@@ -128,7 +138,7 @@ def test_module_cached_mode_runs_without_a_reference_model(tmp_path, monkeypatch
     trainer = Trainer(accelerator="cpu", limit_val_batches=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, data, verbose=False)
-    assert module.reference is None and len(module.reference_cache) == 8
+    assert module.reference is None and len(module.reference_mode.cache) == 8
     assert len(list((tmp_path / "reference").glob("*.refcache"))) == 1
     batch = collate_pairs(data.train_pairs + data.val_pairs)
     with torch.no_grad():
@@ -136,3 +146,88 @@ def test_module_cached_mode_runs_without_a_reference_model(tmp_path, monkeypatch
     cached = module.reference_logps(batch)
     torch.testing.assert_close(cached.chosen, live.chosen, atol=1e-5, rtol=1e-6)
     torch.testing.assert_close(cached.rejected, live.rejected, atol=1e-5, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- reference modes (inspo.reference.base / modes)
+@pytest.mark.parametrize(("spec", "requires", "lora", "expected"), [
+    ("auto", True, False, CopyReference), ("auto", True, True, AdapterReference), ("auto", False, False, NoReference),
+    ("auto", False, True, NoReference), ("copy", False, False, CopyReference), ("cached", True, False, CachedReference),
+])
+def test_auto_follows_the_loss_and_lora(spec, requires, lora, expected):
+    assert type(resolve_reference(spec, requires, lora)) is expected
+
+
+def test_mode_from_class_path_and_unknown_name():
+    mode = resolve_reference({"class_path": "inspo.reference.PathReference", "init_args": {"model": "X"}}, True, False)
+    assert isinstance(mode, PathReference) and mode.model == "X"
+    with pytest.raises(ConfigError, match="unknown model.reference 'copyy'; choose one of: auto, adapter, cached, "
+                                          "copy, none, path$"):
+        resolve_reference("copyy", True, False)
+
+
+def test_saved_hparams_rebuild_the_same_mode():
+    """The module saves the resolved mode as {class_path, init_args}; building a module from it gives that mode."""
+    module = PreferenceModule(random_init=TINY, reference=PathReference(model="some/model"))
+    saved = module.hparams["reference"]
+    assert saved == {"class_path": "inspo.reference.modes.PathReference", "init_args": {"model": "some/model"}}
+    again = PreferenceModule(random_init=TINY, reference=saved)
+    assert isinstance(again.reference_mode, PathReference) and again.reference_mode.model == "some/model"
+    assert PreferenceModule(random_init=TINY).hparams["reference"]["class_path"].endswith(".CopyReference")
+
+
+def test_reference_model_is_a_deprecated_alias(caplog):
+    """The old spelling ``reference: path`` + ``reference_model: X`` still works, with one warning; on a mode that
+    has no model it is one clear error naming the new spelling."""
+    with caplog.at_level(logging.WARNING, logger="inspo"):
+        module = PreferenceModule(random_init=TINY, reference="path", reference_model="X")
+    assert isinstance(module.reference_mode, PathReference) and module.reference_mode.model == "X"
+    assert any("--model.reference path --model.reference.model X" in r.getMessage() for r in caplog.records)
+    assert module.hparams["reference"]["init_args"] == {"model": "X"} and "reference_model" not in module.hparams
+    with pytest.raises(ConfigError, match="only read by model.reference path or cached.*--model.reference.model X"):
+        PreferenceModule(random_init=TINY, reference="copy", reference_model="X")
+
+
+@pytest.mark.parametrize("args", [["--model.reference", "path", "--model.reference.model", "some/model"],
+                                  ["--model.reference", "path", "--model.reference_model", "some/model"]])
+def test_cli_spellings_of_a_path_reference(args, tmp_path):
+    from inspo.cli import InspoCLI
+    from inspo.data.datamodule import PreferenceDataModule
+    from tests.test_cli import CONFIGS
+
+    cli = InspoCLI(PreferenceModule, PreferenceDataModule, run=False,
+                   args=["--config", str(CONFIGS / "tiny.yaml"), "--trainer.default_root_dir", str(tmp_path), *args])
+    assert isinstance(cli.model.reference_mode, PathReference) and cli.model.reference_mode.model == "some/model"
+
+
+@pytest.mark.parametrize(("saved", "current", "refused"), [
+    ({"reference": "path", "reference_model": "X"}, PathReference("X"), None),  # a checkpoint of the old shape
+    ({"reference": "path", "reference_model": "X"}, PathReference("Y"), ("X", "Y")),
+    ({"reference": "copy", "reference_model": None}, CachedReference(), None),  # same reference, other mode
+    ({"reference": "copy", "reference_model": None}, PathReference("Y"), (None, "Y")),
+    ({"reference": {"class_path": "inspo.reference.modes.CachedReference", "init_args": {"model": "X"}}},
+     CopyReference(), ("X", None)),
+])
+def test_resume_is_refused_for_another_reference_model(saved, current, refused):
+    """The reference's model (None: the initial policy) must match on resume, in either saved shape; the mode alone
+    (copy, cached, auto) does not change what is trained."""
+    module = PreferenceModule(random_init=TINY, reference=current)
+    checkpoint = {"hyper_parameters": {**dict(module.hparams), **saved}}
+    if refused is None:
+        module.check_resumable(checkpoint, "ckpt")
+        return
+    before, now = refused
+    with pytest.raises(ConfigError, match=f"model.reference.model={before!r}, this run has "
+                                          f"model.reference.model={now!r}"):
+        module.check_resumable(checkpoint, "ckpt")
+
+
+def test_generation_model_of_each_mode():
+    """What the samples callback shows as the reference: the held copy, else the policy as training starts."""
+    policy = torch.nn.Linear(2, 2)
+    copy_mode = CopyReference()
+    held = copy_mode.build(policy, load=lambda name: None)
+    with copy_mode.generation_model(policy) as (model, label):
+        assert model is held and model is not policy and label == "reference"
+    for mode in (CachedReference(), NoReference()):
+        with mode.generation_model(policy) as (model, label):
+            assert model is policy and label == "initial policy"

@@ -1,8 +1,8 @@
-"""Reference cache (``reference: cached``): log pi_ref(y|x) for every pair computed once, stored on disk, reused.
+"""Reference cache (:class:`inspo.reference.CachedReference`): log pi_ref(y|x) of every pair computed once, stored.
 
 The reference terms r_w = log pi_ref(y_w|x), r_l = log pi_ref(y_l|x) never change during training, and InSPO's
 reference is unconditioned, so one cache serves every loss and both conditionings. The cache is computed before
-training with a temporary reference model (the initial policy itself for copy semantics, or ``reference_model``
+training with a temporary reference model (the initial policy itself for copy semantics, or the mode's ``model``
 loaded for the occasion and freed afterwards); training then never holds a reference model.
 
 Key: a hash of (1) the dataset fingerprint: the token ids of every pair, which is what the dataset content, the
@@ -46,6 +46,7 @@ from inspo.layout import Layout, SeparateLayout
 from inspo.logprobs import target_logps
 from inspo.losses import PairLogps
 from inspo.models import cache_dir
+from inspo.scoring import score_pairs
 
 log = logging.getLogger("inspo")
 
@@ -151,8 +152,9 @@ def compute_reference_logps(
             for start in range(0, len(pairs), batch_size):
                 chunk = pairs[start : start + batch_size]
                 segments = [{"x": p.prompt, "y_w": p.chosen, "y_l": p.rejected} for p in chunk]
-                rows = layout.build(segments, REFERENCE_SEQUENCES, pad_id, device)
-                out.append(target_logps(model, rows, chunk_size, full_logits=full).cpu())
+                logps = score_pairs(lambda rows: target_logps(model, rows, chunk_size, full_logits=full), segments,
+                                    REFERENCE_SEQUENCES, layout, pad_id, device)
+                out.append(torch.stack([logps.chosen, logps.rejected], dim=1).cpu())
     finally:
         model.train(was_training)
     keys = torch.tensor([pair_key(p.prompt, p.chosen, p.rejected) for p in pairs], dtype=torch.int64)
@@ -255,36 +257,3 @@ def load_or_build(
             raise InspoError(f"reference cache {path} written by rank 0 is not readable here: put $INSPO_CACHE on a "
                              "filesystem that every rank sees")
     return cache
-
-
-def cached_reference(module: Any) -> ReferenceCache:
-    """The reference cache of a :class:`~inspo.module.PreferenceModule` in ``reference: cached`` mode.
-
-    The pairs are ``module.reference_pairs`` when set (scripts, benchmarks), else the train and validation pairs of
-    the trainer's datamodule (set up before ``configure_model``). The reference is ``reference_model`` when given,
-    else the initial policy (copy semantics: no second copy is ever made).
-    """
-    trainer = module._trainer
-    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-    pairs = getattr(module, "reference_pairs", None)
-    if pairs is None:
-        pairs = [*(getattr(datamodule, "train_pairs", None) or []), *(getattr(datamodule, "val_pairs", None) or [])]
-    if not pairs:
-        raise InspoError("model.reference 'cached' needs the pairs to cache: run it through a Trainer with a "
-                         "PreferenceDataModule (its pairs are set up before the model is configured)")
-    hp = module.hparams
-    token_settings = getattr(datamodule, "token_settings", None)  # PreferenceDataModule: data.tokenizer, data.read.*
-    settings = token_settings() if token_settings is not None else dict.fromkeys(
-        ("tokenizer", "chat_template", "max_length", "max_prompt_length"))
-    if hp.reference_model:
-        def reference() -> nn.Module:
-            from inspo.models import load_causal_lm
-
-            return load_causal_lm(hp.reference_model, dtype=hp.dtype, attn_implementation=hp.attn_implementation,
-                                  trust_remote_code=hp.get("trust_remote_code", False))
-    else:
-        reference = module.policy
-    distributed = trainer is not None and trainer.world_size > 1
-    return load_or_build(pairs, reference, settings, module.tokenizer.pad_token_id, layout=module.layout,
-                         is_global_zero=trainer is None or trainer.is_global_zero,
-                         barrier=trainer.strategy.barrier if distributed else None)
