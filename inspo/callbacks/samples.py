@@ -25,11 +25,10 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from torch import nn
 from typing_extensions import override
 
-from inspo.callbacks import run_dir
+from inspo.run_folder import SAMPLES, run_dir
 
 log = logging.getLogger("inspo")
 
-SAMPLES_FILE = "samples.jsonl"
 SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)
 DEFAULT_PROMPTS = (
     "Give three tips for staying healthy.",
@@ -96,7 +95,7 @@ class SampleGenerations(Callback):
                          "reference": reference.get("text"), "reference_tokens": reference.get("tokens"),
                          "reference_source": self._reference_source, "max_new_tokens": self.max_new_tokens})
         folder.mkdir(parents=True, exist_ok=True)
-        with (folder / SAMPLES_FILE).open("a") as f:
+        with (folder / SAMPLES).open("a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
         for logger in trainer.loggers:
