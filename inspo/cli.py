@@ -9,10 +9,10 @@ Two subcommands are not Lightning's and take plain arguments: ``inspo export --c
 checkpoint to a plain HF folder) and ``inspo report RUN_DIR`` (plots and a markdown summary of a run).
 ``INSPO_PLUGINS=my_losses,my_conditionings`` imports modules first, so their registered short names work.
 
-Checkpoints (``--checkpoint.*``, :class:`inspo.callbacks.ResumableCheckpoint`) are written atomically with a ``last.ckpt`` link;
-``inspo fit ... --ckpt_path last`` resumes mid-epoch at the same batch from the newest usable checkpoint, and
-``--ckpt_path FILE`` from that file (checked before anything is built, and refused with one line if it was trained
-with another model or loss). SIGTERM and SIGINT save at the next step boundary and exit with 128 + the signal
+Checkpoints (``--checkpoint.*``, :class:`inspo.callbacks.ResumableCheckpoint`) are written atomically with a
+``last.ckpt`` link; ``inspo fit ... --ckpt_path last`` resumes mid-epoch at the same batch from the newest usable
+checkpoint (:mod:`inspo.checkpoints`), and ``--ckpt_path FILE`` from that file (checked before anything is built,
+and refused with one line if it was trained with another model or loss). SIGTERM and SIGINT save at the next step boundary and exit with 128 + the signal
 (:class:`inspo.callbacks.GracefulStop`); under Slurm the requeue signal saves and requeues, and a requeued job
 (``SLURM_RESTART_COUNT`` > 0) resumes from ``last`` without being told.
 """
