@@ -1,9 +1,9 @@
 """Checkpoints: atomic writes, the ``last.ckpt`` link, early checks of the folder, and which checkpoint a resume trusts.
 
-- :class:`ResumableCheckpoint` (``--checkpoint.*``) writes every checkpoint under a temporary name and renames it,
-  then points ``last.ckpt`` (a symlink, replaced atomically) at it: a crash mid-write never leaves a corrupt
-  checkpoint under a checkpoint name. ``last`` is searched in all versions of the run, and the checkpoint folder is
-  checked (writable, room for a checkpoint) before the first training step.
+- :func:`atomic_save` writes a checkpoint under a temporary name and renames it, :func:`link_last` points
+  ``last.ckpt`` (a symlink, replaced atomically) at it: a crash mid-write never leaves a corrupt checkpoint under a
+  checkpoint name. :func:`check_writable` and :func:`check_free_space` check the checkpoint folder before the first
+  training step. The callback that does all this is :class:`inspo.callbacks.ResumableCheckpoint`.
 - :func:`checkpoint_problem` says why a checkpoint cannot be resumed from (missing, a dangling link, truncated,
   not a checkpoint of ``inspo fit``) without reading its weights: a ``.ckpt`` file is memory-mapped, a sharded
   folder's shard files are checked against its metadata.
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from typing_extensions import override
 
 from inspo.errors import ConfigError
+from inspo.run_folder import CHECKPOINTS, versions_dir
 
 log = logging.getLogger("inspo")
 
@@ -104,91 +104,6 @@ def link_last(target: Path, link: Path) -> None:
     _fsync_dir(link.parent)
 
 
-class ResumableCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint with atomic writes, an atomically replaced ``last.ckpt`` link and early checks.
-
-    Same arguments as ``ModelCheckpoint`` (``every_n_train_steps``, ``save_top_k``, ``dirpath``, ...);
-    ``save_last`` defaults to True. ``last.ckpt`` is a symlink to the newest checkpoint; the checkpoint it replaces
-    is deleted only after the link points to the new one. With no ``dirpath`` the checkpoints go to
-    ``<run version>/checkpoints`` and ``--ckpt_path last`` takes the newest ``last.ckpt`` of all versions of the
-    run (a resumed run writes a new version).
-    """
-
-    def __init__(self, *args: Any, save_last: bool | None = True, **kwargs: Any) -> None:
-        super().__init__(*args, save_last=save_last, **kwargs)
-        self.dirpath_given = self.dirpath is not None
-        self._pending_removal: list[str] = []
-        self._last_only: str | None = None  # a checkpoint saved only for last.ckpt (not a top-k one)
-
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            check_writable(Path(self.dirpath), trainer.global_rank)
-
-    @override
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        check_free_space(Path(self.dirpath), pl_module)
-
-    @override
-    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        atomic_save(trainer, filepath, self.save_weights_only)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(self)
-
-    @override
-    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
-        if self.save_last:
-            link = Path(self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST))
-            if not (self._last_checkpoint_saved and self._last_global_step_saved == trainer.global_step
-                    and Path(self._last_checkpoint_saved) != link):
-                path = self.format_checkpoint_name(monitor_candidates)
-                self._save_checkpoint(trainer, path)
-                if self._last_only and self._last_only != path:
-                    self._pending_removal.append(self._last_only)
-                self._last_only = path
-            if trainer.is_global_zero:
-                link_last(Path(self._last_checkpoint_saved), link)
-            trainer.strategy.barrier("inspo_link_last")
-            self.last_model_path = str(link)
-        for path in self._pending_removal:
-            if path != self._last_checkpoint_saved:
-                super()._remove_checkpoint(trainer, path)
-        self._pending_removal = []
-
-    def save_now(self, trainer: Trainer) -> str:
-        """Save a checkpoint of the current step and point ``last.ckpt`` at it (Slurm requeue); returns its path.
-
-        Needs ``save_last`` (the default): a requeued job resumes from ``last``.
-        """
-        if not self.save_last:
-            path = self.format_checkpoint_name(self._monitor_candidates(trainer))
-            self._save_checkpoint(trainer, path)
-            return path
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        return str(self._last_checkpoint_saved)
-
-    @override
-    def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        if self.save_last:
-            self._pending_removal.append(filepath)  # deleted once last.ckpt points past it
-        else:
-            super()._remove_checkpoint(trainer, filepath)
-
-    @override
-    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
-        found = super()._find_last_checkpoints(trainer)
-        if not self.dirpath_given and trainer.loggers:
-            logger = trainer.loggers[0]
-            root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "")
-            found |= {os.path.normpath(p) for p in root.glob("*/checkpoints/last.ckpt") if p.exists()}
-        return found
-
-
 def check_writable(folder: Path, rank: int = 0) -> None:
     """Raise a :class:`ConfigError` unless ``folder`` can be created and written (a probe file is written)."""
     probe = folder / f"{PARTIAL}probe-{rank}-{os.getpid()}"
@@ -224,7 +139,6 @@ def check_free_space(folder: Path, pl_module: LightningModule) -> None:
         raise ConfigError(f"checkpoint directory {folder} is full: {free / 2**20:.1f} MiB free, a checkpoint of this "
                           f"model needs about {needed / 2**20:.1f} MiB (weights and optimizer state); free space or "
                           "set --checkpoint.dirpath elsewhere")
-
 
 
 # ---------------------------------------------------------------- what a resume may trust
@@ -283,14 +197,14 @@ def _missing_shards(folder: Path) -> str | None:
 def checkpoint_folders(trainer: Trainer) -> list[Path]:
     """Where the run's checkpoints may be: each :class:`ResumableCheckpoint`'s folder (all versions of the run when
     it has no ``dirpath``) and ``default_root_dir`` (Lightning's ``hpc_ckpt_N.ckpt`` of a preempted run)."""
+    from inspo.callbacks.checkpoint import ResumableCheckpoint  # here: that module imports this one
+
     folders: list[Path] = []
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ResumableCheckpoint) and callback.dirpath_given:
             folders.append(Path(callback.dirpath))
         elif isinstance(callback, ModelCheckpoint) and trainer.loggers:
-            logger = trainer.loggers[0]
-            root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "")
-            folders += sorted(root.glob("*/checkpoints"))
+            folders += sorted(versions_dir(trainer).glob(f"*/{CHECKPOINTS}"))
     folders.append(Path(trainer.default_root_dir))
     return list(dict.fromkeys(folders))
 

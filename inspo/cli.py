@@ -9,11 +9,11 @@ Two subcommands are not Lightning's and take plain arguments: ``inspo export --c
 checkpoint to a plain HF folder) and ``inspo report RUN_DIR`` (plots and a markdown summary of a run).
 ``INSPO_PLUGINS=my_losses,my_conditionings`` imports modules first, so their registered short names work.
 
-Checkpoints (``--checkpoint.*``, :mod:`inspo.checkpoints`) are written atomically with a ``last.ckpt`` link;
-``inspo fit ... --ckpt_path last`` resumes mid-epoch at the same batch from the newest usable checkpoint, and
-``--ckpt_path FILE`` from that file (checked before anything is built, and refused with one line if it was trained
-with another model or loss). SIGTERM and SIGINT save at the next step boundary and exit with 128 + the signal
-(:mod:`inspo.signals`); under Slurm the requeue signal saves and requeues, and a requeued job
+Checkpoints (``--checkpoint.*``, :class:`inspo.callbacks.ResumableCheckpoint`) are written atomically with a
+``last.ckpt`` link; ``inspo fit ... --ckpt_path last`` resumes mid-epoch at the same batch from the newest usable
+checkpoint (:mod:`inspo.checkpoints`), and ``--ckpt_path FILE`` from that file (checked before anything is built,
+and refused with one line if it was trained with another model or loss). SIGTERM and SIGINT save at the next step boundary and exit with 128 + the signal
+(:class:`inspo.callbacks.GracefulStop`); under Slurm the requeue signal saves and requeues, and a requeued job
 (``SLURM_RESTART_COUNT`` > 0) resumes from ``last`` without being told.
 """
 
@@ -33,10 +33,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from inspo.callbacks import InspoProgressBar, TrainingMonitor, check_logger_packages
+from inspo.callbacks import GracefulStop, InspoProgressBar, ResumableCheckpoint, SampleGenerations, TrainingMonitor
 from inspo.checkpoints import (
     KEYWORDS,
-    ResumableCheckpoint,
     checkpoint_folders,
     checkpoint_problem,
     read_meta,
@@ -46,16 +45,21 @@ from inspo.data.datamodule import PreferenceDataModule
 from inspo.errors import ConfigError, InspoError
 from inspo.module import PreferenceModule
 from inspo.parser import InspoArgumentParser, expand_loss_names
-from inspo.preflight import check_data_paths, check_output_folders, check_strategy, user_error_in
+from inspo.preflight import (
+    check_data_paths,
+    check_logger_packages,
+    check_output_folders,
+    check_strategy,
+    user_error_in,
+)
 from inspo.quiet import quiet_run
 from inspo.reference import REFERENCES
-from inspo.samples import SampleGenerations
-from inspo.signals import GracefulStop, restored_signals
+from inspo.signals import restored_signals
 from inspo.summary import fit_summary
 
 log = logging.getLogger("inspo")
 
-COMMANDS = {"export": "inspo.export", "report": "inspo.report", "eval": "inspo.eval.evaluate"}
+COMMANDS = {"export": "inspo.export", "report": "inspo.run_report", "eval": "inspo.eval.evaluate"}
 """Subcommands outside LightningCLI (name -> module with a ``main(argv)``), imported only when used."""
 DESCRIPTION = ("Preference optimisation (InSPO and the DPO family). Lightning subcommands: fit, validate, test, "
                "predict (--config X.yaml, see `inspo fit --help`). Other subcommands: `inspo export --ckpt PATH "

@@ -29,12 +29,11 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 import inspo
-from inspo.callbacks import run_dir
 from inspo.errors import ConfigError
 from inspo.lora import TRAINED_ADAPTER, LoraSettings, apply_lora, is_lora, merged_model
 from inspo.models import load_causal_lm, load_tokenizer
+from inspo.run_folder import CONFIG, EXPORT_INFO, run_dir
 
-EXPORT_INFO = "inspo_export.json"
 log = logging.getLogger("inspo")
 
 
@@ -103,7 +102,7 @@ def export_module(module: Any, out: Path, merge: bool | None = None, policy: nn.
         "hparams": dict(hp),
         "data": {"hparams": dict(getattr(datamodule, "hparams", None) or {}),
                  "stats": getattr(datamodule, "stats", None)},
-        "config": _read_yaml(folder / "config.yaml") if folder is not None else None,
+        "config": _read_yaml(folder / CONFIG) if folder is not None else None,
     }
     if merge is None:
         merge = module.lora.merge_on_export if module.lora is not None else True
@@ -209,7 +208,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, merge: bool | None = No
     info = {"source": str(ckpt), "global_step": checkpoint.get("global_step"), "base_model": hp["model"],
             "hparams": dict(hp),
             "data": {"hparams": dict(checkpoint.get("datamodule_hyper_parameters") or {}), "stats": None},
-            "config": _read_yaml(ckpt.resolve().parent.parent / "config.yaml")}
+            "config": _read_yaml(ckpt.resolve().parent.parent / CONFIG)}
     return export_policy(policy, tokenizer, Path(out), merge=merge, info=info)
 
 

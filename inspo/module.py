@@ -36,6 +36,7 @@ from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics
 from inspo.models import BUNDLED_SMOLLM2, DTYPES, disable_dropout, load_causal_lm, load_tokenizer
 from inspo.optim import OptimConfig, check_precision, keeps_fp32_master, make_optimizer, start_schedules
 from inspo.reference import CachedReference, PathReference, ReferenceData, ReferenceMode, resolve_reference
+from inspo.run_folder import HF_MODEL
 from inspo.scoring import score_pairs
 
 log = logging.getLogger("inspo")
@@ -374,4 +375,4 @@ class PreferenceModule(LightningModule):
     def export_path(self) -> Path:
         if self.hparams.export_dir != "auto":
             return Path(self.hparams.export_dir)
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hf_model"
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / HF_MODEL

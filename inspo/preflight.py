@@ -1,4 +1,4 @@
-"""Checks the CLI runs on the parsed config before anything is built: output folders, strategy, data paths.
+"""Checks the CLI runs on the parsed config before anything is built: output folders, strategy, data paths, loggers.
 
 Each failure is a :class:`~inspo.errors.ConfigError` naming the option and the path, raised before any data is read,
 any model is loaded or any step is trained (before this, a ``model.export_dir`` that is a file crashed the export
@@ -9,6 +9,7 @@ traceback). Also here: the logger folder follows ``trainer.default_root_dir`` un
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 from pathlib import Path
@@ -19,6 +20,9 @@ from jsonargparse import Namespace
 from inspo.errors import ConfigError, InspoError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LOGGER_PACKAGES = {"WandbLogger": "wandb", "TensorBoardLogger": "tensorboard", "MLFlowLogger": "mlflow",
+                   "CometLogger": "comet_ml", "NeptuneLogger": "neptune"}
+"""Logger class -> the package it needs (not a dependency of inspo): checked by :func:`check_logger_packages`."""
 
 
 def _items(value: Any) -> list[Any]:
@@ -130,3 +134,21 @@ def user_error_in(err: BaseException) -> InspoError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def check_logger_packages(logger: Any) -> None:
+    """Raise one clear :class:`ConfigError` if a configured logger's package is not installed.
+
+    ``logger`` is the parsed ``trainer.logger`` value: a bool, None, a ``class_path`` namespace or a list of them.
+    """
+    for item in logger if isinstance(logger, list) else [logger]:
+        class_path = item.get("class_path") if hasattr(item, "get") else None
+        if not class_path:
+            continue
+        name = str(class_path).rsplit(".", 1)[-1]
+        package = LOGGER_PACKAGES.get(name)
+        if package == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None:
+            continue
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"trainer.logger {name} needs the {package!r} package, which is not installed: "
+                              f"pip install {package} (or use the default CSV logger, which needs no account)")

@@ -22,7 +22,9 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 
-from inspo.callbacks import VIEWS, TrainingMonitor, run_dir
+from inspo.callbacks.monitor import TrainingMonitor
+from inspo.callbacks.progress import VIEWS
+from inspo.run_folder import HF_MODEL, REPORT_MD, run_dir
 
 NAMES = (("loss", "loss"), ("reward_accuracy", "acc"), ("reward_margin", "margin"))
 
@@ -75,7 +77,7 @@ def fit_summary(trainer: Trainer, module: LightningModule) -> str:
     export = _exported(trainer, module)
     if export is not None:
         lines.append(f"  trained policy: {export}")
-    lines.append(f"  next: inspo report {folder}    (plots and report.md)")
+    lines.append(f"  next: inspo report {folder}    (plots and {REPORT_MD})")
     if export is not None:
         lines.append(f"        inspo eval --model {export} --limit 50    (gold-reward win rate)")
     return "\n".join(lines)
@@ -87,7 +89,7 @@ def _exported(trainer: Trainer, module: LightningModule) -> Path | None:
     export_dir = getattr(module, "hparams", {}).get("export_dir")
     if export_dir is None:
         return None
-    path = run_dir(trainer) / "hf_model" if export_dir == "auto" else Path(export_dir)
+    path = run_dir(trainer) / HF_MODEL if export_dir == "auto" else Path(export_dir)
     return path if path.is_dir() else None
 
 

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from inspo.run_folder import RUN_STATS
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "full_copy_reference": ["--model.reference", "copy"],
@@ -41,7 +43,7 @@ def run(name: str, extra: list[str], steps: int, batch_size: int, workdir: Path)
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
     rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
-    (stats_file,) = out.glob("inspo/version_*/run_stats.json")
+    (stats_file,) = out.glob(f"inspo/version_*/{RUN_STATS}")
     stats = json.loads(stats_file.read_text())
     return {"peak_rss_mib": round(rss_kib / 1024, 1), "wall": wall, "reference_mode": stats["reference_mode"],
             "parameters": stats["parameters"], "train": stats["train"]}

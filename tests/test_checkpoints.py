@@ -92,3 +92,28 @@ def test_last_with_nothing_usable(tmp_path, caplog):
     caplog.set_level("INFO", logger="inspo")
     assert resolve_last([tmp_path], required=False) is None  # nothing was ever saved: start from step 0
     assert "starting from step 0" in caplog.text
+
+
+def test_lightning_pin_covers_the_installed_version_and_the_private_api_used():
+    """``pyproject.toml`` caps Lightning below the next minor release because the checkpoint and stop callbacks
+    use private Lightning API: the installed version is inside the pin, the callbacks' docstrings state the same
+    range, and the private ``ModelCheckpoint`` methods they override still exist."""
+    import re
+
+    import lightning
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from packaging.requirements import Requirement
+
+    from inspo.callbacks import checkpoint, graceful_stop
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    (text,) = re.findall(r'^ *"(lightning[^"]*)",', pyproject, flags=re.MULTILINE)
+    pin = Requirement(text)
+    assert pin.specifier.contains(lightning.__version__), (str(pin), lightning.__version__)
+    assert any(s.operator == "<" for s in pin.specifier), "no upper bound on lightning"
+    for module in (checkpoint, graceful_stop):
+        assert f"``{text}``" in module.__doc__, module.__name__
+    for name in ("_save_checkpoint", "_save_last_checkpoint", "_remove_checkpoint", "_find_last_checkpoints",
+                 "_monitor_candidates"):
+        assert callable(getattr(ModelCheckpoint, name, None)), name
+

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY
 
 from inspo.cli import main as cli_main
-from inspo.eval.generate import left_pad
+from inspo.eval.generate import encode_prompts, generate, left_pad
 from inspo.eval.stats import crossed_mean, head_to_head, paired_difference
 from inspo.eval.winrate import compare, fit_logistic, lc_win_rate, outcomes
 from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
@@ -177,6 +177,40 @@ def test_left_pad_right_aligns_rows() -> None:
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_generate_restores_training_mode_and_encodes_without_a_chat_template(tokenizer) -> None:
+    """The one generation helper serves the samples callback, which generates from the policy mid-training: the
+    model must be back in training mode afterwards (dropout on), and a base model's tokenizer without a chat
+    template gets its prompt as plain text (the callback's behaviour before it shared this helper)."""
+    import copy
+
+    from conftest import tiny_model
+
+    model = tiny_model().train()
+    (answers,) = generate(model, tokenizer, ["Say hi."], max_new_tokens=3)
+    assert model.training and 0 <= answers[0].tokens <= 3
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    assert encode_prompts(plain, ["Say hi.", "Two"]) == [plain("Say hi.").input_ids, plain("Two").input_ids]
+    assert encode_prompts(tokenizer, ["Say hi."])[0] != plain("Say hi.").input_ids  # the template was applied
+
+
+def test_samples_callback_answers_like_inspo_eval(tokenizer) -> None:
+    """The samples table and ``inspo eval`` answer a prompt through the same function: the same greedy text and
+    length (one prompt per call, as the callback generates)."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_model
+
+    from inspo.callbacks import SampleGenerations
+
+    model = tiny_model(seed=3)
+    prompts = ["Give three tips for staying healthy.", "Name a colour."]
+    callback = SampleGenerations(prompts=prompts, max_new_tokens=5)
+    rows = callback._generate(model, SimpleNamespace(tokenizer=tokenizer))
+    expected = generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=1)
+    assert rows == [{"text": g.text, "tokens": g.tokens} for (g,) in expected]
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ import pytest
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from inspo.callbacks import InspoProgressBar, TrainingMonitor, check_logger_packages
+from inspo.callbacks import InspoProgressBar, SampleGenerations, TrainingMonitor, log_table
 from inspo.cli import InspoCLI, main
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.errors import ConfigError
 from inspo.module import PreferenceModule
-from inspo.samples import SampleGenerations, log_table
+from inspo.preflight import check_logger_packages
 from tests.test_cli import CONFIGS
 
 LOGGERS = CONFIGS / "logger"
@@ -78,12 +78,12 @@ def test_wandb_missing_is_one_clear_line(capsys, tmp_path):
 
 
 def test_check_logger_packages_reads_lists_and_plain_values(monkeypatch):
-    from inspo import callbacks
+    from inspo import preflight
 
     check_logger_packages(None)
     check_logger_packages(True)
     check_logger_packages([{"class_path": "lightning.pytorch.loggers.CSVLogger"}])
-    monkeypatch.setitem(callbacks.LOGGER_PACKAGES, "MyLogger", "nonexistent_pkg_xyz")
+    monkeypatch.setitem(preflight.LOGGER_PACKAGES, "MyLogger", "nonexistent_pkg_xyz")
     with pytest.raises(ConfigError, match="'nonexistent_pkg_xyz' package"):
         check_logger_packages([{"class_path": "lightning.pytorch.loggers.CSVLogger"}, {"class_path": "my.MyLogger"}])
 
@@ -142,7 +142,7 @@ def test_validation_lines_and_summary_show_both_views(two_views):
 def test_report_draws_and_tabulates_both_views(two_views, tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
-    from inspo.report import write_report
+    from inspo.run_report import write_report
 
     run, _ = two_views
     labels: list[str] = []

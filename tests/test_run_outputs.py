@@ -76,6 +76,23 @@ def test_samples_and_run_stats(lora_run):
     assert 0 < params["policy"]["trainable"] < params["policy"]["total"] / 50
 
 
+def test_run_folder_names_every_file_a_fit_writes(lora_run):
+    """:mod:`inspo.run_folder` names each file where the fit put it. The literal names are pinned here, not imported:
+    users' scripts and ``inspo report`` on an older run read these exact names."""
+    from inspo import run_folder as names
+
+    run, _ = lora_run
+    pinned = {"CONFIG": "config.yaml", "HPARAMS": "hparams.yaml", "METRICS": "metrics.csv",
+              "RUN_STATS": "run_stats.json", "SAMPLES": "samples.jsonl", "CHECKPOINTS": "checkpoints",
+              "LAST": "last.ckpt", "HF_MODEL": "hf_model", "EXPORT_INFO": "inspo_export.json", "REPORT": "report",
+              "REPORT_MD": "report.md"}
+    assert {key: getattr(names, key) for key in pinned} == pinned
+    for path in ("config.yaml", "hparams.yaml", "metrics.csv", "run_stats.json", "samples.jsonl",
+                 "checkpoints/last.ckpt", "hf_model/inspo_export.json"):
+        assert (run / path).exists(), path
+    assert (run / "checkpoints" / "last.ckpt").is_symlink()
+
+
 def test_fit_export_loads_with_plain_transformers(lora_run):
     run, _ = lora_run
     folder = run / "hf_model"

@@ -33,8 +33,8 @@ from inspo.data.formats import read_rows
 from inspo.errors import DataError, ModelSourceError
 from inspo.eval.constraints import Constraint, gold_reward, satisfied
 from inspo.eval.generate import generate, require_chat_template
-from inspo.eval.report import write_markdown, write_plots
 from inspo.eval.winrate import compare
+from inspo.eval.winrate_report import write_markdown, write_plots
 from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
 
 log = logging.getLogger("inspo")

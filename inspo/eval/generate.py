@@ -1,10 +1,12 @@
-"""Batched generation from pi(y | x) with left padding, shared by the data generator and ``inspo eval``.
+"""Batched generation from pi(y | x) with left padding: the one generation helper of inspo.
 
-Only the prompt is shown to the model: InSPO's alternative response exists in training alone, so evaluation
-generates exactly as any deployed model would. Prompts are rendered with the tokenizer's chat template (one user
-turn and the generation prompt), left-padded so every row's last prompt token sits at the same position, and
-answered in one ``generate`` call per batch. A response ends at the first end-of-turn (EOS) token; one that never
-produced it within ``max_new_tokens`` is marked ``truncated`` (the gold reward's "runaway" tie-break).
+Used by ``inspo eval`` (and its suite), the data generator (``scripts/make_verifiable_prefs.py``) and the sample
+tables shown during training (:class:`inspo.callbacks.SampleGenerations`). Only the prompt is shown to the model:
+InSPO's alternative response exists in training alone, so evaluation generates exactly as any deployed model would.
+Prompts are rendered with the tokenizer's chat template (one user turn and the generation prompt; plain text for a
+tokenizer without one), left-padded so every row's last prompt token sits at the same position, and answered in one
+``generate`` call per batch. A response ends at the first end-of-turn (EOS) token; one that never produced it within
+``max_new_tokens`` is marked ``truncated`` (the gold reward's "runaway" tie-break).
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ def require_chat_template(tokenizer: PreTrainedTokenizerBase, name: str) -> None
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt as one user turn plus the assistant generation prompt."""
+    """Token ids of each prompt as one user turn plus the assistant generation prompt; the plain tokenized text when
+    the tokenizer has no chat template (a base model's samples during training; ``inspo eval`` refuses such a
+    tokenizer first, see :func:`require_chat_template`)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return [list(tokenizer(prompt).input_ids) for prompt in prompts]
     out = []
     for prompt in prompts:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -72,7 +78,9 @@ def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: the samples callback generates from the policy mid-training, and a buffer a model
+# rebuilds while generating (dynamic RoPE's inv_freq) would become an inference tensor that backward cannot save.
+@torch.no_grad()
 def generate(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -86,8 +94,9 @@ def generate(
     """Answer every prompt ``num_samples`` times; returns one list of generations per prompt.
 
     Args:
-        model: a causal LM (put in eval mode here).
-        tokenizer: its tokenizer, with a chat template.
+        model: a causal LM (in eval mode while it generates; its training mode is restored afterwards, so that
+            the samples callback can generate from the policy in the middle of training).
+        tokenizer: its tokenizer (its chat template, if any, renders each prompt: :func:`encode_prompts`).
         prompts: user messages.
         max_new_tokens: length cap of each response.
         num_samples: responses per prompt (with temperature 0 they are all the same greedy answer).
@@ -99,7 +108,16 @@ def generate(
         raise ConfigError("max_new_tokens, num_samples and batch_size must be at least 1")
     if temperature < 0:
         raise ConfigError(f"temperature must be >= 0, got {temperature}")
+    was_training = model.training
     model.eval()
+    try:
+        return _generate(model, tokenizer, prompts, max_new_tokens, num_samples, temperature, top_p, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int,
+              num_samples: int, temperature: float, top_p: float, batch_size: int) -> list[list[Generation]]:
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]

@@ -7,7 +7,8 @@ a cached reference), the policy as it was when training started.
 
 Every table goes to ``samples.jsonl`` in the run folder (one line per prompt and step; ``inspo report`` plots the
 response lengths from it), to TensorBoard as a markdown text table and to W&B as a table, when those loggers run.
-Decoding is greedy, so two runs with the same weights print the same samples.
+Decoding is greedy, so two runs with the same weights print the same samples. The answers come from the generation
+helper ``inspo eval`` uses (:func:`inspo.eval.generate.generate`), one prompt per call (no padding).
 """
 
 from __future__ import annotations
@@ -16,18 +17,17 @@ import json
 import logging
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import nn
 from typing_extensions import override
 
-from inspo.callbacks import run_dir
+from inspo.eval.generate import generate
+from inspo.run_folder import SAMPLES, run_dir
 
 log = logging.getLogger("inspo")
 
-SAMPLES_FILE = "samples.jsonl"
 SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)
 DEFAULT_PROMPTS = (
     "Give three tips for staying healthy.",
@@ -68,7 +68,7 @@ class SampleGenerations(Callback):
             return
         with pl_module.reference_mode.generation_model(pl_module.policy) as (model, source):
             self._reference_source = source
-            self._reference = [self._generate(model, pl_module, prompt) for prompt in self.prompts]
+            self._reference = self._generate(model, pl_module)
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
@@ -88,40 +88,23 @@ class SampleGenerations(Callback):
             return
         self._last_step = step
         rows = []
-        for prompt, reference in zip(self.prompts, self._reference or [{}] * len(self.prompts)):
-            policy = self._generate(pl_module.policy, pl_module, prompt)
+        answers = self._generate(pl_module.policy, pl_module)
+        for prompt, policy, reference in zip(self.prompts, answers, self._reference or [{}] * len(self.prompts)):
             rows.append({"step": step, "prompt": prompt, "policy": policy["text"], "policy_tokens": policy["tokens"],
                          "reference": reference.get("text"), "reference_tokens": reference.get("tokens"),
                          "reference_source": self._reference_source, "max_new_tokens": self.max_new_tokens})
         folder.mkdir(parents=True, exist_ok=True)
-        with (folder / SAMPLES_FILE).open("a") as f:
+        with (folder / SAMPLES).open("a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
         for logger in trainer.loggers:
             log_table(logger, rows, step)
 
-    def _generate(self, model: nn.Module, pl_module: LightningModule, prompt: str) -> dict[str, Any]:
-        """Greedy answer of ``model`` to ``prompt``: its text and its length in tokens (up to the first EOS)."""
-        tokenizer = pl_module.tokenizer
-        if getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                tokenize=True, return_dict=False)
-        else:
-            ids = tokenizer(prompt).input_ids
-        input_ids = torch.tensor([list(ids)], device=pl_module.device)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                     max_new_tokens=self.max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        finally:
-            model.train(was_training)
-        new = out[0, input_ids.shape[1]:].tolist()
-        if tokenizer.eos_token_id in new:
-            new = new[: new.index(tokenizer.eos_token_id)]
-        return {"text": tokenizer.decode(new, skip_special_tokens=True), "tokens": len(new)}
+    def _generate(self, model: nn.Module, pl_module: LightningModule) -> list[dict[str, Any]]:
+        """Greedy answers of ``model`` to the prompts: text and length in tokens (up to the first EOS), one prompt
+        per ``generate`` call, so that an answer does not depend on the other prompts' padding."""
+        answers = generate(model, pl_module.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens, batch_size=1)
+        return [{"text": answer.text, "tokens": answer.tokens} for (answer,) in answers]
 
 
 def markdown_table(rows: list[dict[str, Any]], width: int = 300) -> str:

@@ -27,9 +27,9 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from inspo.callbacks import RUN_STATS, VIEWS
+from inspo.callbacks.progress import VIEWS
 from inspo.errors import ConfigError
-from inspo.samples import SAMPLES_FILE
+from inspo.run_folder import CONFIG, EXPORT_INFO, HF_MODEL, HPARAMS, METRICS, REPORT, REPORT_MD, RUN_STATS, SAMPLES
 
 Series = dict[str, list[tuple[int, float]]]
 PLOTS = {
@@ -47,9 +47,9 @@ COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:b
 
 def find_run(path: Path) -> Path:
     """``path`` if it holds ``metrics.csv``, else its newest ``version_N`` (or ``*/version_N``) that does."""
-    if (path / "metrics.csv").is_file():
+    if (path / METRICS).is_file():
         return path
-    candidates = [p.parent for p in [*path.glob("version_*/metrics.csv"), *path.glob("*/version_*/metrics.csv")]]
+    candidates = [p.parent for p in [*path.glob(f"version_*/{METRICS}"), *path.glob(f"*/version_*/{METRICS}")]]
     if not candidates:
         raise ConfigError(f"{path}: no metrics.csv here or in a version_N folder below it (the report reads the CSV "
                           "logger's output: run `inspo fit` with the default CSV logger)")
@@ -181,7 +181,7 @@ def _fmt(value: Any) -> str:
 def summary(run: Path, series: Series, samples: list[dict[str, Any]], plots: list[str]) -> str:
     """The markdown report: config, data counts, final metrics, throughput, last samples, plots."""
     stats = _read_json(run / RUN_STATS) or {}
-    config_path = run / "config.yaml" if (run / "config.yaml").is_file() else run / "hparams.yaml"
+    config_path = run / CONFIG if (run / CONFIG).is_file() else run / HPARAMS
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     model = (config or {}).get("model", config) or {}
     lines = [f"# inspo run report: `{run}`", "", "## Config", ""]
@@ -220,10 +220,10 @@ def summary(run: Path, series: Series, samples: list[dict[str, Any]], plots: lis
     if samples:
         last_step = samples[-1]["step"]
         lines += ["", f"## Samples at step {last_step}", ""]
-        from inspo.samples import markdown_table
+        from inspo.callbacks.samples import markdown_table
 
         lines.append(markdown_table([s for s in samples if s["step"] == last_step], width=200))
-    export = _read_json(run / "hf_model" / "inspo_export.json")
+    export = _read_json(run / HF_MODEL / EXPORT_INFO)
     if export:
         commit = (export.get("git") or {}).get("commit")
         lines += ["", "## Export", "", f"`hf_model/` ({export.get('format')}), git commit `{commit}`"]
@@ -234,15 +234,15 @@ def summary(run: Path, series: Series, samples: list[dict[str, Any]], plots: lis
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the PNGs and ``report.md`` for a run folder; return the report folder."""
     run = find_run(Path(run_dir))
-    series = read_metrics(run / "metrics.csv")
-    samples = _read_jsonl(run / SAMPLES_FILE)
-    folder = Path(out) if out is not None else run / "report"
+    series = read_metrics(run / METRICS)
+    samples = _read_jsonl(run / SAMPLES)
+    folder = Path(out) if out is not None else run / REPORT
     folder.mkdir(parents=True, exist_ok=True)
     plots = [stem for stem, (title, ylabel, lines) in PLOTS.items()
              if plot_metric(series, stem, lines, title, ylabel, folder)]
     plots += ["sample_lengths"] if plot_sample_lengths(samples, folder) else []
     plots += ["lr_throughput"] if plot_training_speed(series, folder) else []
-    (folder / "report.md").write_text(summary(run, series, samples, plots))
+    (folder / REPORT_MD).write_text(summary(run, series, samples, plots))
     return folder
 
 
@@ -254,4 +254,4 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", default=None, help="where to write (default: RUN_DIR/report)")
     args = parser.parse_args(argv)
     folder = write_report(args.run_dir, args.out)
-    print(f"inspo: report written to {folder / 'report.md'}")
+    print(f"inspo: report written to {folder / REPORT_MD}")
