@@ -16,10 +16,8 @@ from inspo.cli import InspoCLI, main
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.losses import LOSSES
 from inspo.module import PreferenceModule
-from tests.conftest import tiny_model
+from tests.helpers import CONFIGS, tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 # Fragments are parsed on top of the main config they are written for.
 BASES = {"loss": CONFIGS / "quickstart.yaml", "paper": CONFIGS / "paper" / "llama3-8b-inspo-dpo.yaml"}
 

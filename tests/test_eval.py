@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 
 from inspo.cli import main as cli_main
 from inspo.eval.generate import left_pad
 from inspo.eval.stats import crossed_mean, head_to_head, paired_difference
 from inspo.eval.winrate import compare, fit_logistic, lc_win_rate, outcomes
 from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
+from tests.helpers import TINY_CONFIG
 
 PROMPTS = [
     {"id": "a", "prompt": "Describe the moon. Answer in at most 20 words.",
@@ -187,7 +187,7 @@ def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     folders = []
     for seed, name in ((0, "trained"), (1, "base"), (0, "no_template")):
         folder = root / name
-        load_causal_lm(BUNDLED_SMOLLM2, random_init=TINY, seed=seed).save_pretrained(folder)
+        load_causal_lm(BUNDLED_SMOLLM2, random_init=TINY_CONFIG, seed=seed).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         folders.append(folder)
     (folders[2] / "chat_template.jinja").unlink(missing_ok=True)

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from inspo.conditioning import REFERENCE_SEQUENCES, make_conditioning
 from inspo.layout import PackedLayout, make_layout, packed_unsupported_reason, to_block_mask
 from inspo.logprobs import target_logps
-from tests.conftest import TINY, random_pairs, tiny_model
-from tests.test_layout import expected
+from tests.helpers import TINY_CONFIG, expected, random_pairs, tiny_model
 
 LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (1, 1, 1), (9, 4, 3)]
 
@@ -91,7 +90,7 @@ def test_module_falls_back_to_separate_with_one_log_line(monkeypatch, caplog):
         return model
 
     monkeypatch.setattr(module_file, "load_causal_lm", load_flash)
-    module = PreferenceModule(random_init=TINY)  # packed is the default
+    module = PreferenceModule(random_init=TINY_CONFIG)  # packed is the default
     assert module.layout.name == "packed"
     with caplog.at_level(logging.INFO, logger="inspo"):
         module.configure_model()

@@ -13,7 +13,7 @@ from inspo.data.datamodule import PairBatch
 from inspo.errors import InspoError
 from inspo.module import PreferenceModule
 from inspo.reference import load_cache, load_or_build
-from tests.conftest import TINY, random_pairs, tiny_model
+from tests.helpers import TINY_CONFIG, random_pairs, tiny_model
 
 SETTINGS = {"tokenizer": "bundled", "chat_template": True, "max_length": 512, "max_prompt_length": 256}
 
@@ -48,7 +48,7 @@ def build(tmp_path, pairs=None, model=None, settings=SETTINGS):
 def test_cached_logps_equal_the_live_reference(tmp_path):
     """The live reference (copy mode) and the cache agree to 1e-5 (+1e-6 relative: sums near 60 nats), token counts
     included."""
-    module = PreferenceModule(random_init=TINY, reference="copy")
+    module = PreferenceModule(random_init=TINY_CONFIG, reference="copy")
     module.configure_model()
     pairs = records()
     cache = load_or_build(pairs, module.reference, SETTINGS, pad_id=0, folder=tmp_path)
@@ -121,7 +121,7 @@ def test_module_cached_mode_runs_without_a_reference_model(tmp_path, monkeypatch
     from inspo.data.datamodule import PreferenceDataModule, collate_pairs
 
     monkeypatch.setattr(reference, "cache_dir", lambda: tmp_path)
-    module = PreferenceModule(random_init=TINY, reference="cached", export_dir=None)
+    module = PreferenceModule(random_init=TINY_CONFIG, reference="cached", export_dir=None)
     data = PreferenceDataModule(max_pairs=8, batch_size=4, max_length=96, max_prompt_length=48)
     trainer = Trainer(accelerator="cpu", limit_val_batches=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)

@@ -14,8 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from inspo.cli import main
 from inspo.export import EXPORT_INFO, generation_config
-from tests.conftest import tiny_model
-from tests.test_cli import CONFIGS
+from tests.helpers import CONFIGS, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.data.sampler import LengthBucketBatchSampler
 from inspo.module import PreferenceModule
-from tests.conftest import TINY
+from tests.helpers import TINY_CONFIG
 
 LENGTHS = torch.randint(1, 500, (103,), generator=torch.Generator().manual_seed(0)).tolist()
 
@@ -138,7 +138,7 @@ def fit_rows(tmp_path, path: str, ckpt_path: str | None = None) -> list[list[int
                       enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
                       callbacks=[record, checkpoint])
     datamodule = PreferenceDataModule(path=path, batch_size=2, val_fraction=0.0, shuffle=False)
-    trainer.fit(PreferenceModule(random_init=TINY, export_dir=None), datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(PreferenceModule(random_init=TINY_CONFIG, export_dir=None), datamodule=datamodule, ckpt_path=ckpt_path)
     return record.rows
 
 

@@ -15,7 +15,7 @@ from inspo.data.formats import RowError, read_rows, to_record
 from inspo.data.validate import ReadOptions, read_pairs
 from inspo.errors import ConfigError, DataError
 from inspo.module import PreferenceModule
-from tests.conftest import TINY
+from tests.helpers import TINY_CONFIG
 
 GOOD = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "No idea."} for i in range(40)]
 
@@ -275,4 +275,4 @@ def test_bad_data_stops_the_run_before_any_model_is_loaded(tmp_path, monkeypatch
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(DataError, match=r"row 11: field 'chosen' must be a string"):
-        trainer.fit(PreferenceModule(random_init=TINY), datamodule=PreferenceDataModule(path=str(path)))
+        trainer.fit(PreferenceModule(random_init=TINY_CONFIG), datamodule=PreferenceDataModule(path=str(path)))
