@@ -216,7 +216,7 @@ def test_eval_end_to_end(tiny_folders: tuple[Path, Path, Path], tmp_path: Path, 
     model = result["models"]["mine"]
     assert result["n_prompts"] == 3 and model["n"] == 3
     assert model["wins"] + model["ties"] + model["losses"] == 3
-    assert 0.0 <= model["win_rate"] <= 1.0 and 0.0 <= model["lc_win_rate"] <= 1.0
+    assert model["win_rate"] == (model["wins"] + model["ties"] / 2) / 3 and 0.0 <= model["lc_win_rate"] <= 1.0
     assert set(model["win_rate_by_family"]) == {"max_words", "no_commas", "ends_with_question", "include_keyword"}
     rows = [json.loads(line) for line in (out / "generations" / "mine.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["a", "b", "c"] and all(row["tokens"] <= 6 for row in rows)
@@ -227,6 +227,25 @@ def test_eval_end_to_end(tiny_folders: tuple[Path, Path, Path], tmp_path: Path, 
     stamp = (out / "generations" / "baseline.jsonl").stat().st_mtime_ns
     _eval("--model", f"mine={trained}", "--baseline", str(base), "--prompts", str(prompts), "--out", str(out))
     assert (out / "generations" / "baseline.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_a_model_against_itself_ties_every_prompt(tiny_folders: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """The baseline as ``--model``: greedy answers are the same text, so the same gold reward, on every prompt:
+    3 ties, win rate (0 + 3/2) / 3 = 1/2 exactly with standard error 0, and (all length differences 0) the LC win
+    rate sigma(a) = 1/2 too; per family likewise. A swapped or mis-aligned comparison would give wins or losses."""
+    _, base, _ = tiny_folders
+    prompts = _prompts_file(tmp_path / "prompts.jsonl", PROMPTS)
+    out = tmp_path / "eval"
+    _eval("--model", f"itself={base}", "--baseline", str(base), "--prompts", str(prompts), "--out", str(out))
+    model = json.loads((out / "winrate.json").read_text())["models"]["itself"]
+    assert (model["wins"], model["ties"], model["losses"]) == (0, 3, 0)
+    assert model["win_rate"] == 0.5 and model["win_rate_se"] == 0.0
+    assert model["lc_win_rate"] == pytest.approx(0.5, abs=1e-9) and model["length_slope"] == pytest.approx(0, abs=1e-9)
+    assert {family: r["win_rate"] for family, r in model["win_rate_by_family"].items()} == {
+        "max_words": 0.5, "no_commas": 0.5, "ends_with_question": 0.5, "include_keyword": 0.5}
+    rows = {name: [json.loads(line) for line in (out / "generations" / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("itself", "baseline")}
+    assert rows["itself"] == rows["baseline"]
 
 
 def _error(capsys: pytest.CaptureFixture, *args: str) -> str:
