@@ -131,7 +131,8 @@ MODES = {
     "adapter": lambda folder, adapter: PreferenceModule(random_init=DROPOUT, disable_dropout=False,
                                                         lora=LoraSettings(rank=4, alpha=8, dropout=0.5)),
     # continuing an adapter: the frozen reference adapter carries lora_dropout 0.5 from its saved config
-    "adapter-continued": lambda folder, adapter: PreferenceModule(random_init=TINY_CONFIG, lora=LoraSettings(adapter=adapter)),
+    "adapter-continued": lambda folder, adapter: PreferenceModule(random_init=TINY_CONFIG,
+                                                                  lora=LoraSettings(adapter=adapter)),
     "adapter-continued-dropout": lambda folder, adapter: PreferenceModule(
         random_init=DROPOUT, disable_dropout=False, lora=LoraSettings(adapter=adapter)),
 }

@@ -30,7 +30,8 @@ def trainer() -> Trainer:
 
 def module(conditioning: str, loss, layout: str = "packed", source: PreferenceModule | None = None):
     """A configured module; a policy that differs from its reference (or ``source``'s weights, policy and reference)."""
-    out = PreferenceModule(random_init=TINY_CONFIG, conditioning=conditioning, loss=loss, layout=layout, export_dir=None)
+    out = PreferenceModule(random_init=TINY_CONFIG, conditioning=conditioning, loss=loss, layout=layout,
+                           export_dir=None)
     out.configure_model()
     if source is None:
         with torch.no_grad():

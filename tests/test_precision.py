@@ -75,8 +75,8 @@ def test_bf16_weights_updated_in_place_are_refused_before_the_first_step(precisi
 
 def test_lora_on_a_bf16_base_trains_fp32_adapters():
     """LoRA with model.dtype bf16 under bf16-mixed: the base is frozen bf16, the adapters are fp32 and move."""
-    module = PreferenceModule(random_init=TINY_CONFIG, dtype="bf16", lora=LoraSettings(rank=4, alpha=8), export_dir=None,
-                              optim=OptimConfig(lr=5e-7, warmup_ratio=0.0))
+    module = PreferenceModule(random_init=TINY_CONFIG, dtype="bf16", lora=LoraSettings(rank=4, alpha=8),
+                              export_dir=None, optim=OptimConfig(lr=5e-7, warmup_ratio=0.0))
     module.configure_model()
     trainable = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}
     assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
