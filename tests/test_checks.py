@@ -16,8 +16,7 @@ from inspo.conditioning import REFERENCE_SEQUENCES
 from inspo.layout import SeparateLayout
 from inspo.logprobs import target_logps, token_logps_full
 from inspo.module import PreferenceModule
-from tests.conftest import tiny_model
-from tests.test_module import batch, logp
+from tests.helpers import batch, logp, random_pairs, tiny_family, tiny_model
 
 
 class TemperatureLlama(LlamaForCausalLM):
@@ -115,7 +114,6 @@ def test_check_runs_on_the_evaluation_path_too(monkeypatch, caplog):
 
     from inspo.data.datamodule import collate_pairs
     from inspo.data.tokenize import TokenizedPair
-    from tests.conftest import random_pairs
 
     module = PreferenceModule(loss="simpo", export_dir=None)
     monkeypatch.setattr(module_file, "load_causal_lm", lambda *a, **k: temperature_llama())
@@ -134,7 +132,6 @@ def test_known_logit_transforms_match_the_forward(name, field):
     inspo's lean path reproduces each, so these families keep it (and pass the check)."""
     if not hasattr(transformers, name):
         pytest.skip(f"{name} is not in this transformers")
-    from tests.test_mixers import tiny as tiny_family
 
     model, b = tiny_family(name, **{field: 4.0}), batch()
     segments = [{"x": x, "y_w": yw, "y_l": yl} for x, yw, yl in zip(b.prompt, b.chosen, b.rejected)]

@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from inspo.cli import main
 from inspo.errors import ConfigError
+from tests.helpers import TINY_YAML, run_main
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 HELP = "; `inspo fit --help` lists every option"
 
 CASES = [
@@ -60,13 +59,6 @@ CASES = [
 ]
 
 
-def run_main(capsys, tmp_path, *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.logger.init_args.save_dir", str(tmp_path), *args])
-    return info.value.code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(args) for args, _ in CASES])
 def test_config_mistake_gives_one_clear_line_and_status_2(capsys, caplog, tmp_path, args, expected):
     caplog.set_level(logging.INFO, logger="inspo")
@@ -95,7 +87,7 @@ def test_output_folder_that_is_a_file_stops_before_anything_runs(capsys, caplog,
     taken.write_text("not a folder")
     root = ["--trainer.default_root_dir", str(taken)] if option == "trainer.default_root_dir" else []
     with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path), *root,
+        main(["fit", "--config", str(TINY_YAML), "--trainer.default_root_dir", str(tmp_path), *root,
               f"--{option}", str(taken)])
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and err == [(f"inspo: error: {option} {taken} is a file, not a folder; give a folder "
@@ -131,7 +123,7 @@ def test_misspelled_key_in_a_yaml_file(capsys, tmp_path):
 def test_debug_shows_the_traceback_and_jsonargparse_usage(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("INSPO_DEBUG", "1")
     with pytest.raises(ConfigError, match="needs a reference model"):
-        main(["fit", "--config", str(TINY), "--model.reference", "none"])
+        main(["fit", "--config", str(TINY_YAML), "--model.reference", "none"])
     code, err = run_main(capsys, tmp_path, "--model.los", "dpo")
     assert code == 2 and "usage:" in err and "--model.los" in err
 
@@ -140,7 +132,7 @@ def test_console_script_misspelled_yaml_key(tmp_path):
     """The installed ``inspo`` executable: exit status 2 and exactly one line on stderr."""
     config = tmp_path / "mine.yaml"
     config.write_text("model:\n  optim:\n    lr: 1.0e-3\n    warmup_ratoi: 0.1\n")
-    result = subprocess.run(["inspo", "fit", "--config", str(TINY), "--config", str(config)], cwd=tmp_path,
+    result = subprocess.run(["inspo", "fit", "--config", str(TINY_YAML), "--config", str(config)], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300, check=False,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 2
@@ -156,9 +148,10 @@ def test_console_script_stops_before_training_with_one_line(tmp_path, args):
     status 2, exactly one line on stderr, nothing written under the run folder."""
     taken = tmp_path / "taken"
     taken.write_text("not a folder, not a checkpoint")
-    result = subprocess.run(["inspo", "fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path / "run"),
-                             *[a.format(file=taken) for a in args]], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300, check=False, env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
+    result = subprocess.run(["inspo", "fit", "--config", str(TINY_YAML), "--trainer.default_root_dir",
+                             str(tmp_path / "run"), *[a.format(file=taken) for a in args]], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, check=False,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("inspo: error: "), result.stderr
     assert not (tmp_path / "run").exists()

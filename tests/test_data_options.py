@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,7 @@ from inspo.data.options import DataSource, LoaderOptions, ReadOptions
 from inspo.errors import ConfigError
 from inspo.models import BUNDLED_SMOLLM2
 from inspo.module import PreferenceModule
-
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+from tests.helpers import TINY_YAML
 
 CHECKS = [
     (DataSource, {"path": "a.jsonl", "dataset": "b"}, "give either data.source.path or data.source.dataset, not both"),
@@ -57,7 +55,7 @@ def test_cli_builds_the_groups_and_checkpoints_hold_plain_data(tmp_path):
     hyperparameters are the config's shape in plain dicts (a checkpoint loads with ``weights_only=True``), and the
     reference cache's key settings are the four values they always were."""
     cli = InspoCLI(PreferenceModule, PreferenceDataModule, run=False, args=[
-        "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path), "--data.read.max_length", "200",
+        "--config", str(TINY_YAML), "--trainer.default_root_dir", str(tmp_path), "--data.read.max_length", "200",
         "--data.loader.batch_size", "3", "--data.source.seed", "7"])
     data = cli.datamodule
     # tiny.yaml: max_prompt_length 128, max_pairs 64, batch_size 4 (overridden to 3 on the command line)

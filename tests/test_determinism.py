@@ -14,14 +14,14 @@ from inspo.data.options import DataSource, LoaderOptions, ReadOptions
 from inspo.data.tokenize import TokenizedPair
 from inspo.module import PreferenceModule
 from inspo.optim import OptimConfig
-from tests.conftest import TINY, random_pairs
+from tests.helpers import TINY_CONFIG, random_pairs
 
 
 def tiny_run(tmp_path, name: str, seed: int = 42) -> list[str]:
     """configs/tiny.yaml's pipeline in-process (tiny random Llama, InSPO-DPO, bundled pairs, shuffled batches) with a
     shorter length budget for speed, 10 steps: the per-step training losses as written to metrics.csv."""
     seed_everything(seed)
-    module = PreferenceModule(random_init=TINY, loss="dpo", conditioning="inspo", export_dir=None,
+    module = PreferenceModule(random_init=TINY_CONFIG, loss="dpo", conditioning="inspo", export_dir=None,
                               optim=OptimConfig(lr=1e-3, warmup_ratio=0.1))
     data = PreferenceDataModule(source=DataSource(seed=seed),
                                 read=ReadOptions(max_length=64, max_prompt_length=32, max_pairs=16),
@@ -60,7 +60,7 @@ def accumulate(tmp_path, batch_size: int, accumulate_grad_batches: int) -> Grads
     pairs = [TokenizedPair(*p, row=i + 1) for i, p in enumerate(random_pairs(8, seed=5))]
     loader = DataLoader(pairs, batch_size=batch_size, collate_fn=collate_pairs, shuffle=False)
     record = GradsAtStep()
-    module = PreferenceModule(random_init=TINY, loss="dpo", export_dir=None, optim=OptimConfig(lr=1e-3))
+    module = PreferenceModule(random_init=TINY_CONFIG, loss="dpo", export_dir=None, optim=OptimConfig(lr=1e-3))
     Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=accumulate_grad_batches, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             default_root_dir=tmp_path, callbacks=[record]).fit(module, train_dataloaders=loader)

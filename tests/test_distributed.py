@@ -14,9 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from inspo.cli import main
-from tests.test_resume import TINY, losses, run_fit, tail
+from tests.fit_runs import losses, run_fit, tail
+from tests.helpers import ROOT, TINY_YAML
 
-ROOT = Path(__file__).resolve().parent.parent
 STRATEGY = ROOT / "configs" / "strategy"
 SAME_DATA = ["--data.loader.bucket_batches", "1", "--data.source.seed", "7"]  # data.source.seed != the global seed (42)
 
@@ -90,8 +90,8 @@ def test_sharded_checkpoint_exports_to_the_live_models_log_probs(fsdp2, tmp_path
 
 def test_fsdp1_config_on_cpu_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(TINY), "--config", str(STRATEGY / "fsdp.yaml"), "--trainer.accelerator", "cpu",
-              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)])
+        main(["fit", "--config", str(TINY_YAML), "--config", str(STRATEGY / "fsdp.yaml"), "--trainer.accelerator",
+              "cpu", "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert "runs on GPUs only" in err[0] and "fsdp2.yaml" in err[0]

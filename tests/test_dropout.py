@@ -11,10 +11,9 @@ from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings
 from inspo.models import disable_dropout
 from inspo.module import PreferenceModule
-from tests.conftest import TINY, tiny_model
-from tests.test_module import batch
+from tests.helpers import TINY_CONFIG, batch, perturb_adapters, tiny_model
 
-DROPOUT = {**TINY, "attention_dropout": 0.5}
+DROPOUT = {**TINY_CONFIG, "attention_dropout": 0.5}
 """A tiny Llama whose only dropout is attention dropout: a float in the config, no ``nn.Dropout`` module at all."""
 
 
@@ -85,7 +84,7 @@ def test_module_disable_dropout_covers_attention_dropout():
 @pytest.mark.parametrize("value", [0.0, 0.5])
 def test_random_init_sets_attention_dropout(value):
     """The fixture above really configures attention dropout (random_init overrides reach the modules)."""
-    module = PreferenceModule(random_init={**TINY, "attention_dropout": value}, disable_dropout=False)
+    module = PreferenceModule(random_init={**TINY_CONFIG, "attention_dropout": value}, disable_dropout=False)
     module.configure_model()
     rates = {m.attention_dropout for m in module.policy.modules() if hasattr(m, "attention_dropout")}
     assert rates == {value}
@@ -108,7 +107,6 @@ def dropout_adapter(tmp_path):
     """A saved LoRA adapter with lora_dropout 0.5 and non-zero weights (the adapter a run continues)."""
     from peft import LoraConfig, get_peft_model
 
-    from tests.test_lora import perturb_adapters
 
     model = get_peft_model(tiny_model(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5,
                                                     target_modules=["q_proj", "v_proj"]))
@@ -133,7 +131,8 @@ MODES = {
     "adapter": lambda folder, adapter: PreferenceModule(random_init=DROPOUT, disable_dropout=False,
                                                         lora=LoraSettings(rank=4, alpha=8, dropout=0.5)),
     # continuing an adapter: the frozen reference adapter carries lora_dropout 0.5 from its saved config
-    "adapter-continued": lambda folder, adapter: PreferenceModule(random_init=TINY, lora=LoraSettings(adapter=adapter)),
+    "adapter-continued": lambda folder, adapter: PreferenceModule(random_init=TINY_CONFIG,
+                                                                  lora=LoraSettings(adapter=adapter)),
     "adapter-continued-dropout": lambda folder, adapter: PreferenceModule(
         random_init=DROPOUT, disable_dropout=False, lora=LoraSettings(adapter=adapter)),
 }

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 
 from inspo.cli import main as cli_main
 from inspo.eval.generate import encode_prompts, generate, left_pad
 from inspo.eval.stats import crossed_mean, head_to_head, paired_difference
 from inspo.eval.winrate import compare, fit_logistic, lc_win_rate, outcomes
 from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
+from tests.helpers import TINY_CONFIG
 
 PROMPTS = [
     {"id": "a", "prompt": "Describe the moon. Answer in at most 20 words.",
@@ -185,7 +185,7 @@ def test_generate_restores_training_mode_and_encodes_without_a_chat_template(tok
     template gets its prompt as plain text (the callback's behaviour before it shared this helper)."""
     import copy
 
-    from conftest import tiny_model
+    from tests.helpers import tiny_model
 
     model = tiny_model().train()
     (answers,) = generate(model, tokenizer, ["Say hi."], max_new_tokens=3)
@@ -201,9 +201,8 @@ def test_samples_callback_answers_like_inspo_eval(tokenizer) -> None:
     length (one prompt per call, as the callback generates)."""
     from types import SimpleNamespace
 
-    from conftest import tiny_model
-
     from inspo.callbacks import SampleGenerations
+    from tests.helpers import tiny_model
 
     model = tiny_model(seed=3)
     prompts = ["Give three tips for staying healthy.", "Name a colour."]
@@ -221,7 +220,7 @@ def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     folders = []
     for seed, name in ((0, "trained"), (1, "base"), (0, "no_template")):
         folder = root / name
-        load_causal_lm(BUNDLED_SMOLLM2, random_init=TINY, seed=seed).save_pretrained(folder)
+        load_causal_lm(BUNDLED_SMOLLM2, random_init=TINY_CONFIG, seed=seed).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         folders.append(folder)
     (folders[2] / "chat_template.jinja").unlink(missing_ok=True)
@@ -250,7 +249,7 @@ def test_eval_end_to_end(tiny_folders: tuple[Path, Path, Path], tmp_path: Path, 
     model = result["models"]["mine"]
     assert result["n_prompts"] == 3 and model["n"] == 3
     assert model["wins"] + model["ties"] + model["losses"] == 3
-    assert 0.0 <= model["win_rate"] <= 1.0 and 0.0 <= model["lc_win_rate"] <= 1.0
+    assert model["win_rate"] == (model["wins"] + model["ties"] / 2) / 3 and 0.0 <= model["lc_win_rate"] <= 1.0
     assert set(model["win_rate_by_family"]) == {"max_words", "no_commas", "ends_with_question", "include_keyword"}
     rows = [json.loads(line) for line in (out / "generations" / "mine.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["a", "b", "c"] and all(row["tokens"] <= 6 for row in rows)
@@ -261,6 +260,25 @@ def test_eval_end_to_end(tiny_folders: tuple[Path, Path, Path], tmp_path: Path, 
     stamp = (out / "generations" / "baseline.jsonl").stat().st_mtime_ns
     _eval("--model", f"mine={trained}", "--baseline", str(base), "--prompts", str(prompts), "--out", str(out))
     assert (out / "generations" / "baseline.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_a_model_against_itself_ties_every_prompt(tiny_folders: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """The baseline as ``--model``: greedy answers are the same text, so the same gold reward, on every prompt:
+    3 ties, win rate (0 + 3/2) / 3 = 1/2 exactly with standard error 0, and (all length differences 0) the LC win
+    rate sigma(a) = 1/2 too; per family likewise. A swapped or mis-aligned comparison would give wins or losses."""
+    _, base, _ = tiny_folders
+    prompts = _prompts_file(tmp_path / "prompts.jsonl", PROMPTS)
+    out = tmp_path / "eval"
+    _eval("--model", f"itself={base}", "--baseline", str(base), "--prompts", str(prompts), "--out", str(out))
+    model = json.loads((out / "winrate.json").read_text())["models"]["itself"]
+    assert (model["wins"], model["ties"], model["losses"]) == (0, 3, 0)
+    assert model["win_rate"] == 0.5 and model["win_rate_se"] == 0.0
+    assert model["lc_win_rate"] == pytest.approx(0.5, abs=1e-9) and model["length_slope"] == pytest.approx(0, abs=1e-9)
+    assert {family: r["win_rate"] for family, r in model["win_rate_by_family"].items()} == {
+        "max_words": 0.5, "no_commas": 0.5, "ends_with_question": 0.5, "include_keyword": 0.5}
+    rows = {name: [json.loads(line) for line in (out / "generations" / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("itself", "baseline")}
+    assert rows["itself"] == rows["baseline"]
 
 
 def _error(capsys: pytest.CaptureFixture, *args: str) -> str:

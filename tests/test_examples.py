@@ -16,9 +16,7 @@ from inspo.data.datamodule import PreferenceDataModule
 from inspo.losses import LOSSES, PairLogps
 from inspo.module import PreferenceModule
 from inspo.reference import REFERENCES
-from tests.test_cli import CONFIGS
-from tests.test_losses import direction_violations
-from tests.test_module import batch, logp
+from tests.helpers import CONFIGS, batch, direction_violations, logp
 
 
 @pytest.fixture

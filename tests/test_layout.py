@@ -8,24 +8,9 @@ import torch
 from inspo.conditioning import REFERENCE_SEQUENCES, ReflectionTemplate, make_conditioning
 from inspo.layout import LAYOUTS, make_layout, prefix_tree
 from inspo.logprobs import target_logps, token_logps, token_logps_full
-from tests.conftest import random_pairs, tiny_model
+from tests.helpers import expected, random_pairs, tiny_model
 
 LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (1, 1, 1)]
-
-
-def separately(model, context: list[int], target: list[int]) -> float:
-    """log pi(target | context) from one unpadded sequence [context, target], the plain way."""
-    logits = model(torch.tensor([context + target])).logits.float()
-    logp = logits.log_softmax(-1)[0]
-    return sum(logp[len(context) - 1 + i, t].item() for i, t in enumerate(target))
-
-
-def expected(model, segments: dict, sequences: dict) -> list[float]:
-    out = []
-    for keys in sequences.values():
-        context = [t for k in keys[:-1] for t in segments[k]]
-        out.append(separately(model, context, segments[keys[-1]]))
-    return out
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

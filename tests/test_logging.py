@@ -21,7 +21,7 @@ from inspo.data.datamodule import PreferenceDataModule
 from inspo.errors import ConfigError
 from inspo.module import PreferenceModule
 from inspo.preflight import check_logger_packages
-from tests.test_cli import CONFIGS
+from tests.helpers import CONFIGS
 
 LOGGERS = CONFIGS / "logger"
 

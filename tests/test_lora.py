@@ -13,23 +13,13 @@ from inspo.errors import ConfigError
 from inspo.export import export_policy
 from inspo.lora import LoraSettings, count_parameters
 from inspo.module import PreferenceModule
-from tests.conftest import TINY, tiny_model
-from tests.test_module import batch
+from tests.helpers import TINY_CONFIG, batch, perturb_adapters, tiny_model
 
 
 def lora_module(settings: LoraSettings | None = None, **kwargs) -> PreferenceModule:
-    module = PreferenceModule(random_init=TINY, lora=settings or LoraSettings(rank=4, alpha=8), **kwargs)
+    module = PreferenceModule(random_init=TINY_CONFIG, lora=settings or LoraSettings(rank=4, alpha=8), **kwargs)
     module.configure_model()
     return module
-
-
-def perturb_adapters(model: torch.nn.Module, std: float = 0.2, seed: int = 1) -> None:
-    """Give every lora_B a non-zero value, so adapters on != adapters off (a fresh adapter is exactly zero)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name and param.requires_grad:
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
 
 
 def base_reference_logps(module: PreferenceModule, reference: torch.nn.Module, b) -> tuple[torch.Tensor, ...]:
@@ -60,7 +50,7 @@ def test_adapter_reference_equals_the_base_model_exactly():
 def test_no_second_copy_of_the_base():
     """Policy + reference hold the base weights once (plus the adapters); a copied reference holds them twice."""
     lora = lora_module()
-    full = PreferenceModule(random_init=TINY, reference="copy")
+    full = PreferenceModule(random_init=TINY_CONFIG, reference="copy")
     full.configure_model()
     base = count_parameters(tiny_model())
     adapters = sum(p.numel() for n, p in lora.policy.named_parameters() if "lora_" in n)
@@ -146,7 +136,7 @@ def test_export_merged_and_adapter_load_with_plain_transformers(tmp_path, tokeni
 def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
-        module = PreferenceModule(random_init=TINY, gradient_checkpointing=checkpointing)
+        module = PreferenceModule(random_init=TINY_CONFIG, gradient_checkpointing=checkpointing)
         module.configure_model()
         assert any(getattr(m, "gradient_checkpointing", False) for m in module.policy.modules()) == checkpointing
         module.loss(*module.pair_logps(batch())).loss.backward()
@@ -167,6 +157,6 @@ def test_config_errors():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no GPU is present")
 def test_qlora_without_gpu_is_a_clear_error():
-    module = PreferenceModule(random_init=TINY, lora=LoraSettings(load_in_4bit=True))
+    module = PreferenceModule(random_init=TINY_CONFIG, lora=LoraSettings(load_in_4bit=True))
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         module.configure_model()

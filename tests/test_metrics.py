@@ -12,7 +12,7 @@ from inspo.data.datamodule import collate_pairs
 from inspo.data.tokenize import TokenizedPair
 from inspo.losses import DPOLoss
 from inspo.module import PreferenceModule
-from tests.conftest import TINY, random_pairs
+from tests.helpers import TINY_CONFIG, random_pairs
 
 PLAIN_METRICS = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
 """Pinned here, not imported: other code (progress line, summary, report) reads these exact key names."""
@@ -30,7 +30,8 @@ def trainer() -> Trainer:
 
 def module(conditioning: str, loss, layout: str = "packed", source: PreferenceModule | None = None):
     """A configured module; a policy that differs from its reference (or ``source``'s weights, policy and reference)."""
-    out = PreferenceModule(random_init=TINY, conditioning=conditioning, loss=loss, layout=layout, export_dir=None)
+    out = PreferenceModule(random_init=TINY_CONFIG, conditioning=conditioning, loss=loss, layout=layout,
+                           export_dir=None)
     out.configure_model()
     if source is None:
         with torch.no_grad():

@@ -8,49 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import transformers
-from transformers import AutoModelForCausalLM
 
 from inspo.conditioning import REFERENCE_SEQUENCES, InSPOConditioning
 from inspo.layout import PackedLayout, SeparateLayout, packed_unsupported_reason
 from inspo.logprobs import target_logps
-from tests.test_module import batch
-
-BASE = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "num_hidden_layers": 4, "vocab_size": 49152}
-MAMBA2 = {"mamba_n_heads": 4, "mamba_d_head": 32, "mamba_d_state": 16, "mamba_n_groups": 1, "mamba_chunk_size": 16}
-HYBRIDS = {
-    "FalconH1Config": {**MAMBA2, "mamba_d_ssm": 64, "mamba_d_head": 16, "head_dim": 16},
-    "JambaConfig": {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 100, "num_experts": 1,
-                    "mamba_d_state": 8, "mamba_dt_rank": 8},
-    "BambaConfig": {**MAMBA2, "attn_layer_indices": [1]},
-    "GraniteMoeHybridConfig": {**MAMBA2, "layer_types": ["mamba", "attention", "mamba", "attention"],
-                               "num_local_experts": 2, "num_experts_per_tok": 1},
-    "NemotronHConfig": {"hybrid_override_pattern": "M*-*", "mamba_num_heads": 4, "mamba_head_dim": 16,
-                        "ssm_state_size": 16, "n_groups": 1, "chunk_size": 16},
-    "Lfm2Config": {"layer_types": ["conv", "full_attention", "conv", "full_attention"]},
-    "Qwen3NextConfig": {"layer_types": ["linear_attention", "full_attention"] * 2, "num_experts": 2,
-                        "num_experts_per_tok": 1, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32,
-                        "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 16,
-                        "linear_value_head_dim": 16, "head_dim": 16},
-    "MiniMaxConfig": {"layer_types": ["linear_attention", "full_attention"] * 2, "num_local_experts": 2,
-                      "num_experts_per_tok": 1, "head_dim": 16},
-    "Zamba2Config": {"layers_block_type": ["mamba", "hybrid", "mamba", "hybrid"], "mamba_d_state": 16,
-                     "mamba_headdim": 16, "n_mamba_heads": 8, "hybrid_layer_ids": [1, 3], "num_mem_blocks": 1},
-    "MambaConfig": {"state_size": 8},
-}
-
-
-def tiny(name: str, **overrides) -> torch.nn.Module:
-    """A tiny randomly initialised model of the family whose config class is ``name`` (offline, seeded)."""
-    if not hasattr(transformers, name):
-        pytest.skip(f"{name} is not in transformers {transformers.__version__}")
-    config = getattr(transformers, name)(**{**BASE, **HYBRIDS.get(name, {}), **overrides})
-    torch.manual_seed(0)
-    try:
-        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    except ValueError:  # pure state-space models refuse sdpa
-        return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+from tests.helpers import HYBRIDS, batch, tiny_family
 
 
 def strip_layer_types(model: torch.nn.Module) -> None:
@@ -60,7 +22,7 @@ def strip_layer_types(model: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("name", sorted(HYBRIDS))
 def test_every_hybrid_is_unsupported_from_its_config_and_from_its_modules(name):
-    model = tiny(name)
+    model = tiny_family(name)
     assert packed_unsupported_reason(model) is not None
     if name != "MambaConfig":  # (a pure SSM config names no layer kinds)
         assert packed_unsupported_reason(model.config) is not None
@@ -75,7 +37,7 @@ def test_attention_only_models_keep_packing(name):
     """No false alarm: GPT-2's ``Conv1D`` is a linear layer, MoE experts mix no tokens, and so on."""
     extra = {"GPT2Config": {"n_layer": 2, "n_embd": 32, "n_head": 2},
              "OPTConfig": {"ffn_dim": 64, "word_embed_proj_dim": 64}}.get(name, {})
-    assert packed_unsupported_reason(tiny(name, **extra)) is None
+    assert packed_unsupported_reason(tiny_family(name, **extra)) is None
 
 
 def test_a_layer_without_attention_is_unsupported_when_in_doubt():
@@ -85,7 +47,7 @@ def test_a_layer_without_attention_is_unsupported_when_in_doubt():
         def forward(self, hidden_states, **kwargs):
             return torch.roll(hidden_states, 1, dims=1), None
 
-    model = tiny("LlamaConfig")
+    model = tiny_family("LlamaConfig")
     model.model.layers[1].self_attn = TokenShift()
     assert packed_unsupported_reason(model) == ("decoder layer 1 (LlamaDecoderLayer) has no attention module: its "
                                                 "token mixing is unknown")
@@ -107,11 +69,11 @@ def test_packed_rows_leak_on_hybrids_and_the_module_falls_back_to_exact_separate
     import inspo.module as module_file
     from inspo.module import PreferenceModule
 
-    model = tiny(name)
+    model = tiny_family(name)
     for sequences in (REFERENCE_SEQUENCES, InSPOConditioning.policy_sequences):
         leak = (logps(model, PackedLayout(), sequences) - logps(model, SeparateLayout(), sequences)).abs().max()
         assert leak > 1e-3, (sequences, leak)
-    monkeypatch.setattr(module_file, "load_causal_lm", lambda *args, **kwargs: tiny(name))
+    monkeypatch.setattr(module_file, "load_causal_lm", lambda *args, **kwargs: tiny_family(name))
     module = PreferenceModule(layout="packed", conditioning="inspo", loss="orpo")  # reads log pi(y|x) too
     with caplog.at_level(logging.WARNING, logger="inspo"):
         module.configure_model()

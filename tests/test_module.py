@@ -8,28 +8,10 @@ import pytest
 import torch
 
 from inspo.conditioning import REFERENCE_SEQUENCES
-from inspo.data.datamodule import PairBatch
 from inspo.errors import ConfigError
 from inspo.losses import LOSSES, DPOLoss, SimPOLoss
 from inspo.module import PreferenceModule
-from tests.conftest import TINY, random_pairs
-
-
-def make_module(**kwargs) -> PreferenceModule:
-    module = PreferenceModule(random_init=TINY, **kwargs)
-    module.configure_model()
-    return module
-
-
-def batch(n: int = 3, seed: int = 0) -> PairBatch:
-    pairs = random_pairs(n, [(5, 3, 4), (2, 1, 6), (7, 2, 2), (3, 3, 3)], seed=seed)
-    return PairBatch(*map(list, zip(*pairs)), rows=list(range(1, n + 1)))
-
-
-def logp(model, context: list[int], target: list[int]) -> float:
-    with torch.no_grad():
-        out = model(torch.tensor([context + target])).logits.float().log_softmax(-1)[0]
-    return sum(out[len(context) - 1 + i, t].item() for i, t in enumerate(target))
+from tests.helpers import batch, logp, make_module
 
 
 @pytest.mark.parametrize("layout", ["separate", "packed"])

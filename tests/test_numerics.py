@@ -22,13 +22,7 @@ from inspo.data.tokenize import TokenizedPair
 from inspo.guards import NonFiniteLossError
 from inspo.losses import DPOLoss, LossOutput, PairLogps
 from inspo.module import PreferenceModule
-from tests.conftest import TINY, random_pairs
-
-
-def make_module(**kwargs) -> PreferenceModule:
-    module = PreferenceModule(random_init=TINY, **kwargs)
-    module.configure_model()
-    return module.train()
+from tests.helpers import TINY_CONFIG, make_module, random_pairs
 
 
 def batch(lengths: list[tuple[int, int, int]], vocab: int = 49152) -> PairBatch:
@@ -53,7 +47,7 @@ def test_one_token_and_very_long_responses_are_finite(layout, loss):
 
     The vocabulary is cut to 1024 ids so the [tokens x vocab] logits of ~2000 targets stay small on a CPU.
     """
-    module = PreferenceModule(random_init={**TINY, "vocab_size": 1024}, layout=layout, loss=loss)
+    module = PreferenceModule(random_init={**TINY_CONFIG, "vocab_size": 1024}, layout=layout, loss=loss)
     module.configure_model()
     loss_value, grads = loss_and_grads(module.train(), batch([(3, 1, 1), (2, 1, 512), (4, 512, 400)], 1024))
     assert_finite(loss_value, grads)
@@ -62,7 +56,7 @@ def test_one_token_and_very_long_responses_are_finite(layout, loss):
 def test_extreme_log_prob_gaps_from_the_model_are_finite():
     """A policy 1e4x sharper than its reference: per-sequence log-prob gaps above 1e4 nats. The fp32
     log-softmax keeps them finite and DPO's sigmoid saturates instead of overflowing."""
-    module = make_module(loss="dpo")
+    module = make_module(loss="dpo").train()
     with torch.no_grad():
         module.policy.lm_head.weight.mul_(1e4)
     b = batch([(3, 4, 5), (2, 6, 1)])
@@ -74,7 +68,7 @@ def test_extreme_log_prob_gaps_from_the_model_are_finite():
 
 
 def test_bf16_policy_trains_with_fp32_loss_and_finite_gradients():
-    module = make_module(dtype="bf16", loss="dpo")
+    module = make_module(dtype="bf16", loss="dpo").train()
     assert next(module.policy.parameters()).dtype == torch.bfloat16
     policy, reference = module.pair_logps(batch([(3, 1, 2), (5, 40, 30)]))
     assert policy.chosen.dtype == reference.chosen.dtype == torch.float32
@@ -119,7 +113,7 @@ def fit(tmp_path, module: PreferenceModule, steps: int, callbacks: list) -> Trai
 
 
 def test_nonfinite_loss_stops_with_step_rows_and_last_checkpoint(tmp_path):
-    module = PreferenceModule(random_init=TINY, loss=NaNAtCalls(bad_calls=(3,)), export_dir=None)
+    module = PreferenceModule(random_init=TINY_CONFIG, loss=NaNAtCalls(bad_calls=(3,)), export_dir=None)
     rows = RowsSeen()
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
     with pytest.raises(NonFiniteLossError) as info:
@@ -132,13 +126,13 @@ def test_nonfinite_loss_stops_with_step_rows_and_last_checkpoint(tmp_path):
 
 
 def test_nonfinite_loss_before_any_checkpoint_says_so():
-    module = make_module(loss=NaNAtCalls(bad_calls=(0,)))
+    module = make_module(loss=NaNAtCalls(bad_calls=(0,))).train()
     with pytest.raises(NonFiniteLossError, match=r"at step 0 on data rows \[1, 2\]; no checkpoint saved yet"):
         module.training_step(batch([(3, 2, 2), (2, 2, 3)]), 0)
 
 
 def test_nonfinite_loss_skipped_and_counted_when_configured(tmp_path):
-    module = PreferenceModule(random_init=TINY, loss=NaNAtCalls(bad_calls=(1, 3)), on_nonfinite="skip",
+    module = PreferenceModule(random_init=TINY_CONFIG, loss=NaNAtCalls(bad_calls=(1, 3)), on_nonfinite="skip",
                               export_dir=None)
     trainer = fit(tmp_path, module, steps=5, callbacks=[])
     assert trainer.global_step == 5 and module.nonfinite_skipped == 2

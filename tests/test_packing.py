@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from inspo.conditioning import REFERENCE_SEQUENCES, make_conditioning
+from inspo.errors import ConfigError
 from inspo.layout import PackedLayout, make_layout, packed_unsupported_reason, to_block_mask
 from inspo.logprobs import target_logps
-from tests.conftest import TINY, random_pairs, tiny_model
-from tests.test_layout import expected
+from tests.helpers import TINY_CONFIG, expected, random_pairs, tiny_model
 
 LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (1, 1, 1), (9, 4, 3)]
 
@@ -45,7 +45,7 @@ def test_budget_packs_first_fit_and_isolates_pairs():
     mask = rows.attention_mask[0, 0]
     assert not mask[6:, :6].any() and not mask[:6, 6:].any()
     assert mask[8, 6] and not mask[8, 7]  # pair 2's y_l sees its prompt, not its y_w
-    with pytest.raises(Exception, match="max_tokens_per_row"):
+    with pytest.raises(ConfigError, match=r"^max_tokens_per_row must be >= 1 or None, got 0$"):
         PackedLayout(max_tokens_per_row=0)
 
 
@@ -91,7 +91,7 @@ def test_module_falls_back_to_separate_with_one_log_line(monkeypatch, caplog):
         return model
 
     monkeypatch.setattr(module_file, "load_causal_lm", load_flash)
-    module = PreferenceModule(random_init=TINY)  # packed is the default
+    module = PreferenceModule(random_init=TINY_CONFIG)  # packed is the default
     assert module.layout.name == "packed"
     with caplog.at_level(logging.INFO, logger="inspo"):
         module.configure_model()

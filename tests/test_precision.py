@@ -16,7 +16,7 @@ from inspo.errors import ConfigError
 from inspo.lora import LoraSettings
 from inspo.module import PreferenceModule
 from inspo.optim import OptimConfig, make_optimizer
-from tests.conftest import TINY, random_pairs
+from tests.helpers import TINY_CONFIG, random_pairs, run_main
 
 PAPER = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/paper/llama3-8b-inspo-dpo.yaml").read_text())
 
@@ -42,7 +42,7 @@ def test_paper_precision_settings_train_every_weight_at_lr_5e_7():
     vocabulary row a gradient). With bf16 weights (the old recipe: bf16-true, model.dtype bf16) 0.8% change: a step
     of ~5e-7 is below half a bf16 ulp of a weight of ~0.02 (ulp 2**-13)."""
     optim = PAPER["model"]["optim"]
-    module = PreferenceModule(random_init=TINY, dtype=PAPER["model"]["dtype"], export_dir=None,
+    module = PreferenceModule(random_init=TINY_CONFIG, dtype=PAPER["model"]["dtype"], export_dir=None,
                               optim=OptimConfig(lr=optim["lr"], betas=tuple(optim["betas"]), warmup_ratio=0.0))
     module.configure_model()
     before = {name: p.detach().float().clone() for name, p in module.policy.named_parameters()}
@@ -64,7 +64,7 @@ REFUSED = [
                                                                                   for p, d, lo, _ in REFUSED])
 def test_bf16_weights_updated_in_place_are_refused_before_the_first_step(precision, dtype, lora, message):
     """One ConfigError line naming the setting and the fix, raised at setup: no step is taken."""
-    module = PreferenceModule(random_init=TINY, dtype=dtype, lora=lora, export_dir=None)
+    module = PreferenceModule(random_init=TINY_CONFIG, dtype=dtype, lora=lora, export_dir=None)
     with pytest.raises(ConfigError) as info:
         fit(module, precision)
     text = str(info.value)
@@ -75,8 +75,8 @@ def test_bf16_weights_updated_in_place_are_refused_before_the_first_step(precisi
 
 def test_lora_on_a_bf16_base_trains_fp32_adapters():
     """LoRA with model.dtype bf16 under bf16-mixed: the base is frozen bf16, the adapters are fp32 and move."""
-    module = PreferenceModule(random_init=TINY, dtype="bf16", lora=LoraSettings(rank=4, alpha=8), export_dir=None,
-                              optim=OptimConfig(lr=5e-7, warmup_ratio=0.0))
+    module = PreferenceModule(random_init=TINY_CONFIG, dtype="bf16", lora=LoraSettings(rank=4, alpha=8),
+                              export_dir=None, optim=OptimConfig(lr=5e-7, warmup_ratio=0.0))
     module.configure_model()
     trainable = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}
     assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
@@ -87,7 +87,7 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters():
 
 def test_make_optimizer_refuses_trainable_bf16_parameters():
     """The last guard, whatever put bf16 weights there (here: a policy cast after loading)."""
-    module = PreferenceModule(random_init=TINY)
+    module = PreferenceModule(random_init=TINY_CONFIG)
     module.configure_model()
     module.policy.to(torch.bfloat16)
     with pytest.raises(ConfigError, match=r"^\d+ trainable parameters are bf16 \(first: model.embed_tokens.weight\)"):
@@ -107,7 +107,6 @@ def test_fsdp1_bf16_mixed_keeps_fp32_shards_reduction_and_buffers():
 
 
 def test_cli_refuses_bf16_true_in_one_line(capsys, tmp_path):
-    from tests.test_config_errors import run_main
 
     code, err = run_main(capsys, tmp_path, "--trainer.precision", "bf16-true")
     assert code == 2 and "Traceback" not in err
@@ -123,6 +122,6 @@ def test_deepspeed_keeps_its_own_fp32_masters():
 
     deepspeed_like = type("DeepSpeedStrategy", (), {})()  # named like Lightning's (deepspeed is not installed here)
     assert keeps_fp32_master(deepspeed_like) and not keeps_fp32_master(DDPStrategy())
-    policy = PreferenceModule(random_init=TINY)
+    policy = PreferenceModule(random_init=TINY_CONFIG)
     policy.configure_model()
     make_optimizer(policy.policy.to(torch.bfloat16), OptimConfig(), fp32_master=True)

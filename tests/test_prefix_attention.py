@@ -10,8 +10,7 @@ from inspo.errors import ConfigError
 from inspo.layout import PackedLayout
 from inspo.logprobs import target_logps, token_logps
 from inspo.prefix_attention import PREFIX_ATTENTION, PrefixLayout, PrefixRows, prefix_attention_forward, register
-from tests.conftest import random_pairs, tiny_model
-from tests.test_layout import expected
+from tests.helpers import expected, random_pairs, tiny_model
 
 LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (1, 1, 1), (9, 4, 3)]
 

@@ -23,7 +23,7 @@ from inspo.reference import (
     resolve_reference,
 )
 from inspo.reference import cache as reference
-from tests.conftest import TINY, random_pairs, tiny_model
+from tests.helpers import TINY_CONFIG, random_pairs, tiny_model
 
 SETTINGS = {"tokenizer": "bundled", "chat_template": True, "max_length": 512, "max_prompt_length": 256}
 
@@ -58,7 +58,7 @@ def build(tmp_path, pairs=None, model=None, settings=SETTINGS):
 def test_cached_logps_equal_the_live_reference(tmp_path):
     """The live reference (copy mode) and the cache agree to 1e-5 (+1e-6 relative: sums near 60 nats), token counts
     included."""
-    module = PreferenceModule(random_init=TINY, reference="copy")
+    module = PreferenceModule(random_init=TINY_CONFIG, reference="copy")
     module.configure_model()
     pairs = records()
     cache = load_or_build(pairs, module.reference, SETTINGS, pad_id=0, folder=tmp_path)
@@ -132,7 +132,7 @@ def test_module_cached_mode_runs_without_a_reference_model(tmp_path, monkeypatch
     from inspo.data.options import LoaderOptions, ReadOptions
 
     monkeypatch.setattr(reference, "cache_dir", lambda: tmp_path)
-    module = PreferenceModule(random_init=TINY, reference="cached", export_dir=None)
+    module = PreferenceModule(random_init=TINY_CONFIG, reference="cached", export_dir=None)
     data = PreferenceDataModule(read=ReadOptions(max_pairs=8, max_length=96, max_prompt_length=48),
                                 loader=LoaderOptions(batch_size=4))
     trainer = Trainer(accelerator="cpu", limit_val_batches=1, logger=False, enable_checkpointing=False,
@@ -167,24 +167,24 @@ def test_mode_from_class_path_and_unknown_name():
 
 def test_saved_hparams_rebuild_the_same_mode():
     """The module saves the resolved mode as {class_path, init_args}; building a module from it gives that mode."""
-    module = PreferenceModule(random_init=TINY, reference=PathReference(model="some/model"))
+    module = PreferenceModule(random_init=TINY_CONFIG, reference=PathReference(model="some/model"))
     saved = module.hparams["reference"]
     assert saved == {"class_path": "inspo.reference.modes.PathReference", "init_args": {"model": "some/model"}}
-    again = PreferenceModule(random_init=TINY, reference=saved)
+    again = PreferenceModule(random_init=TINY_CONFIG, reference=saved)
     assert isinstance(again.reference_mode, PathReference) and again.reference_mode.model == "some/model"
-    assert PreferenceModule(random_init=TINY).hparams["reference"]["class_path"].endswith(".CopyReference")
+    assert PreferenceModule(random_init=TINY_CONFIG).hparams["reference"]["class_path"].endswith(".CopyReference")
 
 
 def test_reference_model_is_a_deprecated_alias(caplog):
     """The old spelling ``reference: path`` + ``reference_model: X`` still works, with one warning; on a mode that
     has no model it is one clear error naming the new spelling."""
     with caplog.at_level(logging.WARNING, logger="inspo"):
-        module = PreferenceModule(random_init=TINY, reference="path", reference_model="X")
+        module = PreferenceModule(random_init=TINY_CONFIG, reference="path", reference_model="X")
     assert isinstance(module.reference_mode, PathReference) and module.reference_mode.model == "X"
     assert any("--model.reference path --model.reference.model X" in r.getMessage() for r in caplog.records)
     assert module.hparams["reference"]["init_args"] == {"model": "X"} and "reference_model" not in module.hparams
     with pytest.raises(ConfigError, match="only read by model.reference path or cached.*--model.reference.model X"):
-        PreferenceModule(random_init=TINY, reference="copy", reference_model="X")
+        PreferenceModule(random_init=TINY_CONFIG, reference="copy", reference_model="X")
 
 
 @pytest.mark.parametrize("args", [["--model.reference", "path", "--model.reference.model", "some/model"],
@@ -192,7 +192,7 @@ def test_reference_model_is_a_deprecated_alias(caplog):
 def test_cli_spellings_of_a_path_reference(args, tmp_path):
     from inspo.cli import InspoCLI
     from inspo.data.datamodule import PreferenceDataModule
-    from tests.test_cli import CONFIGS
+    from tests.helpers import CONFIGS
 
     cli = InspoCLI(PreferenceModule, PreferenceDataModule, run=False,
                    args=["--config", str(CONFIGS / "tiny.yaml"), "--trainer.default_root_dir", str(tmp_path), *args])
@@ -210,7 +210,7 @@ def test_cli_spellings_of_a_path_reference(args, tmp_path):
 def test_resume_is_refused_for_another_reference_model(saved, current, refused):
     """The reference's model (None: the initial policy) must match on resume, in either saved shape; the mode alone
     (copy, cached, auto) does not change what is trained."""
-    module = PreferenceModule(random_init=TINY, reference=current)
+    module = PreferenceModule(random_init=TINY_CONFIG, reference=current)
     checkpoint = {"hyper_parameters": {**dict(module.hparams), **saved}}
     if refused is None:
         module.check_resumable(checkpoint, "ckpt")

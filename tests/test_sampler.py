@@ -14,7 +14,7 @@ from inspo.data.datamodule import PreferenceDataModule
 from inspo.data.options import DataSource, LoaderOptions
 from inspo.data.sampler import LengthBucketBatchSampler
 from inspo.module import PreferenceModule
-from tests.conftest import TINY
+from tests.helpers import TINY_CONFIG
 
 LENGTHS = torch.randint(1, 500, (103,), generator=torch.Generator().manual_seed(0)).tolist()
 
@@ -142,7 +142,7 @@ def fit_rows(tmp_path, path: str, ckpt_path: str | None = None) -> list[list[int
                       callbacks=[record, checkpoint])
     datamodule = PreferenceDataModule(source=DataSource(path=path, val_fraction=0.0),
                                       loader=LoaderOptions(batch_size=2, shuffle=False))
-    trainer.fit(PreferenceModule(random_init=TINY, export_dir=None), datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(PreferenceModule(random_init=TINY_CONFIG, export_dir=None), datamodule=datamodule, ckpt_path=ckpt_path)
     return record.rows
 
 

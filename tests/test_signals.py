@@ -2,7 +2,7 @@
 do not export, exit with 128 + the signal number, and SIGTERM requeues under Slurm; under DDP and FSDP2 (2 processes
 on CPU, gloo) a signal sent to the main process stops every rank at the same step.
 
-The runs are ``configs/tiny.yaml`` in subprocesses (``tests.test_resume.run_fit``); :class:`PauseAt` holds rank 0
+The runs are ``configs/tiny.yaml`` in subprocesses (``tests.fit_runs.run_fit``); :class:`PauseAt` holds rank 0
 after a given step until the test has sent the signal, so the step it stops at is known.
 """
 
@@ -18,7 +18,8 @@ import pytest
 from lightning.pytorch import Callback
 
 from inspo.checkpoints import checkpoint_problem
-from tests.test_resume import ROOT, fit_command, last_target, losses, run_fit, slurm_env, tail
+from tests.fit_runs import fit_command, last_target, losses, run_fit, slurm_env, tail
+from tests.helpers import ROOT
 
 HERE = "tests.test_signals"
 STRATEGY = ROOT / "configs" / "strategy"

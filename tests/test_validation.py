@@ -16,7 +16,7 @@ from inspo.data.options import DataSource, ReadOptions
 from inspo.data.validate import read_pairs
 from inspo.errors import ConfigError, DataError
 from inspo.module import PreferenceModule
-from tests.conftest import TINY
+from tests.helpers import TINY_CONFIG
 
 GOOD = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "No idea."} for i in range(40)]
 
@@ -277,5 +277,5 @@ def test_bad_data_stops_the_run_before_any_model_is_loaded(tmp_path, monkeypatch
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(DataError, match=r"row 11: field 'chosen' must be a string"):
-        trainer.fit(PreferenceModule(random_init=TINY),
+        trainer.fit(PreferenceModule(random_init=TINY_CONFIG),
                     datamodule=PreferenceDataModule(source=DataSource(path=str(path))))
