@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from inspo.cli import InspoCLI, main
+from inspo.conditioning import CONDITIONINGS
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.losses import LOSSES
 from inspo.module import PreferenceModule
@@ -68,7 +69,8 @@ def test_conditioning_on_the_command_line(capsys, conditioning):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--model.conditioning", conditioning, "--print_config"])
     assert exit_info.value.code in (0, None)
-    assert f"conditioning: {conditioning}" in capsys.readouterr().out
+    cls = CONDITIONINGS.lookup(conditioning)  # a short name becomes its class path (init args could follow)
+    assert f"conditioning:\n    class_path: {cls.__module__}.{cls.__qualname__}\n" in capsys.readouterr().out
 
 
 def all_configs() -> list[Path]:
@@ -94,7 +96,7 @@ def test_unknown_loss_lists_the_registered_names(tmp_path):
     result = inspo("fit", "--config", str(CONFIGS / "tiny.yaml"), "--model.loss", "dpoo", cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown loss 'dpoo'" in result.stderr
-    assert "registered losses: " + ", ".join(sorted(LOSSES)) in result.stderr
+    assert "choose one of: " + ", ".join(sorted(LOSSES)) in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -63,16 +63,16 @@ def test_loss_golden_value_and_directions(examples):
 @pytest.mark.parametrize("layout", ["separate", "packed"])
 def test_peek_conditioning_scores_the_truncated_alternative(examples, tmp_path, layout):
     """a_w = log pi(y_w | x, y_l[:K]), a_l = log pi(y_l | x, y_w[:K]); selected from YAML by its short name."""
-    k = examples[1].PEEK_TOKENS
     module = module_from_yaml(tmp_path, f"model:\n  conditioning: peek\n  layout: {layout}\n")
     module.configure_model()  # tiny.yaml: the tiny random model
     assert type(module.conditioning).__name__ == "PeekConditioning"
+    k = module.conditioning.peek_tokens
     b = batch()
     policy, _ = module.pair_logps(b)
     for i, (x, yw, yl) in enumerate(zip(b.prompt, b.chosen, b.rejected)):
         assert policy.chosen[i].item() == pytest.approx(logp(module.policy, x + yl[:k], yw), abs=1e-5)
         assert policy.rejected[i].item() == pytest.approx(logp(module.policy, x + yw[:k], yl), abs=1e-5)
-    plain = module.score(module.policy, b, module.conditioning.policy_sequences)  # incl. the plain targets
+    plain = module.score(module.policy, b, module.conditioning.sequences(plain=True), conditioned=True)
     for i, (x, yw) in enumerate(zip(b.prompt, b.chosen)):
         assert plain.chosen_plain[i].item() == pytest.approx(logp(module.policy, x, yw), abs=1e-5)
     module.loss(*module.pair_logps(b)).loss.backward()

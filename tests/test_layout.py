@@ -37,7 +37,7 @@ def test_layout_matches_separate_sequences(tokenizer, attn, layout, conditioning
     template = ReflectionTemplate("Other answer:", "\nBetter answer:") if conditioning.endswith("template") else None
     cond = make_conditioning(conditioning.split("-")[0], tokenizer, template)
     segments = [cond.segments(*p) for p in random_pairs(4, LENGTHS)]
-    for sequences in (cond.policy_sequences, REFERENCE_SEQUENCES):
+    for sequences in (cond.sequences(plain=True), REFERENCE_SEQUENCES):
         rows = make_layout(layout).build(segments, sequences, tokenizer.pad_token_id)
         with torch.no_grad():
             got = target_logps(model, rows, chunk_size=5)

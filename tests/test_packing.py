@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from inspo.conditioning import REFERENCE_SEQUENCES, make_conditioning
-from inspo.layout import PackedLayout, make_layout, packed_unsupported_reason, to_block_mask
+from inspo.errors import ConfigError
+from inspo.layout import PackedLayout, packed_unsupported_reason, to_block_mask
 from inspo.logprobs import target_logps
 from tests.conftest import TINY, random_pairs, tiny_model
 from tests.test_layout import expected
@@ -26,8 +27,8 @@ def test_several_pairs_per_row_match_separate_sequences(tokenizer, attn, budget,
     model = tiny_model(attn)
     cond = make_conditioning(conditioning, tokenizer)
     segments = [cond.segments(*p) for p in random_pairs(5, LENGTHS)]
-    for sequences in (cond.policy_sequences, REFERENCE_SEQUENCES):
-        rows = make_layout("packed", budget).build(segments, sequences, tokenizer.pad_token_id)
+    for sequences in (cond.sequences(plain=True), REFERENCE_SEQUENCES):
+        rows = PackedLayout(budget).build(segments, sequences, tokenizer.pad_token_id)
         assert rows.input_ids.shape[0] < len(segments)  # several pairs do share a row
         with torch.no_grad():
             got = target_logps(model, rows, chunk_size=7)
@@ -45,7 +46,7 @@ def test_budget_packs_first_fit_and_isolates_pairs():
     mask = rows.attention_mask[0, 0]
     assert not mask[6:, :6].any() and not mask[:6, 6:].any()
     assert mask[8, 6] and not mask[8, 7]  # pair 2's y_l sees its prompt, not its y_w
-    with pytest.raises(Exception, match="max_tokens_per_row"):
+    with pytest.raises(ConfigError, match="max_tokens_per_row must be >= 1"):
         PackedLayout(max_tokens_per_row=0)
 
 
@@ -59,7 +60,7 @@ def test_flex_block_mask_equals_the_dense_mask(tokenizer):
 
     cond = make_conditioning("inspo", tokenizer)
     segments = [cond.segments(*p) for p in random_pairs(5, LENGTHS)]
-    rows = make_layout("packed", 40).build(segments, cond.policy_sequences, 0)
+    rows = PackedLayout(40).build(segments, cond.policy_sequences, 0)
     mask = rows.attention_mask
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(mask.shape[0], 2, mask.shape[-1], 8, generator=g) for _ in range(3))
