@@ -103,14 +103,21 @@ def expand_short_names(parser: LightningArgumentParser) -> None:
 def _expanding_action(base: type, registry: Any) -> type:
     """A subclass of jsonargparse's action ``base`` whose short names become class paths of ``registry`` first."""
 
+    def expand(value: Any) -> Any:  # a short name, also as the class_path of a dict (YAML) or Namespace
+        if isinstance(value, Namespace):
+            expanded = registry.class_path(value.as_dict())
+            return value if expanded == value.as_dict() else Namespace(**expanded)
+        return registry.class_path(value)
+
     def _check_type_(self: Any, value: Any, **kwargs: Any) -> Any:
         cfg = kwargs.get("cfg")
         previous = cfg.get(self.dest) if isinstance(cfg, Namespace) else None
-        expanded = registry.class_path(previous)
+        expanded = expand(previous)
         if expanded is not previous:  # a short name set earlier (a config file, the default): nested options apply
-            cfg[self.dest] = previous = Namespace(expanded)
-        named = registry.class_path(value)
-        if named is not value and isinstance(previous, Namespace) and previous.get("class_path") != named["class_path"]:
+            cfg[self.dest] = previous = expanded if isinstance(expanded, Namespace) else Namespace(expanded)
+        named = expand(value)
+        if isinstance(value, str) and named is not value and isinstance(previous, Namespace) \
+                and previous.get("class_path") != named["class_path"]:
             cfg[self.dest] = None  # a name means that component with its own defaults, not the init args of another
         return base._check_type_(self, named, **kwargs)
 

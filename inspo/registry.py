@@ -59,9 +59,12 @@ class Registry(dict, Generic[T]):
         return next((name for name, registered in self.items() if registered is cls), None)
 
     def class_path(self, value: Any) -> Any:
-        """``{"class_path": ...}`` for a registered short name, else ``value`` unchanged (for the CLI parser)."""
+        """``{"class_path": ...}`` for a registered short name, and ``{"class_path": name, ...}`` with the full path,
+        else ``value`` unchanged (for the CLI parser, which imports class paths itself)."""
         if isinstance(value, str) and value.strip() in self:
             return {"class_path": class_path(self[value.strip()])}
+        if isinstance(value, Mapping) and str(value.get("class_path", "")).strip() in self:
+            return {**value, "class_path": class_path(self[str(value["class_path"]).strip()])}
         return value
 
     def resolve(self, value: T | str | Mapping[str, Any]) -> T:

@@ -1,5 +1,6 @@
 """The worked examples in tests/examples/ (README, "Extending"): a DPO variant in one file, chosen from YAML by
-class path and by short name, and a conditioning added by overriding one hook. Both train a step end to end."""
+class path and by short name, a conditioning and a layout each added by overriding one hook. All train a step end
+to end."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from inspo.cli import InspoCLI, main
 from inspo.conditioning import CONDITIONINGS
 from inspo.data.datamodule import PreferenceDataModule
+from inspo.layout import LAYOUTS
 from inspo.losses import LOSSES, PairLogps
 from inspo.module import PreferenceModule
 from tests.test_cli import CONFIGS
@@ -22,13 +24,15 @@ from tests.test_module import batch, logp
 @pytest.fixture
 def examples():
     """Import the examples; their registrations are undone afterwards, so other tests see the stock registries."""
-    saved = dict(LOSSES), dict(CONDITIONINGS)
+    saved = dict(LOSSES), dict(CONDITIONINGS), dict(LAYOUTS)
     loss = importlib.import_module("tests.examples.sigmoid_margin")
     peek = importlib.import_module("tests.examples.peek")
+    concat = importlib.import_module("tests.examples.concat")
     LOSSES["sigmoid_margin"] = loss.SigmoidMarginLoss  # again: a cached import does not re-run the decorator
     CONDITIONINGS["peek"] = peek.PeekConditioning
-    yield loss, peek
-    for registry, before in zip((LOSSES, CONDITIONINGS), saved):
+    LAYOUTS["concat"] = concat.ConcatLayout
+    yield loss, peek, concat
+    for registry, before in zip((LOSSES, CONDITIONINGS, LAYOUTS), saved):
         registry.clear()
         registry.update(before)
 
@@ -42,7 +46,7 @@ def module_from_yaml(tmp_path, yaml: str) -> PreferenceModule:
 
 
 def test_loss_from_yaml_by_class_path_and_by_short_name(examples, tmp_path):
-    loss_module, _ = examples
+    loss_module = examples[0]
     by_path = module_from_yaml(tmp_path, "model:\n  loss:\n    class_path: tests.examples.sigmoid_margin."
                                          "SigmoidMarginLoss\n    init_args: {margin: 1.0}\n")
     assert isinstance(by_path.loss, loss_module.SigmoidMarginLoss) and by_path.loss.margin == 1.0
@@ -93,3 +97,37 @@ def test_inspo_plugins_imports_modules_first(examples, monkeypatch, capsys, tmp_
         main(["report", str(tmp_path)])
     assert exit_info.value.code == 2 and "INSPO_PLUGINS: cannot import 'tests.examples.no_such_module'" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["concat", "tests.examples.concat.ConcatLayout"])
+def test_concat_layout_from_yaml_is_exact(examples, tmp_path, source):
+    """InSPO pair P=5, W=3, L=4: one row [x, y_l, y_w | x, y_w, y_l] of 2 * (5 + 4 + 3) = 24 tokens, positions 0..11
+    twice, the second sequence blind to the first; a_w, a_l and log pi(y|x) equal separately built sequences."""
+    module = module_from_yaml(tmp_path, f"model:\n  conditioning: inspo\n  layout: {source}\n")
+    module.configure_model()
+    assert isinstance(module.layout, examples[2].ConcatLayout) and module.layout.name == "concat"
+    cond = module.conditioning
+    rows = module.layout.build([cond.segments([1] * 5, [2] * 3, [3] * 4)], cond.sequences(), 0)
+    assert rows.input_ids.shape == (1, 24) and rows.position_ids[0].tolist() == [*range(12), *range(12)]
+    mask = rows.attention_mask[0, 0]
+    assert not mask[12:, :12].any() and mask[12:, 12:].equal(torch.ones(12, 12, dtype=torch.bool).tril())
+    b = batch()
+    policy, _ = module.pair_logps(b, plain=True)
+    assert module.layout.name == "concat"  # the start-up exactness check kept it
+    for i, (x, yw, yl) in enumerate(zip(b.prompt, b.chosen, b.rejected)):
+        assert policy.chosen[i].item() == pytest.approx(logp(module.policy, x + yl, yw), abs=1e-5)
+        assert policy.rejected[i].item() == pytest.approx(logp(module.policy, x + yw, yl), abs=1e-5)
+        assert policy.chosen_plain[i].item() == pytest.approx(logp(module.policy, x, yw), abs=1e-5)
+    module.loss(*module.pair_logps(b)).loss.backward()
+    assert module.policy.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_peek_conditioning_options_from_yaml(examples, tmp_path):
+    """A conditioning's own option in ``init_args``, by class path; by short name the defaults (K = 4)."""
+    by_path = module_from_yaml(tmp_path, "model:\n  conditioning:\n    class_path: tests.examples.peek.PeekConditioning"
+                                         "\n    init_args: {peek_tokens: 2}\n")
+    assert isinstance(by_path.conditioning, examples[1].PeekConditioning) and by_path.conditioning.peek_tokens == 2
+    assert by_path.hparams["conditioning"] == {"class_path": "tests.examples.peek.PeekConditioning",
+                                               "init_args": {"peek_tokens": 2}}
+    by_name = module_from_yaml(tmp_path, "model:\n  conditioning: peek\n")
+    assert by_name.conditioning.peek_tokens == 4 and by_name.hparams["conditioning"] == "peek"
