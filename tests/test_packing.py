@@ -99,3 +99,21 @@ def test_module_falls_back_to_separate_with_one_log_line(monkeypatch, caplog):
     assert module.layout.name == "separate"
     lines = [r.getMessage() for r in caplog.records if "layout" in r.getMessage()]
     assert len(lines) == 1 and "flash_attention_2" in lines[0] and "separate" in lines[0]
+
+
+def test_a_checkpoint_saved_with_the_old_max_tokens_per_row_still_loads(tmp_path):
+    """Checkpoints written before the budget moved into the layout hold ``layout: packed, max_tokens_per_row: N``:
+    they load (the old key is dropped: packing only removes padding, the log-probs are the same) and resume."""
+    import lightning
+
+    from inspo.module import PreferenceModule
+
+    module = PreferenceModule(random_init=TINY, export_dir=None)
+    module.configure_model()
+    saved = {**module.hparams, "layout": "packed", "max_tokens_per_row": 64}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": saved,
+                "pytorch-lightning_version": lightning.__version__}, path)
+    loaded = PreferenceModule.load_from_checkpoint(path)
+    assert type(loaded.layout) is PackedLayout and loaded.policy is not None
+    PreferenceModule(random_init=TINY, layout=PackedLayout(64)).check_resumable({"hyper_parameters": saved})
