@@ -124,6 +124,6 @@ def full_logits_message(model: nn.Module, result: Exactness) -> str:
             "forward): using the model's forward for this model (full-vocabulary logits, more memory)")
 
 
-def packed_message(result: Exactness) -> str:
-    return (f"inspo: layout 'packed' is not exact here (packed rows differ from separate rows by {result.packed_gap:.3g}"
+def packed_message(result: Exactness, layout: str = "packed") -> str:
+    return (f"inspo: layout {layout!r} is not exact here (packed rows differ from separate rows by {result.packed_gap:.3g}"
             " nats per token on the first batch: a token mixer ignores the 4D mask): using layout 'separate'")

@@ -44,16 +44,9 @@ from inspo.checkpoints import (
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.errors import ConfigError, InspoError
 from inspo.module import PreferenceModule
-from inspo.parser import InspoArgumentParser, expand_loss_names
-from inspo.preflight import (
-    check_data_paths,
-    check_logger_packages,
-    check_output_folders,
-    check_strategy,
-    user_error_in,
-)
+from inspo.parser import InspoArgumentParser, expand_short_names
+from inspo.preflight import check_data_paths, check_logger_packages, check_output_folders, check_strategy, user_error_in
 from inspo.quiet import quiet_run
-from inspo.reference import REFERENCES
 from inspo.signals import restored_signals
 from inspo.summary import fit_summary
 
@@ -79,8 +72,7 @@ class InspoCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model", "data.tokenizer")
-        expand_loss_names(parser)  # `loss: dpo` then `--model.loss.beta 0.2`
-        expand_loss_names(parser, "model.reference", REFERENCES)  # `--model.reference path --model.reference.model X`
+        expand_short_names(parser)  # `loss: dpo` then `--model.loss.beta 0.2`; layouts and conditionings alike
         # Always-on callbacks with their own options: --progress_bar.plain, --samples.every_n_steps, ...
         # (The monitor logs lr and tokens/s before the bar reads them, so it comes first.)
         parser.add_lightning_class_args(TrainingMonitor, "monitor")

@@ -18,13 +18,16 @@ from typing import ClassVar
 
 from transformers import PreTrainedTokenizerBase
 
-from inspo.errors import ConfigError
+from inspo.registry import Registry
 
 Sequences = dict[str, tuple[str, ...]]
 """Target name -> segment names; the last segment is the target."""
 
 REFERENCE_SEQUENCES: Sequences = {"chosen": ("x", "y_w"), "rejected": ("x", "y_l")}
 """The reference model always scores responses unconditioned, log pi_ref(y | x), whatever the conditioning."""
+
+PLAIN_SEQUENCES: Sequences = {"chosen_plain": ("x", "y_w"), "rejected_plain": ("x", "y_l")}
+"""The policy's unconditioned log pi(y | x) under a conditioned view (ORPO/SFT terms, ``plain_*`` metrics)."""
 
 
 @dataclass(frozen=True)
@@ -47,54 +50,76 @@ class ReflectionTemplate:
 class Conditioning:
     """Base class: maps a pair to named segments and says which sequences the policy scores.
 
-    Subclass and register in :data:`CONDITIONINGS` to try a new way of showing context to the policy.
+    Subclass, override :meth:`segments` and/or :attr:`policy_sequences`, and register it with
+    ``@CONDITIONINGS.register("name")`` to try a new way of showing context to the policy; select it with
+    ``model.conditioning: name`` or by ``class_path`` (with ``init_args`` for the subclass's own arguments).
+
+    Attributes:
+        policy_sequences: the segments ``chosen`` and ``rejected`` are scored after (the last one is the target).
+        conditioned: capability flag: chosen / rejected see more than x, so log pi(y|x) (``chosen_plain``,
+            ``rejected_plain``) are other targets, scored only when asked (:meth:`sequences`). Default True, the
+            safe choice: a conditioning that scores log pi(y|x) itself (:class:`StandardConditioning`) says False.
     """
 
-    name: ClassVar[str]
     policy_sequences: ClassVar[Sequences]
+    conditioned: ClassVar[bool] = True
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: ReflectionTemplate | None = None) -> None:
+    def __init__(self) -> None:
+        self.extra_segments: dict[str, list[int]] = {"before": [], "after": []}
+
+    @property
+    def name(self) -> str:
+        """The registered short name, or the class name of an unregistered conditioning."""
+        return CONDITIONINGS.name_of(type(self)) or type(self).__name__
+
+    def setup(self, tokenizer: PreTrainedTokenizerBase, template: ReflectionTemplate | None = None) -> Conditioning:
+        """Tokenise the reflection template once the tokenizer is known (``configure_model``); returns self."""
         template = template or ReflectionTemplate()
         # Template text is tokenised once, on its own, with no special tokens: it never merges with a response.
         self.extra_segments = {
             "before": tokenizer(template.before_alternative, add_special_tokens=False).input_ids,
             "after": tokenizer(template.after_alternative, add_special_tokens=False).input_ids,
         }
+        return self
 
     def segments(self, prompt: list[int], chosen: list[int], rejected: list[int]) -> dict[str, list[int]]:
         """Token ids of every named segment of one pair."""
         return {"x": prompt, "y_w": chosen, "y_l": rejected, **self.extra_segments}
 
+    def sequences(self, plain: bool = False) -> Sequences:
+        """The policy's targets: ``chosen`` and ``rejected``, and with ``plain`` under a conditioned view also
+        log pi(y|x), ``chosen_plain`` and ``rejected_plain`` (named as the :class:`~inspo.losses.PairLogps` fields)."""
+        return {**self.policy_sequences, **(PLAIN_SEQUENCES if plain and self.conditioned else {})}
 
+
+CONDITIONINGS: Registry[Conditioning] = Registry("conditioning", Conditioning)
+"""Short name -> conditioning class (``model.conditioning: NAME``)."""
+
+
+@CONDITIONINGS.register("standard")
 class StandardConditioning(Conditioning):
     """DPO's view: p_w = log pi(y_w | x), p_l = log pi(y_l | x)."""
 
-    name = "standard"
     policy_sequences = REFERENCE_SEQUENCES
+    conditioned = False
 
 
+@CONDITIONINGS.register("inspo")
 class InSPOConditioning(Conditioning):
-    """InSPO's view: a_w = log pi(y_w | x, y_l), a_l = log pi(y_l | x, y_w), plus the plain log pi(y | x).
+    """InSPO's view: a_w = log pi(y_w | x, y_l), a_l = log pi(y_l | x, y_w); the plain log pi(y | x) on request.
 
-    The plain log-probs feed ORPO/SFT-type terms; with the raw template they come from the same rows at no cost
-    ([x, y_w] is a prefix of [x, y_w, y_l]).
+    The plain log-probs feed ORPO/SFT-type terms and the ``plain_*`` validation metrics; with the raw template they
+    come from the same rows at no extra tokens ([x, y_w] is a prefix of [x, y_w, y_l]).
     """
 
-    name = "inspo"
     policy_sequences: ClassVar[Sequences] = {
         "chosen": ("x", "before", "y_l", "after", "y_w"),
         "rejected": ("x", "before", "y_w", "after", "y_l"),
-        "chosen_plain": ("x", "y_w"),
-        "rejected_plain": ("x", "y_l"),
     }
 
 
-CONDITIONINGS: dict[str, type[Conditioning]] = {c.name: c for c in (StandardConditioning, InSPOConditioning)}
-
-
 def make_conditioning(
-    name: str, tokenizer: PreTrainedTokenizerBase, template: ReflectionTemplate | None = None
+    conditioning: Conditioning | str | dict, tokenizer: PreTrainedTokenizerBase, template: ReflectionTemplate | None = None
 ) -> Conditioning:
-    if name not in CONDITIONINGS:
-        raise ConfigError(f"unknown conditioning {name!r}; choose one of: {', '.join(sorted(CONDITIONINGS))}")
-    return CONDITIONINGS[name](tokenizer, template)
+    """A conditioning (instance, short name or class_path) set up for ``tokenizer``."""
+    return CONDITIONINGS.resolve(conditioning).setup(tokenizer, template)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any
 
 from torch import nn
+
+from inspo.registry import class_path, init_args
 
 RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference.model", "dtype",
                "lora")
@@ -65,12 +66,8 @@ def loss_hparams(loss: nn.Module) -> dict[str, Any]:
 def component_hparams(component: Any) -> dict[str, Any]:
     """``{"class_path": ..., "init_args": {...}}`` of a component (a loss, a reference mode): its class and the
     scalar init arguments it keeps under their own names."""
-    cls = type(component)
-    names = [p.name for p in inspect.signature(cls).parameters.values()
-             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    values = {name: getattr(component, name) for name in names if hasattr(component, name)}
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
-            "init_args": {k: v for k, v in values.items() if isinstance(v, (int, float, str, bool))}}
+    args = {name: value for name, value in init_args(component).items() if value is not None}
+    return {"class_path": class_path(type(component)), "init_args": args}
 
 
 def _loss_identity(value: Any) -> Any:

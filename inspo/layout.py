@@ -21,7 +21,7 @@ Labels are built per target span, never by shifting a whole row, so a seam betwe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -29,6 +29,7 @@ from torch import Tensor
 from inspo.conditioning import Sequences
 from inspo.errors import ConfigError
 from inspo.mixers import non_attention_mixer
+from inspo.registry import Registry
 
 
 @dataclass
@@ -61,121 +62,226 @@ class ModelRows:
 
 
 @dataclass(eq=False)
-class _Node:
+class Node:
+    """One segment of a pair's prefix tree: its tokens, where its positions start, its parent and children."""
+
     ids: list[int]
     start_position: int  # position id of the first token: the summed length of the ancestors
-    parent: _Node | None
-    children: list[_Node] = field(default_factory=list)
+    parent: Node | None
+    children: list[Node] = field(default_factory=list)
 
-    def ancestors(self) -> list[_Node]:
+    def ancestors(self) -> list[Node]:
+        """Parent, grandparent, ..., root."""
         node, out = self.parent, []
         while node is not None:
             out.append(node)
             node = node.parent
         return out
 
+    def path(self) -> list[Node]:
+        """Root, ..., this node: the sequence this node ends."""
+        return [*reversed(self.ancestors()), self]
 
-def prefix_tree(segments: dict[str, list[int]], sequences: Sequences) -> tuple[list[_Node], dict[str, _Node]]:
+
+class PrefixTree(NamedTuple):
+    """One pair's prefix tree: every node (parents before children) and the node holding each target."""
+
+    nodes: list[Node]
+    targets: dict[str, Node]
+
+    def leaves(self) -> list[Node]:
+        """The nodes without children, in tree order: one per distinct full sequence."""
+        return [node for node in self.nodes if not node.children]
+
+
+def prefix_tree(segments: dict[str, list[int]], sequences: Sequences) -> PrefixTree:
     """Nodes of one pair's prefix tree (parents before children) and the node holding each target."""
-    nodes: dict[tuple[str, ...], _Node] = {}
-    targets: dict[str, _Node] = {}
+    nodes: dict[tuple[str, ...], Node] = {}
+    targets: dict[str, Node] = {}
     for name, keys in sequences.items():
         path = tuple(k for k in keys if segments[k])  # an empty template segment is no node at all
         if not path or path[-1] != keys[-1]:
             raise ValueError(f"target {name!r} ({keys[-1]}) has no tokens")
-        parent: _Node | None = None
+        parent: Node | None = None
         for depth in range(1, len(path) + 1):
             node = nodes.get(path[:depth])
             if node is None:
                 start = 0 if parent is None else parent.start_position + len(parent.ids)
-                node = nodes[path[:depth]] = _Node(segments[path[depth - 1]], start, parent)
+                node = nodes[path[:depth]] = Node(segments[path[depth - 1]], start, parent)
                 if parent is not None:
                     parent.children.append(node)
             parent = node
         if parent.parent is None:
             raise ValueError(f"target {name!r} has no context to be predicted from")
         targets[name] = parent
-    return list(nodes.values()), targets
+    return PrefixTree(list(nodes.values()), targets)
+
+
+@dataclass(frozen=True, eq=False)
+class Span:
+    """One copy of a node placed in a row: it attends to itself causally and to the spans of its ``parent`` chain.
+
+    Attributes:
+        node: the node whose tokens these are.
+        row: the row index.
+        start: the column of the node's first token.
+        parent: the span of the parent copy this copy continues (None for a root).
+    """
+
+    node: Node
+    row: int
+    start: int
+    parent: Span | None
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.node.ids)
+
+    @property
+    def predictor(self) -> int:
+        """The column whose output predicts the node's first token: the parent's last token (-1 for a root)."""
+        return -1 if self.parent is None else self.parent.end - 1
+
+    def ancestors(self) -> list[Span]:
+        span, out = self.parent, []
+        while span is not None:
+            out.append(span)
+            span = span.parent
+        return out
+
+
+@dataclass
+class RowBuilder:
+    """Rows under construction: token ids and position ids per row, and every span placed so far."""
+
+    ids: list[list[int]] = field(default_factory=list)
+    positions: list[list[int]] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+
+    def new_row(self) -> int:
+        """Start an empty row; returns its index."""
+        self.ids.append([])
+        self.positions.append([])
+        return len(self.ids) - 1
+
+    def place(self, row: int, node: Node, parent: Span | None = None) -> Span:
+        """Append ``node`` to ``row`` after the copy ``parent`` of its parent node (same row); returns its span."""
+        # The mask and the predicting position come from the parent span: it must be a copy of the parent node.
+        if (None if parent is None else parent.node) is not node.parent or (parent is not None and parent.row != row):
+            raise ValueError("a node must be placed after a copy of its own parent node, in the same row")
+        span = Span(node, row, len(self.ids[row]), parent)
+        self.ids[row] += node.ids
+        self.positions[row] += range(node.start_position, node.start_position + len(node.ids))
+        self.spans.append(span)
+        return span
 
 
 class Layout:
-    """Base class: turns pairs (named segments) into :class:`ModelRows` for a set of target sequences."""
+    """Base class: turns pairs (named segments) into :class:`ModelRows` for a set of target sequences.
 
-    name: ClassVar[str]
+    A new layout overrides one hook, :meth:`place`: put one pair's prefix tree into rows (``rows.new_row()``,
+    ``rows.place(row, node, parent_span)``) and say which span each node's log-probs are read from. The attention
+    mask follows from the spans: with ``needs_4d_mask`` every span sees itself causally and its parent chain only
+    (a [R, 1, T, T] mask), else each row is one causal sequence and gets a padding mask. Register the class with
+    ``@LAYOUTS.register("name")``; select it with ``model.layout: name`` or by ``class_path`` and ``init_args``.
+    """
+
     needs_4d_mask: ClassVar[bool] = False
+
+    @property
+    def name(self) -> str:
+        """The registered short name, or the class name of an unregistered layout."""
+        return LAYOUTS.name_of(type(self)) or type(self).__name__
+
+    def place(self, tree: PrefixTree, rows: RowBuilder) -> dict[Node, Span]:
+        """Place one pair's nodes in ``rows``; returns the span each node is read from (every target's node)."""
+        raise NotImplementedError
 
     def build(
         self, pairs: list[dict[str, list[int]]], sequences: Sequences, pad_id: int, device: torch.device | str = "cpu"
     ) -> ModelRows:
-        rows: list[list[int]] = []
-        positions: list[list[int]] = []
-        masks: list[Any] = []  # per row, whatever the layout's _mask needs
-        pred, labels, slots = [], [], []
+        """Rows, positions, mask and target indices for ``pairs``, scoring the targets named by ``sequences``."""
+        rows = RowBuilder()
+        pred: list[tuple[int, int]] = []
+        labels: list[int] = []
+        slots: list[int] = []
         names = tuple(sequences)
         for p, segments in enumerate(pairs):
-            nodes, targets = prefix_tree(segments, sequences)
-            # node -> (row, offset of its first token, offset of the token that predicts its first token)
-            where = self._place(nodes, rows, positions, masks)
+            tree = prefix_tree(segments, sequences)
+            read_from = self.place(tree, rows)
             for n, name in enumerate(names):
-                node = targets[name]
-                row, offset, first = where[node]
-                pred.extend([(row, first)] + [(row, offset + k) for k in range(len(node.ids) - 1)])
+                node = tree.targets[name]
+                span = read_from[node]
+                pred.extend([(span.row, span.predictor)] + [(span.row, span.start + k) for k in range(len(node.ids) - 1)])
                 labels.extend(node.ids)
                 slots.extend([p * len(names) + n] * len(node.ids))
-        length = max(map(len, rows))
-        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
-        for r, (ids, pos) in enumerate(zip(rows, positions)):
+        length = max(map(len, rows.ids))
+        input_ids = torch.full((len(rows.ids), length), pad_id, dtype=torch.long)
+        position_ids = torch.zeros((len(rows.ids), length), dtype=torch.long)
+        for r, (ids, pos) in enumerate(zip(rows.ids, rows.positions)):
             input_ids[r, : len(ids)] = torch.tensor(ids)
             position_ids[r, : len(pos)] = torch.tensor(pos)
         pred_index = torch.tensor([r * length + t for r, t in pred], dtype=torch.long)
-        return ModelRows(
+        return self.finish(rows, ModelRows(
             input_ids=input_ids.to(device),
             position_ids=position_ids.to(device),
-            attention_mask=self._mask(rows, masks, length).to(device),
+            attention_mask=self.attention_mask(rows, length).to(device),
             pred_index=pred_index.to(device),
             labels=torch.tensor(labels, dtype=torch.long, device=device),
             slot=torch.tensor(slots, dtype=torch.long, device=device),
             names=names,
             num_pairs=len(pairs),
-        )
+        ))
 
-    def _place(
-        self, nodes: list[_Node], rows: list[list[int]], positions: list[list[int]], masks: list[Any]
-    ) -> dict[_Node, tuple[int, int, int]]:
-        raise NotImplementedError
+    def finish(self, rows: RowBuilder, model_rows: ModelRows) -> ModelRows:
+        """Hook for a layout that gives the model more than a mask (``inspo.prefix_attention``); default: as is."""
+        return model_rows
 
-    def _mask(self, rows: list[list[int]], masks: list[Any], length: int) -> Tensor:
-        raise NotImplementedError
+    def attention_mask(self, rows: RowBuilder, length: int) -> Tensor:
+        """[R, 1, T, T] bool span mask if ``needs_4d_mask``, else a [R, T] padding mask (1 = token)."""
+        return span_mask(rows, length) if self.needs_4d_mask else padding_mask(rows, length)
 
 
+def padding_mask(rows: RowBuilder, length: int) -> Tensor:
+    """[R, T] long: 1 where a row holds a token (each row is one causal sequence)."""
+    mask = torch.zeros((len(rows.ids), length), dtype=torch.long)
+    for r, ids in enumerate(rows.ids):
+        mask[r, : len(ids)] = 1
+    return mask
+
+
+def span_mask(rows: RowBuilder, length: int) -> Tensor:
+    """[R, 1, T, T] bool (True = may attend): a span's tokens see their own span causally and every span of its
+    parent chain, nothing else (not the other branch, not another pair's spans)."""
+    # Padding queries attend to themselves only: a fully masked query row would give NaN under sdpa.
+    out = torch.eye(length, dtype=torch.bool).repeat(len(rows.ids), 1, 1)
+    for span in rows.spans:
+        s, e = span.start, span.end
+        out[span.row, s:e, s:e] = torch.ones((e - s, e - s), dtype=torch.bool).tril()
+        for ancestor in span.ancestors():
+            out[span.row, s:e, ancestor.start : ancestor.end] = True
+    return out.unsqueeze(1)
+
+
+LAYOUTS: Registry[Layout] = Registry("layout", Layout)
+"""Short name -> layout class (``model.layout: NAME``)."""
+
+
+@LAYOUTS.register("separate")
 class SeparateLayout(Layout):
     """One right-padded causal row per leaf sequence (e.g. InSPO: [x, y_l, y_w] and [x, y_w, y_l])."""
 
-    name = "separate"
-
-    def _place(self, nodes, rows, positions, masks):
-        where: dict[_Node, tuple[int, int, int]] = {}
-        for leaf in (n for n in nodes if not n.children):
-            path = [*reversed(leaf.ancestors()), leaf]
-            row, offset = len(rows), 0
-            ids: list[int] = []
-            for node in path:
-                # a node is read from the first row holding it; its parent is right before it in that row
-                where.setdefault(node, (row, offset, offset - 1))
-                ids += node.ids
-                offset += len(node.ids)
-            rows.append(ids)
-            positions.append(list(range(len(ids))))
-        return where
-
-    def _mask(self, rows, masks, length):
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for r, ids in enumerate(rows):
-            mask[r, : len(ids)] = 1
-        return mask
+    def place(self, tree: PrefixTree, rows: RowBuilder) -> dict[Node, Span]:
+        read_from: dict[Node, Span] = {}
+        for leaf in tree.leaves():
+            row, span = rows.new_row(), None
+            for node in leaf.path():
+                span = rows.place(row, node, span)
+                read_from.setdefault(node, span)  # a node is read from the first row holding it
+        return read_from
 
 
+@LAYOUTS.register("packed")
 class PackedLayout(Layout):
     """One row per pair holding every segment once: prefix shared, branches isolated by a 4D mask.
 
@@ -188,68 +294,36 @@ class PackedLayout(Layout):
         max_tokens_per_row: token budget of a row holding several pairs; None puts each pair in its own row.
     """
 
-    name = "packed"
     needs_4d_mask = True
 
     def __init__(self, max_tokens_per_row: int | None = None) -> None:
         if max_tokens_per_row is not None and max_tokens_per_row < 1:
-            raise ConfigError(f"max_tokens_per_row must be >= 1 or None, got {max_tokens_per_row}")
+            raise ConfigError(f"layout.max_tokens_per_row must be >= 1 or None, got {max_tokens_per_row}")
         self.max_tokens_per_row = max_tokens_per_row
 
-    def _row_for(self, size: int, rows: list[list[int]]) -> int:
-        """Index of the first row with room for ``size`` more tokens under the budget, or ``len(rows)``."""
+    def _row_for(self, size: int, rows: RowBuilder) -> int:
+        """Index of the first row with room for ``size`` more tokens under the budget, or a new row."""
         if self.max_tokens_per_row is not None:
-            for r, ids in enumerate(rows):
+            for r, ids in enumerate(rows.ids):
                 if len(ids) + size <= self.max_tokens_per_row:
                     return r
-        return len(rows)
+        return rows.new_row()
 
-    def _place(self, nodes, rows, positions, masks):
-        size = sum(len(node.ids) for node in nodes)
-        row = self._row_for(size, rows)
-        if row == len(rows):
-            rows.append([])
-            positions.append([])
-            masks.append([])
-        base = offset = len(rows[row])
-        where: dict[_Node, tuple[int, int, int]] = {}
-        for node in nodes:  # parents come before children
-            parent_end = -1 if node.parent is None else where[node.parent][1] + len(node.parent.ids) - 1
-            where[node] = (row, offset, parent_end)
-            rows[row] += node.ids
-            positions[row] += range(node.start_position, node.start_position + len(node.ids))
-            offset += len(node.ids)
-        block = torch.zeros((size, size), dtype=torch.bool)
-        for node in nodes:
-            o, n = where[node][1] - base, len(node.ids)
-            block[o : o + n, o : o + n] = torch.ones((n, n), dtype=torch.bool).tril()
-            for ancestor in node.ancestors():
-                a = where[ancestor][1] - base
-                block[o : o + n, a : a + len(ancestor.ids)] = True
-        masks[row].append((base, block))
-        return where
-
-    def _mask(self, rows, masks, length):
-        # Padding queries attend to themselves only: a fully masked query row would give NaN under sdpa.
-        out = torch.eye(length, dtype=torch.bool).repeat(len(rows), 1, 1)
-        for r, blocks in enumerate(masks):
-            for base, block in blocks:  # block-diagonal: one block per pair, nothing between pairs
-                n = block.shape[0]
-                out[r, base : base + n, base : base + n] = block
-        return out.unsqueeze(1)
+    def place(self, tree: PrefixTree, rows: RowBuilder) -> dict[Node, Span]:
+        row = self._row_for(sum(len(node.ids) for node in tree.nodes), rows)
+        read_from: dict[Node, Span] = {}
+        for node in tree.nodes:  # parents come before children
+            read_from[node] = rows.place(row, node, None if node.parent is None else read_from[node.parent])
+        return read_from
 
 
-LAYOUTS: dict[str, type[Layout]] = {c.name: c for c in (SeparateLayout, PackedLayout)}
+def make_layout(layout: Layout | str | dict[str, Any]) -> Layout:
+    """A layout from an instance, a short name (``packed``, ``separate``) or ``{"class_path", "init_args"}``."""
+    return LAYOUTS.resolve(layout)
+
 
 MASK_4D_ATTENTION = ("sdpa", "eager", "flex_attention")
 """Attention implementations that honour a custom 4D mask (flex_attention through a BlockMask, see below)."""
-
-
-def make_layout(name: str, max_tokens_per_row: int | None = None) -> Layout:
-    """The layout called ``name``; ``max_tokens_per_row`` lets the packed layout put several pairs in a row."""
-    if name not in LAYOUTS:
-        raise ConfigError(f"unknown layout {name!r}; choose one of: {', '.join(sorted(LAYOUTS))}")
-    return PackedLayout(max_tokens_per_row) if name == "packed" else LAYOUTS[name]()
 
 
 def packed_unsupported_reason(model: Any) -> str | None:

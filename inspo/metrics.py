@@ -17,7 +17,7 @@ against log pi_ref(y|x), i.e. exactly what a standard-conditioning evaluation of
   ``val/plain_rejected_reward`` (and ``test/plain_*``).
 
 Under standard conditioning the ``plain_*`` keys are not logged: they would equal the others. In training they are
-not logged either (the training step computes log pi(y|x) only when the loss reads it).
+not logged either (the training step computes log pi(y|x) only when the loss reads it: ``reads_plain_logps``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def pair_metrics(out: LossOutput, policy: PairLogps | None = None) -> dict[str, 
 
 def plain_view(policy: PairLogps) -> PairLogps | None:
     """The policy's unconditioned log-probs log pi(y|x) as a standard-conditioning :class:`PairLogps`, or None
-    when they were not computed (standard conditioning: ``policy`` already is that view)."""
+    when ``policy`` is not conditioned (it already is that view) or they were not computed."""
     if not policy.conditioned or policy.chosen_plain is None or policy.rejected_plain is None:
         return None
     return PairLogps(chosen=policy.chosen_plain, rejected=policy.rejected_plain, chosen_tokens=policy.chosen_tokens,

@@ -37,6 +37,14 @@ from inspo.errors import ConfigError, ModelSourceError
 BUNDLED_SMOLLM2 = "bundled:SmolLM2-135M-Instruct"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
+"""Parameter dtype names (``model.dtype``, ``inspo eval --dtype``); :func:`torch_dtype` is the one check of them."""
+
+
+def torch_dtype(name: str, option: str = "model.dtype") -> torch.dtype:
+    """The torch dtype called ``name``; an unknown name is one ConfigError naming ``option`` and the choices."""
+    if name not in DTYPES:
+        raise ConfigError(f"unknown {option} {name!r}; choose one of: {', '.join(sorted(DTYPES))}")
+    return DTYPES[name]
 
 
 def cache_dir() -> Path:
@@ -144,14 +152,13 @@ def load_causal_lm(
             (less memory, ~30% more compute); active in train mode only.
         load_in_4bit: load the weights in 4-bit NF4 through bitsandbytes (QLoRA; CUDA GPU only).
     """
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    weights_dtype = torch_dtype(dtype, "dtype")
     source = resolve_model(name)
-    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": weights_dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
-        kwargs["quantization_config"] = _nf4_config(DTYPES[dtype])
+        kwargs["quantization_config"] = _nf4_config(weights_dtype)
     try:
         if random_init is None:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

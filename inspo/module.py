@@ -9,12 +9,11 @@ pi_ref(y|x), the unconditioned model a user deploys (what a standard-conditionin
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
@@ -22,18 +21,18 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from inspo.checks import check_exactness, full_logits_message, packed_message
-from inspo.conditioning import CONDITIONINGS, REFERENCE_SEQUENCES, ReflectionTemplate, Sequences, make_conditioning
+from inspo.conditioning import CONDITIONINGS, REFERENCE_SEQUENCES, Conditioning, ReflectionTemplate, Sequences
 from inspo.data.datamodule import PairBatch
 from inspo.distributed import LogpScorer, full_state_dict, is_sharded, shard_model
 from inspo.errors import ConfigError
 from inspo.guards import NonFiniteLossError, OnNonFinite, check_on_nonfinite, nonfinite_message, skip_allowed
 from inspo.hparams import component_hparams, loss_hparams, resume_mismatch
-from inspo.layout import ModelRows, make_layout, packed_unsupported_reason
+from inspo.layout import LAYOUTS, Layout, ModelRows, SeparateLayout, packed_unsupported_reason
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora
 from inspo.losses import LOSSES, PairLogps, PreferenceLoss
 from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics, plain_view
-from inspo.models import BUNDLED_SMOLLM2, DTYPES, disable_dropout, load_causal_lm, load_tokenizer
+from inspo.models import BUNDLED_SMOLLM2, disable_dropout, load_causal_lm, load_tokenizer, torch_dtype
 from inspo.optim import OptimConfig, check_precision, keeps_fp32_master, make_optimizer, start_schedules
 from inspo.reference import CachedReference, PathReference, ReferenceData, ReferenceMode, resolve_reference
 from inspo.run_folder import HF_MODEL
@@ -45,14 +44,7 @@ log = logging.getLogger("inspo")
 def resolve_loss(loss: PreferenceLoss | str | dict[str, Any]) -> PreferenceLoss:
     """A loss instance from an instance, a registered short name (``dpo``, ``simpo``, ...) or the saved
     ``{"class_path", "init_args"}`` of :func:`loss_hparams` (``PreferenceModule.load_from_checkpoint``)."""
-    if isinstance(loss, PreferenceLoss):
-        return loss
-    if isinstance(loss, dict) and "class_path" in loss:
-        module, _, name = str(loss["class_path"]).rpartition(".")
-        return getattr(importlib.import_module(module), name)(**(loss.get("init_args") or {}))
-    if loss not in LOSSES:
-        raise ConfigError(f"unknown loss {loss!r}; registered losses: {', '.join(sorted(LOSSES))}")
-    return LOSSES[loss]()
+    return LOSSES.resolve(loss)
 
 
 class PreferenceModule(LightningModule):
@@ -61,7 +53,8 @@ class PreferenceModule(LightningModule):
     Args:
         model: the policy: an HF hub id, a local HF folder, a ``.gguf`` file, or ``bundled:SmolLM2-135M-Instruct``.
         loss: a registered loss name (``dpo``, ``ipo``, ``simpo``, ...) or a loss given by ``class_path``.
-        conditioning: ``inspo`` (log pi(y_w|x,y_l), log pi(y_l|x,y_w)) or ``standard`` (log pi(y|x)).
+        conditioning: ``inspo`` (log pi(y_w|x,y_l), log pi(y_l|x,y_w)) or ``standard`` (log pi(y|x)), or a
+            :class:`~inspo.conditioning.Conditioning` given by ``class_path`` (``inspo.conditioning``).
         reflection_template: text around the alternative response under InSPO; default: raw concatenation.
         reference: where log pi_ref(y|x) comes from (``inspo.reference``): ``auto`` (``copy`` if the loss needs a
             reference, ``adapter`` with LoRA, else ``none``), ``copy`` (frozen copy of the initial policy), ``path``
@@ -72,9 +65,11 @@ class PreferenceModule(LightningModule):
             with ``reference_model: X``): read as ``--model.reference.model X``, with one warning.
         layout: ``packed`` (one row per pair, prompt computed once, exact; falls back to ``separate`` with one log
             line when the attention implementation cannot take a 4D mask) or ``separate`` (one padded row per
-            sequence).
-        max_tokens_per_row: packed layout only: token budget of a row holding several pairs as block-diagonal
-            segments (removes padding); None puts one pair per row.
+            sequence), or a :class:`~inspo.layout.Layout` given by ``class_path``. The packed layout's
+            ``max_tokens_per_row`` (token budget of a row holding several pairs as block-diagonal segments, which
+            removes padding; default one pair per row): ``--model.layout packed
+            --model.layout.max_tokens_per_row 512``, or in YAML ``layout: {class_path: packed, init_args:
+            {max_tokens_per_row: 512}}``.
         dtype: parameter dtype of policy and reference: fp32, bf16 or fp16. Log-softmax is fp32 regardless. Trained
             weights must be fp32: for bf16 compute use ``trainer.precision: bf16-mixed`` (fp32 master weights, see
             ``inspo.optim``); bf16 / fp16 is for a frozen LoRA base, evaluation and prediction.
@@ -100,12 +95,11 @@ class PreferenceModule(LightningModule):
         self,
         model: str = BUNDLED_SMOLLM2,
         loss: PreferenceLoss | str = "dpo",
-        conditioning: str = "inspo",
+        conditioning: Conditioning | str = "inspo",
         reflection_template: ReflectionTemplate | None = None,
         reference: ReferenceMode | str = "auto",
         reference_model: str | None = None,
-        layout: Literal["separate", "packed"] = "packed",
-        max_tokens_per_row: int | None = None,
+        layout: Layout | str = "packed",
         dtype: str = "fp32",
         attn_implementation: str | None = "sdpa",
         random_init: dict[str, Any] | None = None,
@@ -119,11 +113,18 @@ class PreferenceModule(LightningModule):
         on_nonfinite: OnNonFinite = "error",
     ) -> None:
         super().__init__()
-        # Objects are saved below by class path (hparams.yaml cannot hold them); reference_model folds into reference.
-        ignore = ["loss", "reference_model"] + ([] if isinstance(reference, str) else ["reference"])
+        # Components are saved below by class path or short name (hparams.yaml cannot hold objects), and resolved
+        # here, not when the model loads, so a typo fails before any data or weights are read. reference_model folds
+        # into the reference mode.
+        ignore = ["loss", "conditioning", "layout", "reference_model"] + ([] if isinstance(reference, str) else
+                                                                          ["reference"])
         self.save_hyperparameters(ignore=ignore)
         self.loss = resolve_loss(loss)
+        self.conditioning = CONDITIONINGS.resolve(conditioning)  # set up with the tokenizer in configure_model
+        self.layout = LAYOUTS.resolve(layout)
         self.hparams["loss"] = loss_hparams(self.loss)  # the shape LightningCLI parses back from a checkpoint
+        self.hparams["conditioning"] = CONDITIONINGS.hparams(self.conditioning)  # a short name for stock ones
+        self.hparams["layout"] = LAYOUTS.hparams(self.layout)
         self.reference_mode = resolve_reference(reference, self.loss.requires_reference, lora is not None)
         if reference_model is not None:  # the spelling before reference modes were classes
             if not isinstance(self.reference_mode, (PathReference, CachedReference)) or self.reference_mode.model:
@@ -134,14 +135,8 @@ class PreferenceModule(LightningModule):
             self.reference_mode.model = reference_model
         self.reference_mode.check(self.loss, lora)
         self.hparams["reference"] = component_hparams(self.reference_mode)  # the resolved mode, as the loss
-        self.layout = make_layout(layout, max_tokens_per_row)
         self.optim = optim or OptimConfig()
-        # Names checked here, not when the model loads, so a typo fails before any data or weights are read.
-        if conditioning not in CONDITIONINGS:
-            choices = ", ".join(sorted(CONDITIONINGS))
-            raise ConfigError(f"unknown conditioning {conditioning!r}; choose one of: {choices}")
-        if dtype not in DTYPES:
-            raise ConfigError(f"unknown model.dtype {dtype!r}; choose one of: {', '.join(sorted(DTYPES))}")
+        torch_dtype(dtype)  # checked here too: before any data or weights are read
         check_on_nonfinite(on_nonfinite)
         self.nonfinite_skipped = 0
         # Keep the instances: under LightningCLI the saved hparams hold dataclasses as dicts.
@@ -152,7 +147,6 @@ class PreferenceModule(LightningModule):
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None  # the frozen model the reference mode holds, if any
         self.tokenizer = None
-        self.conditioning = None
         self.metrics = make_metrics()  # every logged key: inspo.metrics
         # The reference is never saved: it is rebuilt from its source (``copy`` is taken before a checkpoint is
         # restored), so checkpoints hold the policy only and restoring them must not ask for reference weights.
@@ -165,7 +159,7 @@ class PreferenceModule(LightningModule):
     @override
     def setup(self, stage: str) -> None:
         if stage == "fit" and not keeps_fp32_master(self.trainer.strategy):  # before any weight is loaded
-            check_precision(self.trainer.precision, DTYPES[self.hparams.dtype], lora=self.lora is not None)
+            check_precision(self.trainer.precision, torch_dtype(self.hparams.dtype), lora=self.lora is not None)
 
     @override
     def configure_model(self) -> None:
@@ -173,7 +167,7 @@ class PreferenceModule(LightningModule):
             return
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.model, trust_remote_code=hp.trust_remote_code)
-        self.conditioning = make_conditioning(hp.conditioning, self.tokenizer, self.reflection_template)
+        self.conditioning.setup(self.tokenizer, self.reflection_template)
         load = {"dtype": hp.dtype, "attn_implementation": hp.attn_implementation,
                 "trust_remote_code": hp.trust_remote_code, "gradient_checkpointing": hp.gradient_checkpointing,
                 "load_in_4bit": self.lora is not None and self.lora.load_in_4bit}
@@ -181,8 +175,8 @@ class PreferenceModule(LightningModule):
         self.reference = self.reference_mode.build(self.policy, partial(load_causal_lm, **load))
         reason = packed_unsupported_reason(self.policy) if self.layout.needs_4d_mask else None
         if reason is not None:
-            log.warning("inspo: layout 'packed' is not exact here (%s): using layout 'separate'", reason)
-            self.layout = make_layout("separate")
+            log.warning("inspo: layout %r is not exact here (%s): using layout 'separate'", self.layout.name, reason)
+            self.layout = SeparateLayout()
         for m in (self.policy, self.reference):
             if m is not None and hp.disable_dropout:
                 disable_dropout(m)
@@ -210,8 +204,10 @@ class PreferenceModule(LightningModule):
         return self
 
     # ---------------------------------------------------------------- the pair forward
-    def score(self, model: nn.Module, batch: PairBatch, sequences: Sequences) -> PairLogps:
+    def score(self, model: nn.Module, batch: PairBatch, sequences: Sequences, conditioned: bool = False) -> PairLogps:
         """Summed log-probs (and token counts) of the targets named by ``sequences`` for every pair.
+
+        ``conditioned``: ``chosen`` / ``rejected`` of ``sequences`` see more than x (:class:`PairLogps`).
 
         The first time a model scores, :func:`inspo.checks.check_exactness` checks the log-probs of one pair
         against the model's own forward (and packed against separate rows), and switches path if needed.
@@ -221,7 +217,8 @@ class PreferenceModule(LightningModule):
             self._check_exactness(model, segments[0], sequences)
         full = id(model) in self._full_logits
         return score_pairs(lambda rows: self._scorer(model)(rows, full), segments, sequences, self.layout,
-                           self.tokenizer.pad_token_id, self.device)
+                           self.tokenizer.pad_token_id, self.device,
+                           conditioned=conditioned)
 
     def _scorer(self, model: nn.Module) -> Callable[[ModelRows, bool], Tensor]:
         """(rows, full_logits) -> summed target log-probs of ``model`` (through its FSDP2 root unit if sharded)."""
@@ -238,8 +235,8 @@ class PreferenceModule(LightningModule):
             log.warning(full_logits_message(model, result))
             self._full_logits.add(id(model))
         if not result.packed_exact:
-            log.warning(packed_message(result))
-            self.layout = make_layout("separate")
+            log.warning(packed_message(result, self.layout.name))
+            self.layout = SeparateLayout()
 
     def _compute_dtype(self, model: nn.Module) -> torch.dtype:
         """The dtype ``model`` computes in outside autocast: its parameters', or FSDP1's mixed-precision copies'."""
@@ -256,13 +253,13 @@ class PreferenceModule(LightningModule):
     def pair_logps(self, batch: PairBatch, plain: bool = False) -> tuple[PairLogps, PairLogps | None]:
         """The one pair forward: policy log-probs under the run's conditioning, and the reference's.
 
-        Under InSPO, log pi(y|x) (``chosen_plain`` / ``rejected_plain``) is computed when the loss reads it or when
-        ``plain`` asks for it (validation and test log the unconditioned view, see ``inspo.metrics``).
+        Under InSPO, log pi(y|x) (``chosen_plain`` / ``rejected_plain``) is computed when the loss reads it
+        (``reads_plain_logps``) or when ``plain`` asks for it (validation and test log the unconditioned view, see
+        ``inspo.metrics``); otherwise those targets are skipped.
         """
-        sequences = self.conditioning.policy_sequences
-        if not (plain or self.loss.needs_plain_logps):  # InSPO: skip log pi(y|x) targets nobody reads
-            sequences = {name: segs for name, segs in sequences.items() if not name.endswith("_plain")}
-        return self.score(self.policy, batch, sequences), self.reference_logps(batch)
+        sequences = self.conditioning.sequences(plain=plain or self.loss.reads_plain_logps)
+        policy = self.score(self.policy, batch, sequences, conditioned=self.conditioning.conditioned)
+        return policy, self.reference_logps(batch)
 
     # ---------------------------------------------------------------- steps
     def _common_step(self, batch: PairBatch, stage: str) -> Tensor | None:

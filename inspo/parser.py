@@ -42,6 +42,9 @@ EXPECTED = re.compile(r"^Expected a (?P<type>.+?)(\. Got value: (?P<value>.*))?$
 INNER_KEY = re.compile(r"Problem with given class_path '(?P<path>[^']+)':\s*Parser key \"(?P<key>[^\"]+)\":")
 GIVEN = re.compile(r"^\s*Given value: (?P<value>.*)$", re.MULTILINE)
 NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value")
+MOVED = {"model.max_tokens_per_row": "model.layout.max_tokens_per_row (an option of the packed layout: "
+                                     "--model.layout packed --model.layout.max_tokens_per_row N)"}
+"""Options that moved (an old config file or command line still names them): the key and where it is now."""
 
 
 class InspoArgumentParser(LightningArgumentParser):
@@ -72,47 +75,55 @@ class InspoArgumentParser(LightningArgumentParser):
         sys.exit(2)
 
 
-def expand_loss_names(parser: LightningArgumentParser, dest: str = "model.loss",
-                      names: dict[str, type] | None = None) -> None:
-    """Let ``dest`` take a registered short name (``dpo``) as its class path, so that its init arguments can be
-    set after it: ``loss: dpo`` in YAML, then ``--model.loss.beta 0.2`` (see :func:`loss_class_path`). ``names``:
-    the registry of ``dest`` (default: the losses), e.g. the reference modes for ``model.reference``."""
-    action = parser._option_string_actions.get(f"--{dest}")
-    if action is not None and not getattr(action, "expands_loss_names", False):
-        action.__class__ = _expanding_action(type(action), names)
+def components() -> dict[str, Any]:
+    """Option -> registry of the options that take a registered short name (imported when parsing, not before)."""
+    from inspo.conditioning import CONDITIONINGS
+    from inspo.layout import LAYOUTS
+    from inspo.losses import LOSSES
+    from inspo.reference import REFERENCES
+
+    return {"model.loss": LOSSES, "model.conditioning": CONDITIONINGS, "model.layout": LAYOUTS,
+            "model.reference": REFERENCES}
 
 
-def loss_class_path(value: Any, names: dict[str, type] | None = None) -> Any:
-    """``{"class_path": ...}`` for a registered loss name (``dpo`` -> ``inspo.losses.dpo.DPOLoss``), else ``value``.
+def expand_short_names(parser: LightningArgumentParser) -> None:
+    """Let every component option (:func:`components`) take a registered short name as its class path, so that
+    its init arguments can be set after it: ``loss: dpo`` in YAML, then ``--model.loss.beta 0.2``;
+    ``--model.layout packed --model.layout.max_tokens_per_row 512``.
 
     jsonargparse only resolves a class by its class name (``DPOLoss``); a short name stays a plain string, and a
-    string has no init arguments to set, so ``loss: dpo`` with ``--model.loss.beta 0.2`` failed. An unknown name is
-    left alone: the module then refuses it with the list of registered names.
+    string has no init arguments to set. So a short name becomes ``{"class_path": ...}`` first
+    (:meth:`inspo.registry.Registry.class_path`); an unknown name is left alone, and the module then refuses it
+    with the list of registered names.
     """
-    from inspo.losses import LOSSES
-
-    names = LOSSES if names is None else names
-    if isinstance(value, str) and value.strip() in names:
-        cls = names[value.strip()]
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
-    return value
+    for dest, registry in components().items():
+        action = parser._option_string_actions.get(f"--{dest}")
+        if action is not None and not getattr(action, "expands_short_names", False):
+            action.__class__ = _expanding_action(type(action), registry)
 
 
-def _expanding_action(base: type, names: dict[str, type] | None = None) -> type:
-    """A subclass of jsonargparse's action ``base`` whose values go through :func:`loss_class_path` first."""
+def _expanding_action(base: type, registry: Any) -> type:
+    """A subclass of jsonargparse's action ``base`` whose short names become class paths of ``registry`` first."""
+
+    def expand(value: Any) -> Any:  # a short name, also as the class_path of a dict (YAML) or Namespace
+        if isinstance(value, Namespace):
+            expanded = registry.class_path(value.as_dict())
+            return value if expanded == value.as_dict() else Namespace(**expanded)
+        return registry.class_path(value)
 
     def _check_type_(self: Any, value: Any, **kwargs: Any) -> Any:
         cfg = kwargs.get("cfg")
         previous = cfg.get(self.dest) if isinstance(cfg, Namespace) else None
-        expanded = loss_class_path(previous, names)
-        if expanded is not previous:  # a short name set earlier (a config file): nested options now apply to it
-            cfg[self.dest] = previous = Namespace(expanded)
-        named = loss_class_path(value, names)
-        if named is not value and isinstance(previous, Namespace) and previous.get("class_path") != named["class_path"]:
-            cfg[self.dest] = None  # a name means that loss with its own defaults, not the init args of the one before
+        expanded = expand(previous)
+        if expanded is not previous:  # a short name set earlier (a config file, the default): nested options apply
+            cfg[self.dest] = previous = expanded if isinstance(expanded, Namespace) else Namespace(expanded)
+        named = expand(value)
+        if isinstance(value, str) and named is not value and isinstance(previous, Namespace) \
+                and previous.get("class_path") != named["class_path"]:
+            cfg[self.dest] = None  # a name means that component with its own defaults, not the init args of another
         return base._check_type_(self, named, **kwargs)
 
-    return type(f"LossName{base.__name__}", (base,), {"_check_type_": _check_type_, "expands_loss_names": True})
+    return type(f"ShortName{base.__name__}", (base,), {"_check_type_": _check_type_, "expands_short_names": True})
 
 
 def explain(message: str, parser: LightningArgumentParser) -> str:
@@ -123,6 +134,8 @@ def explain(message: str, parser: LightningArgumentParser) -> str:
         match = pattern.search(message)
         if match:
             key = ".".join(filter(None, (match.groupdict().get("group"), match["key"])))
+            if key in MOVED:
+                return f"option {key!r} moved to {MOVED[key]}"
             return f"unknown option {key!r}{suggest(key, names)}"
     match = PARSER_KEY.match(message)
     if match is None:

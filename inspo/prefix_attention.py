@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.attention.bias import causal_lower_right
 
 from inspo.errors import ConfigError
-from inspo.layout import ModelRows, PackedLayout, _Node
+from inspo.layout import ModelRows, PackedLayout, RowBuilder, Span
 
 PREFIX_ATTENTION = "inspo_prefix"
 """The name the attention function is registered under in transformers' ``AttentionInterface``."""
@@ -98,59 +98,32 @@ class PrefixLayout(PackedLayout):
         max_tokens_per_row: token budget of a row holding several pairs; None puts each pair in its own row.
     """
 
-    name = "prefix"
-    needs_4d_mask = False
+    needs_4d_mask = False  # the attention mask is the padding mask; the plan says who sees whom
 
-    def build(self, pairs: list[dict[str, list[int]]], sequences: dict[str, tuple[str, ...]], pad_id: int,
-              device: torch.device | str = "cpu") -> PrefixRows:
-        self._chains: list[tuple[int, int, int, list[tuple[int, int]]]] = []  # filled by _place
-        rows = super().build(pairs, sequences, pad_id, device)
-        plan = PrefixPlan.from_chains(self._chains, rows.input_ids.shape[1], device)
-        return PrefixRows(**{f.name: getattr(rows, f.name) for f in fields(rows)}, plan=plan)
+    def finish(self, rows: RowBuilder, model_rows: ModelRows) -> PrefixRows:
+        plan = PrefixPlan.from_chains(chains(rows.spans), model_rows.input_ids.shape[1], model_rows.input_ids.device)
+        return PrefixRows(**{f.name: getattr(model_rows, f.name) for f in fields(model_rows)}, plan=plan)
 
-    def _place(self, nodes: list[_Node], rows: list[list[int]], positions: list[list[int]],
-               masks: list[Any]) -> dict[_Node, tuple[int, int, int]]:
-        # The packed layout's placement (nodes in order, parents first), without its dense block mask.
-        row = self._row_for(sum(len(node.ids) for node in nodes), rows)
-        if row == len(rows):
-            rows.append([])
-            positions.append([])
-            masks.append(None)
-        offset = len(rows[row])
-        where: dict[_Node, tuple[int, int, int]] = {}
-        chain: list[_Node] = []
-        for node in nodes:
-            parent_end = -1 if node.parent is None else where[node.parent][1] + len(node.parent.ids) - 1
-            if chain and node.parent is chain[-1] and parent_end == offset - 1:
-                chain.append(node)  # the parent is right before it: one causal span
+
+def chains(spans: list[Span]) -> list[tuple[int, int, int, list[tuple[int, int]]]]:
+    """Maximal runs of spans, each the parent of the next and right after it, as ``(row, start, size, ancestor
+    spans [(start, size)], root first, adjacent ones merged)``: one attention call each (the module docstring)."""
+    runs: list[list[Span]] = []
+    for span in spans:  # placement order: a parent before its children
+        if runs and span.parent is runs[-1][-1] and span.start == span.parent.end:
+            runs[-1].append(span)  # the parent is right before it: one causal span
+        else:
+            runs.append([span])
+    out = []
+    for run in runs:
+        keys: list[tuple[int, int]] = []
+        for ancestor in reversed(run[0].ancestors()):  # root first: keys in sequence order
+            if keys and keys[-1][0] + keys[-1][1] == ancestor.start:
+                keys[-1] = (keys[-1][0], keys[-1][1] + ancestor.end - ancestor.start)  # adjacent ancestors: one span
             else:
-                self._close(chain, where, row)
-                chain = [node]
-            where[node] = (row, offset, parent_end)
-            rows[row] += node.ids
-            positions[row] += range(node.start_position, node.start_position + len(node.ids))
-            offset += len(node.ids)
-        self._close(chain, where, row)
-        return where
-
-    def _close(self, chain: list[_Node], where: dict[_Node, tuple[int, int, int]], row: int) -> None:
-        if not chain:
-            return
-        spans: list[tuple[int, int]] = []
-        for ancestor in reversed(chain[0].ancestors()):  # root first: keys in sequence order
-            start, size = where[ancestor][1], len(ancestor.ids)
-            if spans and spans[-1][0] + spans[-1][1] == start:
-                spans[-1] = (spans[-1][0], spans[-1][1] + size)  # adjacent ancestors: one span
-            else:
-                spans.append((start, size))
-        start = where[chain[0]][1]
-        self._chains.append((row, start, sum(len(n.ids) for n in chain), spans))
-
-    def _mask(self, rows: list[list[int]], masks: list[Any], length: int) -> Tensor:
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for r, ids in enumerate(rows):
-            mask[r, : len(ids)] = 1
-        return mask
+                keys.append((ancestor.start, ancestor.end - ancestor.start))
+        out.append((run[0].row, run[0].start, run[-1].end - run[0].start, keys))
+    return out
 
 
 def prefix_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,

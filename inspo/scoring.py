@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from inspo.conditioning import REFERENCE_SEQUENCES, Sequences
+from inspo.conditioning import Sequences
 from inspo.layout import Layout, ModelRows
 from inspo.losses import PairLogps
 
@@ -27,6 +27,7 @@ def score_pairs(
     layout: Layout,
     pad_id: int,
     device: torch.device | str,
+    conditioned: bool = False,
 ) -> PairLogps:
     """Summed log-probs (and token counts) of the targets named by ``sequences`` for every pair.
 
@@ -37,6 +38,7 @@ def score_pairs(
         layout: builds the model rows (separate or packed).
         pad_id: the pad token id.
         device: where the rows are built.
+        conditioned: ``chosen`` / ``rejected`` of ``sequences`` see more than x (:class:`PairLogps`).
     """
     rows = layout.build(segments, sequences, pad_id, device)
     sums = scorer(rows)
@@ -49,5 +51,5 @@ def score_pairs(
         rejected_tokens=counts[:, col["rejected"]],
         chosen_plain=sums[:, col["chosen_plain"]] if "chosen_plain" in col else None,
         rejected_plain=sums[:, col["rejected_plain"]] if "rejected_plain" in col else None,
-        conditioned=sequences["chosen"] != REFERENCE_SEQUENCES["chosen"],
+        conditioned=conditioned,
     )

@@ -95,10 +95,12 @@ def serve_ours(args: argparse.Namespace, variant: str) -> None:
 
     conditioning, layout, ref = variant.split("_")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = PreferenceModule(model=MODEL, loss="dpo", conditioning=conditioning, layout=layout,
+    from inspo.layout import PackedLayout
+
+    rows = PackedLayout(args.max_tokens_per_row) if layout == "packed" else layout
+    module = PreferenceModule(model=MODEL, loss="dpo", conditioning=conditioning, layout=rows,
                               reference="copy" if ref == "live" else "cached", dtype="bf16" if args.bf16 else "fp32",
-                              random_init=SIZES[args.model_size] if args.model_size else None,
-                              max_tokens_per_row=args.max_tokens_per_row)
+                              random_init=SIZES[args.model_size] if args.model_size else None)
     pairs = make_pairs(args.batch_size * (args.warmup + args.steps), args.prompt, args.chosen, args.rejected)
     if ref != "live":  # the pairs the cached mode computes once (no datamodule here)
         module.reference_mode.pairs = [SimpleNamespace(prompt=p, chosen=c, rejected=r) for p, c, r in pairs]

@@ -61,7 +61,7 @@ a path passes within max(4 x the bf16 noise floor, 0.05): the floor is separate 
 
 
 def sequences_for(conditioning: str, train: bool = False) -> dict[str, tuple[str, ...]]:
-    seqs = StandardConditioning.policy_sequences if conditioning == "standard" else InSPOConditioning.policy_sequences
+    seqs = (StandardConditioning() if conditioning == "standard" else InSPOConditioning()).sequences(plain=True)
     if train:  # the module drops plain log pi(y|x) targets the DPO loss never reads
         seqs = {k: v for k, v in seqs.items() if not k.endswith("_plain")}
     return dict(seqs)

@@ -131,7 +131,7 @@ def test_unknown_loss_lists_the_registered_names(tmp_path):
     result = inspo("fit", "--config", str(CONFIGS / "tiny.yaml"), "--model.loss", "dpoo", cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown loss 'dpoo'" in result.stderr
-    assert "registered losses: " + ", ".join(sorted(LOSSES)) in result.stderr
+    assert "choose one of: " + ", ".join(sorted(LOSSES)) in result.stderr
     assert "Traceback" not in result.stderr
 
 

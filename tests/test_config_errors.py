@@ -25,7 +25,10 @@ CASES = [
     (["--model.optim.lrr", "1e-3"], "unknown option 'model.optim.lrr' (did you mean 'model.optim.lr'?)" + HELP),
     (["--trainer.logger.init_args.save_dirr", "x"],
      "unknown option 'trainer.logger.init_args.save_dirr' (did you mean 'trainer.logger.init_args.save_dir'?)" + HELP),
-    (["--model.layout", "pakced"], "model.layout: invalid value 'pakced'; choose one of: separate, packed" + HELP),
+    (["--model.layout", "pakced"], "unknown layout 'pakced'; choose one of: packed, separate"),
+    (["--model.layout.max_tokens_per_row", "0"], "layout.max_tokens_per_row must be >= 1 or None, got 0"),
+    (["--model.max_tokens_per_row", "512"], "option 'model.max_tokens_per_row' moved to model.layout.max_tokens_per_row "
+     "(an option of the packed layout: --model.layout packed --model.layout.max_tokens_per_row N)" + HELP),
     (["--data.read.on_invalid", "drop"],
      "data.read.on_invalid: invalid value 'drop'; choose one of: error, skip" + HELP),
     (["--data.loader.batch_size", "abc"], "data.loader.batch_size: invalid value 'abc': expected int" + HELP),

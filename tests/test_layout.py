@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inspo.conditioning import REFERENCE_SEQUENCES, ReflectionTemplate, make_conditioning
-from inspo.layout import LAYOUTS, make_layout, prefix_tree
+from inspo.layout import LAYOUTS, PackedLayout, RowBuilder, make_layout, prefix_tree
 from inspo.logprobs import target_logps, token_logps, token_logps_full
 from tests.helpers import expected, random_pairs, tiny_model
 
@@ -22,7 +22,7 @@ def test_layout_matches_separate_sequences(tokenizer, attn, layout, conditioning
     template = ReflectionTemplate("Other answer:", "\nBetter answer:") if conditioning.endswith("template") else None
     cond = make_conditioning(conditioning.split("-")[0], tokenizer, template)
     segments = [cond.segments(*p) for p in random_pairs(4, LENGTHS)]
-    for sequences in (cond.policy_sequences, REFERENCE_SEQUENCES):
+    for sequences in (cond.sequences(plain=True), REFERENCE_SEQUENCES):
         rows = make_layout(layout).build(segments, sequences, tokenizer.pad_token_id)
         with torch.no_grad():
             got = target_logps(model, rows, chunk_size=5)
@@ -95,3 +95,27 @@ def test_bf16_chunked_grads_equal_full_log_softmax_grads():
         # tensor's largest entry elementwise (2 * 2**-8 relative), and 1% of the tensor's norm overall (seen: <0.6%).
         torch.testing.assert_close(a, b, atol=2 * 2**-8 * b.abs().max().item(), rtol=2e-2)
         assert (a - b).norm() <= 1e-2 * b.norm()
+
+
+def test_placement_hook_gets_typed_arguments_and_returns_spans(tokenizer):
+    """Packed InSPO pair P=5, W=3, L=4 (nodes x | y_l, y_w | y_w, y_l): every node once in row 0; y_w after y_l
+    starts at column 5 + 4 = 9 and is predicted from column 8 (the last token of y_l); the root from nothing (-1)."""
+    cond = make_conditioning("inspo", tokenizer)
+    tree = prefix_tree(cond.segments([1] * 5, [2] * 3, [3] * 4), cond.sequences())
+    rows = RowBuilder()
+    spans = PackedLayout().place(tree, rows)
+    chosen = spans[tree.targets["chosen"]]
+    assert (chosen.row, chosen.start, chosen.predictor, chosen.end) == (0, 9, 8, 12)
+    assert spans[tree.nodes[0]].predictor == -1 and len(rows.ids[0]) == 5 + 2 * 3 + 2 * 4
+    assert [span.start for span in rows.spans] == [0, 5, 9, 12, 15]
+
+
+def test_a_node_placed_after_another_nodes_copy_is_refused():
+    """The mask and the predicting column come from the parent span: a span of another node would leak or misalign."""
+    tree = prefix_tree({"x": [1, 2], "y_w": [3], "y_l": [4]}, REFERENCE_SEQUENCES)
+    rows = RowBuilder()
+    row = rows.new_row()
+    root = rows.place(row, tree.nodes[0])
+    y_w = rows.place(row, tree.targets["chosen"], root)
+    with pytest.raises(ValueError, match="after a copy of its own parent node"):
+        rows.place(row, tree.targets["rejected"], y_w)

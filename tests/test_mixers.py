@@ -70,7 +70,7 @@ def test_packed_rows_leak_on_hybrids_and_the_module_falls_back_to_exact_separate
     from inspo.module import PreferenceModule
 
     model = tiny_family(name)
-    for sequences in (REFERENCE_SEQUENCES, InSPOConditioning.policy_sequences):
+    for sequences in (REFERENCE_SEQUENCES, InSPOConditioning().sequences(plain=True)):
         leak = (logps(model, PackedLayout(), sequences) - logps(model, SeparateLayout(), sequences)).abs().max()
         assert leak > 1e-3, (sequences, leak)
     monkeypatch.setattr(module_file, "load_causal_lm", lambda *args, **kwargs: tiny_family(name))
@@ -81,6 +81,6 @@ def test_packed_rows_leak_on_hybrids_and_the_module_falls_back_to_exact_separate
     assert len(lines) == 1 and "using layout 'separate'" in lines[0]
     assert module.layout.name == "separate"
     policy, _ = module.pair_logps(batch())
-    want = logps(module.policy.eval(), SeparateLayout(), InSPOConditioning.policy_sequences).view(len(batch()), -1)
+    want = logps(module.policy.eval(), SeparateLayout(), InSPOConditioning().sequences(plain=True)).view(len(batch()), -1)
     torch.testing.assert_close(torch.stack([policy.chosen, policy.rejected, policy.chosen_plain,
                                             policy.rejected_plain], 1), want, atol=1e-5, rtol=0)

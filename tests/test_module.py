@@ -9,7 +9,7 @@ import torch
 
 from inspo.conditioning import REFERENCE_SEQUENCES
 from inspo.errors import ConfigError
-from inspo.losses import LOSSES, DPOLoss, SimPOLoss
+from inspo.losses import LOSSES, DPOLoss, LossOutput, PreferenceLoss, SimPOLoss
 from inspo.module import PreferenceModule
 from tests.helpers import batch, logp, make_module
 
@@ -46,16 +46,39 @@ def test_inspo_skips_the_plain_targets_a_loss_never_reads(layout):
     assert policy.chosen_plain is None and policy.rejected_plain is None
     torch.testing.assert_close(policy.chosen, full.chosen, atol=1e-5, rtol=0)
     torch.testing.assert_close(policy.rejected, full.rejected, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="uses_plain_logps"):
-        _ = policy.plain_chosen
+
+    class ReadsPlain(DPOLoss):  # reads log pi(y|x) without setting reads_plain_logps
+        def pair_loss(self, policy, reference):
+            return LossOutput(-policy.chosen_plain.float(), policy.chosen, policy.rejected)
+
+    with pytest.raises(ValueError, match="set reads_plain_logps = True"):
+        ReadsPlain()(policy, _)
     assert make_module(conditioning="inspo", loss="orpo").pair_logps(b)[0].chosen_plain is not None
+
+
+def test_a_new_loss_does_not_pay_for_plain_logps_unless_it_says_so():
+    """A loss subclass that declares nothing reads a_w, a_l only: under InSPO the training step scores no
+    log pi(y|x) targets for it (they were computed for every new loss before); validation still does."""
+
+    class NewLoss(PreferenceLoss):
+        def pair_loss(self, policy, reference):
+            return LossOutput(-(policy.chosen - policy.rejected), policy.chosen, policy.rejected)
+
+    class NewPlainLoss(NewLoss):
+        reads_plain_logps = True
+
+    b = batch()
+    module = make_module(conditioning="inspo", loss=NewLoss())
+    assert module.pair_logps(b)[0].chosen_plain is None
+    assert module.pair_logps(b, plain=True)[0].chosen_plain is not None  # validation: the plain_* metrics
+    assert make_module(conditioning="inspo", loss=NewPlainLoss()).pair_logps(b)[0].chosen_plain is not None
 
 
 def test_standard_logps_are_unconditioned():
     module = make_module(conditioning="standard")
     b = batch()
     policy, _ = module.pair_logps(b)
-    assert policy.chosen_plain is None
+    assert policy.chosen_plain is policy.chosen and not policy.conditioned  # log pi(y|x) is what was scored
     for i, (x, yw, yl) in enumerate(zip(b.prompt, b.chosen, b.rejected)):
         assert policy.chosen[i].item() == pytest.approx(logp(module.policy, x, yw), abs=1e-5)
         assert policy.rejected[i].item() == pytest.approx(logp(module.policy, x, yl), abs=1e-5)
@@ -131,7 +154,7 @@ def test_reference_auto_follows_the_loss():
 
 
 def test_config_errors_are_clear():
-    with pytest.raises(ConfigError, match="registered losses: " + ", ".join(sorted(LOSSES))):
+    with pytest.raises(ConfigError, match="unknown loss 'dpoo'; choose one of: " + ", ".join(sorted(LOSSES))):
         PreferenceModule(loss="dpoo")
     with pytest.raises(ConfigError, match="needs a reference model"):
         PreferenceModule(loss=DPOLoss(), reference="none")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from inspo.conditioning import REFERENCE_SEQUENCES, make_conditioning
 from inspo.errors import ConfigError
-from inspo.layout import PackedLayout, make_layout, packed_unsupported_reason, to_block_mask
+from inspo.layout import PackedLayout, packed_unsupported_reason, to_block_mask
 from inspo.logprobs import target_logps
 from tests.helpers import TINY_CONFIG, expected, random_pairs, tiny_model
 
@@ -26,8 +26,8 @@ def test_several_pairs_per_row_match_separate_sequences(tokenizer, attn, budget,
     model = tiny_model(attn)
     cond = make_conditioning(conditioning, tokenizer)
     segments = [cond.segments(*p) for p in random_pairs(5, LENGTHS)]
-    for sequences in (cond.policy_sequences, REFERENCE_SEQUENCES):
-        rows = make_layout("packed", budget).build(segments, sequences, tokenizer.pad_token_id)
+    for sequences in (cond.sequences(plain=True), REFERENCE_SEQUENCES):
+        rows = PackedLayout(budget).build(segments, sequences, tokenizer.pad_token_id)
         assert rows.input_ids.shape[0] < len(segments)  # several pairs do share a row
         with torch.no_grad():
             got = target_logps(model, rows, chunk_size=7)
@@ -45,7 +45,7 @@ def test_budget_packs_first_fit_and_isolates_pairs():
     mask = rows.attention_mask[0, 0]
     assert not mask[6:, :6].any() and not mask[:6, 6:].any()
     assert mask[8, 6] and not mask[8, 7]  # pair 2's y_l sees its prompt, not its y_w
-    with pytest.raises(ConfigError, match=r"^max_tokens_per_row must be >= 1 or None, got 0$"):
+    with pytest.raises(ConfigError, match=r"^layout.max_tokens_per_row must be >= 1 or None, got 0$"):
         PackedLayout(max_tokens_per_row=0)
 
 
@@ -59,7 +59,7 @@ def test_flex_block_mask_equals_the_dense_mask(tokenizer):
 
     cond = make_conditioning("inspo", tokenizer)
     segments = [cond.segments(*p) for p in random_pairs(5, LENGTHS)]
-    rows = make_layout("packed", 40).build(segments, cond.policy_sequences, 0)
+    rows = PackedLayout(40).build(segments, cond.policy_sequences, 0)
     mask = rows.attention_mask
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(mask.shape[0], 2, mask.shape[-1], 8, generator=g) for _ in range(3))
@@ -98,3 +98,21 @@ def test_module_falls_back_to_separate_with_one_log_line(monkeypatch, caplog):
     assert module.layout.name == "separate"
     lines = [r.getMessage() for r in caplog.records if "layout" in r.getMessage()]
     assert len(lines) == 1 and "flash_attention_2" in lines[0] and "separate" in lines[0]
+
+
+def test_a_checkpoint_saved_with_the_old_max_tokens_per_row_still_loads(tmp_path):
+    """Checkpoints written before the budget moved into the layout hold ``layout: packed, max_tokens_per_row: N``:
+    they load (the old key is dropped: packing only removes padding, the log-probs are the same) and resume."""
+    import lightning
+
+    from inspo.module import PreferenceModule
+
+    module = PreferenceModule(random_init=TINY_CONFIG, export_dir=None)
+    module.configure_model()
+    saved = {**module.hparams, "layout": "packed", "max_tokens_per_row": 64}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": saved,
+                "pytorch-lightning_version": lightning.__version__}, path)
+    loaded = PreferenceModule.load_from_checkpoint(path)
+    assert type(loaded.layout) is PackedLayout and loaded.policy is not None
+    PreferenceModule(random_init=TINY_CONFIG, layout=PackedLayout(64)).check_resumable({"hyper_parameters": saved})

@@ -30,7 +30,7 @@ def test_prefix_path_matches_separate_sequences(tokenizer, budget, conditioning)
     template = ReflectionTemplate("Other answer:", "\nBetter answer:") if conditioning.endswith("template") else None
     cond = make_conditioning(conditioning.split("-")[0], tokenizer, template)
     segments = [cond.segments(*p) for p in random_pairs(5, LENGTHS)]
-    for sequences in (cond.policy_sequences, REFERENCE_SEQUENCES):
+    for sequences in (cond.sequences(plain=True), REFERENCE_SEQUENCES):
         rows = PrefixLayout(budget).build(segments, sequences, tokenizer.pad_token_id)
         assert rows.attention_mask.dim() == 2  # no [T, T] mask anywhere
         if budget == 40 and template is None:  # template rows are longer than the budget: one pair each
@@ -48,7 +48,7 @@ def test_prefix_gradients_equal_dense_packing(tokenizer, conditioning):
     segments = [cond.segments(*p) for p in random_pairs(5, LENGTHS)]
     grads = []
     for layout, model in ((PackedLayout(30), tiny_model("sdpa")), (PrefixLayout(30), prefix_model())):
-        rows = layout.build(segments, cond.policy_sequences, tokenizer.pad_token_id)
+        rows = layout.build(segments, cond.sequences(plain=True), tokenizer.pad_token_id)
         logps = token_logps(model, rows)
         (logps * torch.linspace(-1, 1, logps.numel())).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))

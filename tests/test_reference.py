@@ -160,7 +160,7 @@ def test_auto_follows_the_loss_and_lora(spec, requires, lora, expected):
 def test_mode_from_class_path_and_unknown_name():
     mode = resolve_reference({"class_path": "inspo.reference.PathReference", "init_args": {"model": "X"}}, True, False)
     assert isinstance(mode, PathReference) and mode.model == "X"
-    with pytest.raises(ConfigError, match="unknown model.reference 'copyy'; choose one of: auto, adapter, cached, "
+    with pytest.raises(ConfigError, match="unknown reference mode 'copyy'; choose one of: auto, adapter, cached, "
                                           "copy, none, path$"):
         resolve_reference("copyy", True, False)
 

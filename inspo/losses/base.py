@@ -15,6 +15,7 @@ from typing import ClassVar, TypeVar
 from torch import Tensor, nn
 
 from inspo.errors import ConfigError
+from inspo.registry import Registry
 
 
 @dataclass
@@ -26,11 +27,11 @@ class PairLogps:
         rejected: log-prob sum of y_l under the run's conditioning (p_l or a_l).
         chosen_tokens: |y_w| as float.
         rejected_tokens: |y_l| as float.
-        chosen_plain: log pi(y_w|x) when the conditioning is not the standard one and the loss reads it (ORPO,
-            SFT terms; see :attr:`PreferenceLoss.needs_plain_logps`), else None.
+        chosen_plain: log pi(y_w|x), the unconditioned log-prob, whatever the conditioning: ``chosen`` itself when
+            not ``conditioned``; under InSPO computed only for a loss that reads it (ORPO, SFT terms; see
+            :attr:`PreferenceLoss.reads_plain_logps`) and for validation, else None.
         rejected_plain: log pi(y_l|x), likewise.
-        conditioned: chosen / rejected are conditioned on more than x (InSPO): then the plain log-probs are not
-            chosen / rejected, and reading them when they were not computed is an error.
+        conditioned: chosen / rejected are conditioned on more than x (InSPO), so they are not the plain log-probs.
     """
 
     chosen: Tensor
@@ -41,23 +42,10 @@ class PairLogps:
     rejected_plain: Tensor | None = None
     conditioned: bool = False
 
-    @property
-    def plain_chosen(self) -> Tensor:
-        """log pi(y_w|x): the unconditioned chosen log-prob whatever the conditioning."""
-        return self._plain(self.chosen, self.chosen_plain)
-
-    @property
-    def plain_rejected(self) -> Tensor:
-        """log pi(y_l|x): the unconditioned rejected log-prob whatever the conditioning."""
-        return self._plain(self.rejected, self.rejected_plain)
-
-    def _plain(self, value: Tensor, plain: Tensor | None) -> Tensor:
-        if plain is not None:
-            return plain
-        if self.conditioned:
-            raise ValueError("log pi(y|x) was not computed for this conditioned batch: a loss that reads "
-                             "plain_chosen / plain_rejected must set uses_plain_logps = True")
-        return value
+    def __post_init__(self) -> None:
+        if not self.conditioned:  # the standard view: log pi(y|x) is what was scored
+            self.chosen_plain = self.chosen if self.chosen_plain is None else self.chosen_plain
+            self.rejected_plain = self.rejected if self.rejected_plain is None else self.rejected_plain
 
 
 @dataclass
@@ -84,31 +72,36 @@ class PreferenceLoss(nn.Module):
 
     Subclasses implement :meth:`pair_loss`. :meth:`forward` checks the reference and adds the optional SFT term
     ``sft_weight * (-log pi(y_w|x) / |y_w|)`` (the per-token NLL of the chosen response, always unconditioned).
-    A loss that never reads ``plain_chosen`` / ``plain_rejected`` sets ``uses_plain_logps = False``: under InSPO
-    the module then skips those targets (their output projection and log-softmax, about 8% of an InSPO step).
+    A loss whose own term reads ``policy.chosen_plain`` / ``policy.rejected_plain`` (log pi(y|x) under InSPO, e.g.
+    ORPO's NLL) sets ``reads_plain_logps = True``; by default a loss does not, and under InSPO the training step
+    then skips those targets (their output projection and log-softmax, about 8% of an InSPO step).
 
     Args:
         sft_weight: weight of the chosen-response NLL term added to the loss (0 disables it).
     """
 
     requires_reference: ClassVar[bool] = True
-    uses_plain_logps: ClassVar[bool] = True
+    reads_plain_logps: bool = False
+    """Set on the class when the loss's own term reads log pi(y|x); an instance with ``sft_weight > 0`` reads it too."""
 
     def __init__(self, sft_weight: float = 0.0) -> None:
         super().__init__()
         if not sft_weight >= 0:  # also NaN
             raise ConfigError(f"{type(self).__name__}: sft_weight must be >= 0, got {sft_weight}")
         self.sft_weight = sft_weight
-
-    @property
-    def needs_plain_logps(self) -> bool:
-        """Whether this loss reads log pi(y|x) besides the conditioned log-probs (its own term or the SFT term)."""
-        return self.uses_plain_logps or self.sft_weight > 0
+        self.reads_plain_logps = type(self).reads_plain_logps or sft_weight > 0
 
     def forward(self, policy: PairLogps, reference: PairLogps | None = None) -> LossOutput:
         if self.requires_reference and reference is None:
             raise ValueError(f"{type(self).__name__} requires reference log-probs, got reference=None")
-        out = self.pair_loss(policy, reference)
+        try:
+            out = self.pair_loss(policy, reference)
+        except (AttributeError, TypeError) as err:  # None.float(): the plain log-probs were never computed
+            if policy.chosen_plain is None or policy.rejected_plain is None:
+                raise ValueError(f"{type(self).__name__} failed ({err}); if it reads log pi(y|x) (chosen_plain / "
+                                 "rejected_plain), which was not computed for this conditioned batch, set "
+                                 "reads_plain_logps = True on the class") from err
+            raise
         if self.sft_weight:
             out.losses = out.losses + self.sft_weight * sft_nll(policy)
         return out
@@ -119,7 +112,9 @@ class PreferenceLoss(nn.Module):
 
 def sft_nll(policy: PairLogps) -> Tensor:
     """Per-token negative log-likelihood of the chosen response, unconditioned: -log pi(y_w|x) / |y_w|, in fp32."""
-    return -policy.plain_chosen.float() / policy.chosen_tokens.float()
+    if policy.chosen_plain is None:
+        raise ValueError("the SFT term reads log pi(y_w|x), which was not computed for this conditioned batch")
+    return -policy.chosen_plain.float() / policy.chosen_tokens.float()
 
 
 def logratios(policy: PairLogps, reference: PairLogps) -> tuple[Tensor, Tensor]:
@@ -127,18 +122,12 @@ def logratios(policy: PairLogps, reference: PairLogps) -> tuple[Tensor, Tensor]:
     return policy.chosen.float() - reference.chosen.float(), policy.rejected.float() - reference.rejected.float()
 
 
-LOSSES: dict[str, type[PreferenceLoss]] = {}
+L = TypeVar("L", bound=type)
 
-L = TypeVar("L", bound=type[PreferenceLoss])
+LOSSES: Registry[PreferenceLoss] = Registry("loss", PreferenceLoss)
+"""Short name -> loss class (``--model.loss NAME``); ``register_loss("name")`` adds one."""
 
 
 def register_loss(name: str) -> Callable[[L], L]:
     """Class decorator adding a loss to :data:`LOSSES` under a short name (used by ``--model.loss NAME``)."""
-
-    def decorator(cls: L) -> L:
-        if name in LOSSES and LOSSES[name] is not cls:
-            raise ValueError(f"loss name {name!r} is already registered to {LOSSES[name].__qualname__}")
-        LOSSES[name] = cls
-        return cls
-
-    return decorator
+    return LOSSES.register(name)

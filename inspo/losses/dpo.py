@@ -34,8 +34,6 @@ class DPOLoss(PreferenceLoss):
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
     """
 
-    uses_plain_logps = False
-
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
         if not beta > 0:

@@ -32,9 +32,9 @@ class ORPOLoss(PreferenceLoss):
     With average log-probs ``m_w = policy.chosen / chosen_tokens`` and ``m_l = policy.rejected / rejected_tokens``
     and ``logodds(m) = m - log(1 - exp(m))``::
 
-        L = -policy.plain_chosen / chosen_tokens + lam * ( -log sigma( logodds(m_w) - logodds(m_l) ) )
+        L = -policy.chosen_plain / chosen_tokens + lam * ( -log sigma( logodds(m_w) - logodds(m_l) ) )
 
-    The NLL term always uses the unconditioned log pi(y_w | x) (``plain_chosen``), also under InSPO, because the
+    The NLL term always uses the unconditioned log pi(y_w | x) (``chosen_plain``), also under InSPO, because the
     model must learn to generate y_w from x alone; the odds-ratio term uses the run's conditioning (a_w, a_l
     under InSPO). Rewards (for logging): ``lam * m``, the scaled average log-prob, as in TRL; the log-odds
     themselves are part of the loss, not of the reported rewards.
@@ -47,6 +47,7 @@ class ORPOLoss(PreferenceLoss):
     """
 
     requires_reference = False
+    reads_plain_logps = True  # the NLL term is on log pi(y_w|x)
 
     def __init__(self, lam: float = 0.1, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
@@ -57,7 +58,7 @@ class ORPOLoss(PreferenceLoss):
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_mean = policy.chosen.float() / policy.chosen_tokens.float()
         rejected_mean = policy.rejected.float() / policy.rejected_tokens.float()
-        nll = -policy.plain_chosen.float() / policy.chosen_tokens.float()
+        nll = -policy.chosen_plain.float() / policy.chosen_tokens.float()
         odds_ratio_loss = -F.logsigmoid(log_odds(chosen_mean) - log_odds(rejected_mean))
         return LossOutput(
             losses=nll + self.lam * odds_ratio_loss,

@@ -30,7 +30,6 @@ class SimPOLoss(PreferenceLoss):
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
     """
 
-    uses_plain_logps = False
     requires_reference = False
 
     def __init__(self, beta: float = 2.0, gamma: float = 1.0, sft_weight: float = 0.0) -> None:

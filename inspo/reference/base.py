@@ -20,7 +20,6 @@ arguments (never the module itself):
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,9 +27,9 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from inspo.errors import ConfigError
 from inspo.layout import Layout
 from inspo.losses import PairLogps, PreferenceLoss
+from inspo.registry import Registry
 
 Score = Callable[[nn.Module], PairLogps]
 """model -> its unconditioned log-probs log pi(y|x) of the current batch (the module's one pair forward)."""
@@ -112,18 +111,13 @@ class ReferenceMode:
         return self.name or type(self).__name__
 
 
-REFERENCES: dict[str, type[ReferenceMode]] = {}
+REFERENCES: Registry[ReferenceMode] = Registry("reference mode", ReferenceMode, special=("auto",))
 """Registered reference modes by short name (``auto`` is not one: :func:`resolve_reference` picks it)."""
 
 
 def register_reference(name: str) -> Callable[[type[ReferenceMode]], type[ReferenceMode]]:
     """Class decorator: select the mode by ``model.reference: NAME``."""
-
-    def add(cls: type[ReferenceMode]) -> type[ReferenceMode]:
-        REFERENCES[name] = cls
-        return cls
-
-    return add
+    return REFERENCES.register(name)
 
 
 def resolve_reference(spec: ReferenceMode | str | dict[str, Any], requires_reference: bool,
@@ -133,14 +127,6 @@ def resolve_reference(spec: ReferenceMode | str | dict[str, Any], requires_refer
     ``auto``: ``adapter`` with LoRA (no second model in memory), else ``copy``, when the loss needs a reference;
     ``none`` when it does not.
     """
-    if isinstance(spec, ReferenceMode):
-        return spec
-    if isinstance(spec, dict) and "class_path" in spec:
-        module, _, name = str(spec["class_path"]).rpartition(".")
-        return getattr(importlib.import_module(module), name)(**(spec.get("init_args") or {}))
-    if spec == "auto":
+    if isinstance(spec, str) and spec.strip() == "auto":
         spec = ("adapter" if lora else "copy") if requires_reference else "none"
-    if spec not in REFERENCES:
-        choices = ", ".join(["auto", *sorted(REFERENCES)])
-        raise ConfigError(f"unknown model.reference {spec!r}; choose one of: {choices}")
-    return REFERENCES[spec]()
+    return REFERENCES.resolve(spec)
