@@ -4,6 +4,7 @@ from inspo.losses.base import LOSSES, LossOutput, PairLogps, PreferenceLoss, log
 from inspo.losses.dpo import DPOLoss
 from inspo.losses.hinge import HingeLoss
 from inspo.losses.ipo import IPOLoss
+from inspo.losses.nca import NCAPairLoss
 from inspo.losses.onesided import OneSidedLoss
 from inspo.losses.orpo import ORPOLoss
 from inspo.losses.rdpo import RDPOLoss
@@ -16,6 +17,7 @@ __all__ = [
     "HingeLoss",
     "IPOLoss",
     "LossOutput",
+    "NCAPairLoss",
     "ORPOLoss",
     "OneSidedLoss",
     "PairLogps",

@@ -1,0 +1,50 @@
+"""Hand-derived golden values of TRL's pairwise loss types (issue 16), on the batch of tests/test_losses.py.
+
+golden_pair: chosen ratio c = [1, -1], rejected ratio l = [-0.5, 0.5], h = c - l = [1.5, -1.5], |y_w| = [2, 3],
+|y_l| = [3, 2]; with beta = 1 the rewards are u_w = c, u_l = l. Every loss here is also checked against TRL's own
+code in tests/test_trl_parity.py, and by the contract over every registered loss in tests/test_losses.py.
+sp(x) = log(1 + e^x), so -log sigma(z) = sp(-z).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from inspo.losses import (
+    LOSSES,
+    DPOLoss,
+    NCAPairLoss,
+    PreferenceLoss,
+)
+from tests.test_losses import CONDITIONINGS, check_golden, sp
+
+
+@CONDITIONINGS
+def test_nca_pair_golden(inspo: bool) -> None:
+    """beta = 1: u_w = [1, -1], u_l = [-0.5, 0.5]; L = sp(-u_w) + 0.5*sp(u_w) + 0.5*sp(u_l).
+
+    sp(1) = 1.313262, sp(-1) = 0.313262, sp(0.5) = 0.974077, sp(-0.5) = 0.474077
+    row 1: sp(-1) + 0.5*sp(1) + 0.5*sp(-0.5) = 0.313262 + 0.656631 + 0.237038 = 1.206931
+    row 2: sp(1) + 0.5*sp(-1) + 0.5*sp(0.5)  = 1.313262 + 0.156631 + 0.487038 = 1.956931
+    """
+    expected = [sp(-1) + 0.5 * sp(1) + 0.5 * sp(-0.5), sp(1) + 0.5 * sp(-1) + 0.5 * sp(0.5)]
+    assert_close(torch.tensor(expected), torch.tensor([1.206931, 1.956931]), atol=1e-6, rtol=0)
+    check_golden(NCAPairLoss(beta=1.0), inspo, expected, [1.0, -1.0], [-0.5, 0.5])
+
+
+def test_trl_name_sigmoid_is_dpo() -> None:
+    """TRL's ``loss_type="sigmoid"`` resolves to DPO (an alias, not a second registered loss)."""
+    assert type(LOSSES.resolve("sigmoid")) is DPOLoss and "sigmoid" not in LOSSES
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (NCAPairLoss, {"beta": 0.0}, "beta"),
+    ],
+)
+def test_bad_hyperparameters_raise(cls: type[PreferenceLoss], kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
