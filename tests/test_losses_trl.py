@@ -14,6 +14,7 @@ from torch.testing import assert_close
 
 from inspo.losses import (
     LOSSES,
+    BCOPairLoss,
     DPOLoss,
     NCAPairLoss,
     PreferenceLoss,
@@ -34,6 +35,18 @@ def test_nca_pair_golden(inspo: bool) -> None:
     check_golden(NCAPairLoss(beta=1.0), inspo, expected, [1.0, -1.0], [-0.5, 0.5])
 
 
+@CONDITIONINGS
+def test_bco_pair_golden(inspo: bool) -> None:
+    """beta = 1: L = -log sigma(u_w) - log sigma(-u_l) = sp(-u_w) + sp(u_l).
+
+    row 1: sp(-1) + sp(-0.5) = 0.313262 + 0.474077 = 0.787339
+    row 2: sp(1) + sp(0.5)   = 1.313262 + 0.974077 = 2.287339
+    """
+    expected = [sp(-1) + sp(-0.5), sp(1) + sp(0.5)]
+    assert_close(torch.tensor(expected), torch.tensor([0.787339, 2.287339]), atol=1e-6, rtol=0)
+    check_golden(BCOPairLoss(beta=1.0), inspo, expected, [1.0, -1.0], [-0.5, 0.5])
+
+
 def test_trl_name_sigmoid_is_dpo() -> None:
     """TRL's ``loss_type="sigmoid"`` resolves to DPO (an alias, not a second registered loss)."""
     assert type(LOSSES.resolve("sigmoid")) is DPOLoss and "sigmoid" not in LOSSES
@@ -43,6 +56,7 @@ def test_trl_name_sigmoid_is_dpo() -> None:
     ("cls", "kwargs", "match"),
     [
         (NCAPairLoss, {"beta": 0.0}, "beta"),
+        (BCOPairLoss, {"beta": -1.0}, "beta"),
     ],
 )
 def test_bad_hyperparameters_raise(cls: type[PreferenceLoss], kwargs: dict, match: str) -> None:

@@ -36,6 +36,7 @@ CASES: dict[str, tuple[str, dict[str, Any], str, dict[str, Any]]] = {
     "ipo": ("ipo", {"beta": 0.1}, "ipo", {}),
     "robust": ("robust", {"beta": 0.1, "label_smoothing": 0.2}, "robust", {"label_smoothing": 0.2}),
     "nca_pair": ("nca_pair", {"beta": 0.3}, "nca_pair", {}),
+    "bco_pair": ("bco_pair", {"beta": 0.3}, "bco_pair", {}),
 }
 # TRL logs beta * summed log-ratio as the rewards of every loss; ours follow the optimised per-token form here.
 PER_TOKEN_REWARDS = {"ipo", "sigmoid_norm"}

@@ -1,6 +1,7 @@
 """DPO-family preference losses. Importing this package registers every loss in :data:`LOSSES`."""
 
 from inspo.losses.base import LOSSES, LossOutput, PairLogps, PreferenceLoss, logratios, register_loss, sft_nll
+from inspo.losses.bco import BCOPairLoss
 from inspo.losses.dpo import DPOLoss
 from inspo.losses.hinge import HingeLoss
 from inspo.losses.ipo import IPOLoss
@@ -13,6 +14,7 @@ from inspo.losses.simpo import SimPOLoss
 
 __all__ = [
     "LOSSES",
+    "BCOPairLoss",
     "DPOLoss",
     "HingeLoss",
     "IPOLoss",
