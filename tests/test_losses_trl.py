@@ -18,6 +18,7 @@ from inspo.losses import (
     DPOLoss,
     NCAPairLoss,
     PreferenceLoss,
+    SPPOHardLoss,
 )
 from tests.test_losses import CONDITIONINGS, check_golden, sp
 
@@ -47,6 +48,17 @@ def test_bco_pair_golden(inspo: bool) -> None:
     check_golden(BCOPairLoss(beta=1.0), inspo, expected, [1.0, -1.0], [-0.5, 0.5])
 
 
+@CONDITIONINGS
+def test_sppo_hard_golden(inspo: bool) -> None:
+    """beta = 0.5: targets +-1/(2*0.5) = +-1. L = (c - 1)^2 + (l + 1)^2 with c = [1, -1], l = [-0.5, 0.5]:
+
+    row 1: (1 - 1)^2 + (-0.5 + 1)^2 = 0 + 0.25 = 0.25
+    row 2: (-1 - 1)^2 + (0.5 + 1)^2 = 4 + 2.25 = 6.25
+    rewards: 0.5*[1, -1] = [0.5, -0.5] and 0.5*[-0.5, 0.5] = [-0.25, 0.25].
+    """
+    check_golden(SPPOHardLoss(beta=0.5), inspo, [0.25, 6.25], [0.5, -0.5], [-0.25, 0.25])
+
+
 def test_trl_name_sigmoid_is_dpo() -> None:
     """TRL's ``loss_type="sigmoid"`` resolves to DPO (an alias, not a second registered loss)."""
     assert type(LOSSES.resolve("sigmoid")) is DPOLoss and "sigmoid" not in LOSSES
@@ -57,6 +69,7 @@ def test_trl_name_sigmoid_is_dpo() -> None:
     [
         (NCAPairLoss, {"beta": 0.0}, "beta"),
         (BCOPairLoss, {"beta": -1.0}, "beta"),
+        (SPPOHardLoss, {"beta": 0.0}, "beta"),
     ],
 )
 def test_bad_hyperparameters_raise(cls: type[PreferenceLoss], kwargs: dict, match: str) -> None:

@@ -37,6 +37,7 @@ CASES: dict[str, tuple[str, dict[str, Any], str, dict[str, Any]]] = {
     "robust": ("robust", {"beta": 0.1, "label_smoothing": 0.2}, "robust", {"label_smoothing": 0.2}),
     "nca_pair": ("nca_pair", {"beta": 0.3}, "nca_pair", {}),
     "bco_pair": ("bco_pair", {"beta": 0.3}, "bco_pair", {}),
+    "sppo_hard": ("sppo_hard", {"beta": 0.1}, "sppo_hard", {}),
 }
 # TRL logs beta * summed log-ratio as the rewards of every loss; ours follow the optimised per-token form here.
 PER_TOKEN_REWARDS = {"ipo", "sigmoid_norm"}

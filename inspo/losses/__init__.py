@@ -11,6 +11,7 @@ from inspo.losses.orpo import ORPOLoss
 from inspo.losses.rdpo import RDPOLoss
 from inspo.losses.robust import RobustDPOLoss
 from inspo.losses.simpo import SimPOLoss
+from inspo.losses.sppo import SPPOHardLoss
 
 __all__ = [
     "LOSSES",
@@ -26,6 +27,7 @@ __all__ = [
     "PreferenceLoss",
     "RDPOLoss",
     "RobustDPOLoss",
+    "SPPOHardLoss",
     "SimPOLoss",
     "logratios",
     "register_loss",
