@@ -14,6 +14,7 @@ from torch.testing import assert_close
 
 from inspo.losses import (
     LOSSES,
+    APOZeroLoss,
     BCOPairLoss,
     DPOLoss,
     NCAPairLoss,
@@ -59,6 +60,16 @@ def test_sppo_hard_golden(inspo: bool) -> None:
     check_golden(SPPOHardLoss(beta=0.5), inspo, [0.25, 6.25], [0.5, -0.5], [-0.25, 0.25])
 
 
+@CONDITIONINGS
+def test_apo_zero_golden(inspo: bool) -> None:
+    """beta = 1: L = 1 - sigma(u_w) + sigma(u_l); sigma(1) = 0.731059, sigma(-0.5) = 0.377541.
+
+    row 1: 1 - sigma(1) + sigma(-0.5) = 1 - 0.731059 + 0.377541 = 0.646482
+    row 2: 1 - sigma(-1) + sigma(0.5) = 1 - 0.268941 + 0.622459 = 1.353518
+    """
+    check_golden(APOZeroLoss(beta=1.0), inspo, [0.646482, 1.353518], [1.0, -1.0], [-0.5, 0.5])
+
+
 def test_trl_name_sigmoid_is_dpo() -> None:
     """TRL's ``loss_type="sigmoid"`` resolves to DPO (an alias, not a second registered loss)."""
     assert type(LOSSES.resolve("sigmoid")) is DPOLoss and "sigmoid" not in LOSSES
@@ -70,6 +81,7 @@ def test_trl_name_sigmoid_is_dpo() -> None:
         (NCAPairLoss, {"beta": 0.0}, "beta"),
         (BCOPairLoss, {"beta": -1.0}, "beta"),
         (SPPOHardLoss, {"beta": 0.0}, "beta"),
+        (APOZeroLoss, {"beta": 0.0}, "beta"),
     ],
 )
 def test_bad_hyperparameters_raise(cls: type[PreferenceLoss], kwargs: dict, match: str) -> None:

@@ -1,5 +1,6 @@
 """DPO-family preference losses. Importing this package registers every loss in :data:`LOSSES`."""
 
+from inspo.losses.apo_zero import APOZeroLoss
 from inspo.losses.base import LOSSES, LossOutput, PairLogps, PreferenceLoss, logratios, register_loss, sft_nll
 from inspo.losses.bco import BCOPairLoss
 from inspo.losses.dpo import DPOLoss
@@ -15,6 +16,7 @@ from inspo.losses.sppo import SPPOHardLoss
 
 __all__ = [
     "LOSSES",
+    "APOZeroLoss",
     "BCOPairLoss",
     "DPOLoss",
     "HingeLoss",
