@@ -14,6 +14,7 @@ from torch.testing import assert_close
 
 from inspo.losses import (
     LOSSES,
+    APODownLoss,
     APOZeroLoss,
     BCOPairLoss,
     DPOLoss,
@@ -70,6 +71,16 @@ def test_apo_zero_golden(inspo: bool) -> None:
     check_golden(APOZeroLoss(beta=1.0), inspo, [0.646482, 1.353518], [1.0, -1.0], [-0.5, 0.5])
 
 
+@CONDITIONINGS
+def test_apo_down_golden(inspo: bool) -> None:
+    """beta = 1: L = sigma(u_w) + 1 - sigma(u_w - u_l), u_w - u_l = beta*h = [1.5, -1.5]; sigma(1.5) = 0.817574.
+
+    row 1: sigma(1) + 1 - sigma(1.5)   = 0.731059 + 1 - 0.817574 = 0.913484 (0.7310586 - 0.8175745 + 1)
+    row 2: sigma(-1) + 1 - sigma(-1.5) = 0.268941 + 1 - 0.182426 = 1.086516
+    """
+    check_golden(APODownLoss(beta=1.0), inspo, [0.913484, 1.086516], [1.0, -1.0], [-0.5, 0.5])
+
+
 def test_trl_name_sigmoid_is_dpo() -> None:
     """TRL's ``loss_type="sigmoid"`` resolves to DPO (an alias, not a second registered loss)."""
     assert type(LOSSES.resolve("sigmoid")) is DPOLoss and "sigmoid" not in LOSSES
@@ -82,6 +93,7 @@ def test_trl_name_sigmoid_is_dpo() -> None:
         (BCOPairLoss, {"beta": -1.0}, "beta"),
         (SPPOHardLoss, {"beta": 0.0}, "beta"),
         (APOZeroLoss, {"beta": 0.0}, "beta"),
+        (APODownLoss, {"beta": float("nan")}, "beta"),
     ],
 )
 def test_bad_hyperparameters_raise(cls: type[PreferenceLoss], kwargs: dict, match: str) -> None:

@@ -39,6 +39,7 @@ CASES: dict[str, tuple[str, dict[str, Any], str, dict[str, Any]]] = {
     "bco_pair": ("bco_pair", {"beta": 0.3}, "bco_pair", {}),
     "sppo_hard": ("sppo_hard", {"beta": 0.1}, "sppo_hard", {}),
     "apo_zero": ("apo_zero", {"beta": 0.3}, "apo_zero", {}),
+    "apo_down": ("apo_down", {"beta": 0.3}, "apo_down", {}),
 }
 # TRL logs beta * summed log-ratio as the rewards of every loss; ours follow the optimised per-token form here.
 PER_TOKEN_REWARDS = {"ipo", "sigmoid_norm"}

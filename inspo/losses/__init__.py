@@ -1,5 +1,6 @@
 """DPO-family preference losses. Importing this package registers every loss in :data:`LOSSES`."""
 
+from inspo.losses.apo_down import APODownLoss
 from inspo.losses.apo_zero import APOZeroLoss
 from inspo.losses.base import LOSSES, LossOutput, PairLogps, PreferenceLoss, logratios, register_loss, sft_nll
 from inspo.losses.bco import BCOPairLoss
@@ -16,6 +17,7 @@ from inspo.losses.sppo import SPPOHardLoss
 
 __all__ = [
     "LOSSES",
+    "APODownLoss",
     "APOZeroLoss",
     "BCOPairLoss",
     "DPOLoss",
