@@ -8,6 +8,8 @@ sp(x) = log(1 + e^x), so -log sigma(z) = sp(-z).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -18,6 +20,7 @@ from inspo.losses import (
     APOZeroLoss,
     BCOPairLoss,
     DPOLoss,
+    EXOPairLoss,
     NCAPairLoss,
     PreferenceLoss,
     SPPOHardLoss,
@@ -81,6 +84,23 @@ def test_apo_down_golden(inspo: bool) -> None:
     check_golden(APODownLoss(beta=1.0), inspo, [0.913484, 1.086516], [1.0, -1.0], [-0.5, 0.5])
 
 
+@CONDITIONINGS
+def test_exo_pair_golden(inspo: bool) -> None:
+    """beta = 1, eps = 0.1: z = beta*h = [1.5, -1.5], q = sigma(z); L = q (log q - log 0.9) + (1 - q) (log(1 - q)
+    - log 0.1).
+
+    log sigma(1.5) = -0.201413, log sigma(-1.5) = -1.701413, log 0.9 = -0.105361, log 0.1 = -2.302585
+    row 1: 0.817574*(-0.201413 + 0.105361) + 0.182426*(-1.701413 + 2.302585) = -0.078530 + 0.109669 = 0.031139
+    row 2: 0.182426*(-1.701413 + 0.105361) + 0.817574*(-0.201413 + 2.302585) = -0.291161 + 1.717864 = 1.426704
+    (row 1 sits below the optimum z* = log(0.9/0.1) = 2.197225, where the loss is 0.)
+    """
+    s1, s2 = 1 / (1 + math.exp(-1.5)), 1 / (1 + math.exp(1.5))
+    expected = [s1 * (math.log(s1) - math.log(0.9)) + s2 * (math.log(s2) - math.log(0.1)),
+                s2 * (math.log(s2) - math.log(0.9)) + s1 * (math.log(s1) - math.log(0.1))]
+    assert_close(torch.tensor(expected), torch.tensor([0.031139, 1.426704]), atol=1e-6, rtol=0)
+    check_golden(EXOPairLoss(beta=1.0, label_smoothing=0.1), inspo, expected, [1.0, -1.0], [-0.5, 0.5])
+
+
 def test_trl_name_sigmoid_is_dpo() -> None:
     """TRL's ``loss_type="sigmoid"`` resolves to DPO (an alias, not a second registered loss)."""
     assert type(LOSSES.resolve("sigmoid")) is DPOLoss and "sigmoid" not in LOSSES
@@ -94,6 +114,8 @@ def test_trl_name_sigmoid_is_dpo() -> None:
         (SPPOHardLoss, {"beta": 0.0}, "beta"),
         (APOZeroLoss, {"beta": 0.0}, "beta"),
         (APODownLoss, {"beta": float("nan")}, "beta"),
+        (EXOPairLoss, {"label_smoothing": 0.0}, "label_smoothing"),
+        (EXOPairLoss, {"label_smoothing": 0.5}, "label_smoothing"),
     ],
 )
 def test_bad_hyperparameters_raise(cls: type[PreferenceLoss], kwargs: dict, match: str) -> None:

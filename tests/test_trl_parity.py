@@ -40,6 +40,8 @@ CASES: dict[str, tuple[str, dict[str, Any], str, dict[str, Any]]] = {
     "sppo_hard": ("sppo_hard", {"beta": 0.1}, "sppo_hard", {}),
     "apo_zero": ("apo_zero", {"beta": 0.3}, "apo_zero", {}),
     "apo_down": ("apo_down", {"beta": 0.3}, "apo_down", {}),
+    "exo_pair": ("exo_pair", {"beta": 0.1}, "exo_pair", {"label_smoothing": 1e-3}),
+    "exo_pair eps 0.2": ("exo_pair", {"beta": 0.3, "label_smoothing": 0.2}, "exo_pair", {"label_smoothing": 0.2}),
 }
 # TRL logs beta * summed log-ratio as the rewards of every loss; ours follow the optimised per-token form here.
 PER_TOKEN_REWARDS = {"ipo", "sigmoid_norm"}

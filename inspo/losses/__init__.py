@@ -5,6 +5,7 @@ from inspo.losses.apo_zero import APOZeroLoss
 from inspo.losses.base import LOSSES, LossOutput, PairLogps, PreferenceLoss, logratios, register_loss, sft_nll
 from inspo.losses.bco import BCOPairLoss
 from inspo.losses.dpo import DPOLoss
+from inspo.losses.exo import EXOPairLoss
 from inspo.losses.hinge import HingeLoss
 from inspo.losses.ipo import IPOLoss
 from inspo.losses.nca import NCAPairLoss
@@ -21,6 +22,7 @@ __all__ = [
     "APOZeroLoss",
     "BCOPairLoss",
     "DPOLoss",
+    "EXOPairLoss",
     "HingeLoss",
     "IPOLoss",
     "LossOutput",
