@@ -19,13 +19,15 @@ from inspo.losses import (
     APODownLoss,
     APOZeroLoss,
     BCOPairLoss,
+    DiscoPOPLoss,
     DPOLoss,
     EXOPairLoss,
     NCAPairLoss,
+    PairLogps,
     PreferenceLoss,
     SPPOHardLoss,
 )
-from tests.test_losses import CONDITIONINGS, check_golden, sp
+from tests.test_losses import CONDITIONINGS, check_golden, sp, t
 
 
 @CONDITIONINGS
@@ -101,6 +103,48 @@ def test_exo_pair_golden(inspo: bool) -> None:
     check_golden(EXOPairLoss(beta=1.0, label_smoothing=0.1), inspo, expected, [1.0, -1.0], [-0.5, 0.5])
 
 
+@CONDITIONINGS
+def test_discopop_golden(inspo: bool) -> None:
+    """beta = 1, tau = 1 (so both parts show): z = [1.5, -1.5], m = sigma(z); L = (1 - m) sp(-z) + m exp(-z).
+
+    row 1: m = 0.817574: 0.182426*sp(-1.5) + 0.817574*exp(-1.5) = 0.182426*0.201413 + 0.817574*0.223130
+           = 0.036743 + 0.182426 = 0.219168   (m exp(-z) = sigma(z) e^-z = sigma(-z) here)
+    row 2: m = 0.182426: 0.817574*sp(1.5) + 0.182426*exp(1.5) = 0.817574*1.701413 + 0.182426*4.481689
+           = 1.391032 + 0.817574 = 2.208607
+    """
+    m = 1 / (1 + math.exp(-1.5))
+    expected = [(1 - m) * sp(-1.5) + m * math.exp(-1.5), m * sp(1.5) + (1 - m) * math.exp(1.5)]
+    assert_close(torch.tensor(expected), torch.tensor([0.219168, 2.208607]), atol=1e-6, rtol=0)
+    check_golden(DiscoPOPLoss(beta=1.0, tau=1.0), inspo, expected, [1.0, -1.0], [-0.5, 0.5])
+
+
+def test_discopop_is_finite_where_the_plain_product_is_nan() -> None:
+    """z = beta*h = -100: m = sigma(-100/0.05) underflows to 0 and exp(100) overflows in fp32, so TRL 1.16's
+    m * exp(-z) is 0 * inf = NaN. The true value: (1 - m) sp(100) + exp(log sigma(-2000) + 100) = 100 + ~0."""
+    policy = PairLogps(chosen=t(-1000.0, requires_grad=True), rejected=t(0.0), chosen_tokens=t(1), rejected_tokens=t(1))
+    reference = PairLogps(chosen=t(0.0), rejected=t(0.0), chosen_tokens=t(1), rejected_tokens=t(1))
+    out = DiscoPOPLoss(beta=0.1, tau=0.05)(policy, reference)
+    z = torch.tensor(-100.0)
+    assert torch.isnan(torch.sigmoid(z / 0.05) * torch.exp(-z))  # the plain product
+    assert_close(out.losses, torch.tensor([100.0]), atol=1e-4, rtol=0)
+    out.loss.backward()
+    assert_close(policy.chosen.grad, torch.tensor([-0.1]), atol=1e-6, rtol=0)  # d sp(-z)/d chosen = -beta*sigma(-z)
+
+
+def test_discopop_rises_with_the_gap_near_zero() -> None:
+    """LRML is not monotone (as its docstring says): at tau = 0.05, dL/dz > 0 for about -0.115 < z < 0.07.
+
+    At z = 0: m = 1/2, dm/dz = 1/(4 tau) = 5, so dL/dz = -5 log 2 - 0.5*0.5 + 5*1 - 0.5*1 = 0.784264 > 0; at
+    z = 0.15 (the contract pair's row 1): -0.625203 < 0.
+    """
+    z = torch.tensor([0.0, 0.15], requires_grad=True)
+    zero = torch.zeros(2)
+    policy = PairLogps(chosen=z, rejected=zero, chosen_tokens=torch.ones(2), rejected_tokens=torch.ones(2))
+    reference = PairLogps(chosen=zero, rejected=zero, chosen_tokens=torch.ones(2), rejected_tokens=torch.ones(2))
+    DiscoPOPLoss(beta=1.0, tau=0.05)(policy, reference).losses.sum().backward()
+    assert_close(z.grad, torch.tensor([5 - 5 * math.log(2) - 0.75, -0.625203]), atol=1e-5, rtol=0)
+
+
 def test_trl_name_sigmoid_is_dpo() -> None:
     """TRL's ``loss_type="sigmoid"`` resolves to DPO (an alias, not a second registered loss)."""
     assert type(LOSSES.resolve("sigmoid")) is DPOLoss and "sigmoid" not in LOSSES
@@ -116,6 +160,7 @@ def test_trl_name_sigmoid_is_dpo() -> None:
         (APODownLoss, {"beta": float("nan")}, "beta"),
         (EXOPairLoss, {"label_smoothing": 0.0}, "label_smoothing"),
         (EXOPairLoss, {"label_smoothing": 0.5}, "label_smoothing"),
+        (DiscoPOPLoss, {"tau": 0.0}, "tau"),
     ],
 )
 def test_bad_hyperparameters_raise(cls: type[PreferenceLoss], kwargs: dict, match: str) -> None:

@@ -42,6 +42,8 @@ CASES: dict[str, tuple[str, dict[str, Any], str, dict[str, Any]]] = {
     "apo_down": ("apo_down", {"beta": 0.3}, "apo_down", {}),
     "exo_pair": ("exo_pair", {"beta": 0.1}, "exo_pair", {"label_smoothing": 1e-3}),
     "exo_pair eps 0.2": ("exo_pair", {"beta": 0.3, "label_smoothing": 0.2}, "exo_pair", {"label_smoothing": 0.2}),
+    "discopop": ("discopop", {"beta": 0.1}, "discopop", {"discopop_tau": 0.05}),
+    "discopop tau 1": ("discopop", {"beta": 0.3, "tau": 1.0}, "discopop", {"discopop_tau": 1.0}),
 }
 # TRL logs beta * summed log-ratio as the rewards of every loss; ours follow the optimised per-token form here.
 PER_TOKEN_REWARDS = {"ipo", "sigmoid_norm"}

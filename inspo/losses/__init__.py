@@ -4,6 +4,7 @@ from inspo.losses.apo_down import APODownLoss
 from inspo.losses.apo_zero import APOZeroLoss
 from inspo.losses.base import LOSSES, LossOutput, PairLogps, PreferenceLoss, logratios, register_loss, sft_nll
 from inspo.losses.bco import BCOPairLoss
+from inspo.losses.discopop import DiscoPOPLoss
 from inspo.losses.dpo import DPOLoss
 from inspo.losses.exo import EXOPairLoss
 from inspo.losses.hinge import HingeLoss
@@ -22,6 +23,7 @@ __all__ = [
     "APOZeroLoss",
     "BCOPairLoss",
     "DPOLoss",
+    "DiscoPOPLoss",
     "EXOPairLoss",
     "HingeLoss",
     "IPOLoss",
