@@ -25,6 +25,7 @@ from inspo.losses import (
     NCAPairLoss,
     PairLogps,
     PreferenceLoss,
+    SigmoidNormLoss,
     SPPOHardLoss,
 )
 from tests.test_losses import CONDITIONINGS, check_golden, sp, t
@@ -145,6 +146,18 @@ def test_discopop_rises_with_the_gap_near_zero() -> None:
     assert_close(z.grad, torch.tensor([5 - 5 * math.log(2) - 0.75, -0.625203]), atol=1e-5, rtol=0)
 
 
+@CONDITIONINGS
+def test_sigmoid_norm_golden(inspo: bool) -> None:
+    """beta = 1, per-token log-ratios: c/|y_w| = [1/2, -1/3], l/|y_l| = [-0.5/3, 0.5/2] = [-1/6, 1/4].
+
+    gap = [1/2 + 1/6, -1/3 - 1/4] = [2/3, -7/12]; L = [sp(-2/3), sp(7/12)] = [0.414370, 1.026759]
+    rewards, per token: [0.5, -1/3] and [-1/6, 0.25]. (Summed log-ratios would give h = [1.5, -1.5].)
+    """
+    expected = [sp(-2 / 3), sp(7 / 12)]
+    assert_close(torch.tensor(expected), torch.tensor([0.414370, 1.026759]), atol=1e-6, rtol=0)
+    check_golden(SigmoidNormLoss(beta=1.0), inspo, expected, [0.5, -1 / 3], [-1 / 6, 0.25])
+
+
 def test_trl_name_sigmoid_is_dpo() -> None:
     """TRL's ``loss_type="sigmoid"`` resolves to DPO (an alias, not a second registered loss)."""
     assert type(LOSSES.resolve("sigmoid")) is DPOLoss and "sigmoid" not in LOSSES
@@ -161,6 +174,7 @@ def test_trl_name_sigmoid_is_dpo() -> None:
         (EXOPairLoss, {"label_smoothing": 0.0}, "label_smoothing"),
         (EXOPairLoss, {"label_smoothing": 0.5}, "label_smoothing"),
         (DiscoPOPLoss, {"tau": 0.0}, "tau"),
+        (SigmoidNormLoss, {"beta": 0.0}, "beta"),
     ],
 )
 def test_bad_hyperparameters_raise(cls: type[PreferenceLoss], kwargs: dict, match: str) -> None:

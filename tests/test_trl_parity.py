@@ -44,6 +44,7 @@ CASES: dict[str, tuple[str, dict[str, Any], str, dict[str, Any]]] = {
     "exo_pair eps 0.2": ("exo_pair", {"beta": 0.3, "label_smoothing": 0.2}, "exo_pair", {"label_smoothing": 0.2}),
     "discopop": ("discopop", {"beta": 0.1}, "discopop", {"discopop_tau": 0.05}),
     "discopop tau 1": ("discopop", {"beta": 0.3, "tau": 1.0}, "discopop", {"discopop_tau": 1.0}),
+    "sigmoid_norm": ("sigmoid_norm", {"beta": 2.0}, "sigmoid_norm", {}),
 }
 # TRL logs beta * summed log-ratio as the rewards of every loss; ours follow the optimised per-token form here.
 PER_TOKEN_REWARDS = {"ipo", "sigmoid_norm"}
