@@ -37,21 +37,34 @@ class Registry(dict, Generic[T]):
         self.kind = kind
         self.base = base
         self.special = special
+        self.aliases: dict[str, str] = {}
+        """Other name -> registered name (``sigmoid`` -> ``dpo``, TRL's name); kept out of the dict, so iterating a
+        registry (the contract tests, the list in errors) sees each component once, under its own name."""
 
-    def register(self, name: str) -> Callable[[C], C]:
-        """Class decorator adding a component under ``name``; registering the same class again (also a re-import of
-        its module, as after ``importlib.reload``) replaces it, another class under a taken name is an error."""
+    def register(self, name: str, aliases: tuple[str, ...] = ()) -> Callable[[C], C]:
+        """Class decorator adding a component under ``name`` (and ``aliases``, other names that resolve to it);
+        registering the same class again (also a re-import of its module, as after ``importlib.reload``) replaces
+        it, another class under a taken name is an error."""
 
         def decorator(cls: C) -> C:
-            if name in self and class_path(self[name]) != class_path(cls):
-                raise ValueError(f"{self.kind} name {name!r} is already registered to {self[name].__qualname__}")
+            for taken in (name, *aliases):
+                owner = self.get(self.aliases.get(taken, taken))
+                if owner is not None and class_path(owner) != class_path(cls):
+                    raise ValueError(f"{self.kind} name {taken!r} is already registered to {owner.__qualname__}")
             self[name] = cls
+            self.aliases.update(dict.fromkeys(aliases, name))
             return cls
 
         return decorator
 
+    def canonical(self, name: str) -> str:
+        """The registered name ``name`` stands for: itself, or the name an alias points to."""
+        return self.aliases.get(name, name)
+
     def lookup(self, name: str) -> type[T]:
-        """The class registered as ``name``; an unknown name is a ConfigError listing the registered ones."""
+        """The class registered as ``name`` (or an alias of it); an unknown name is a ConfigError listing the
+        registered ones."""
+        name = self.canonical(name)
         if name not in self:
             raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join([*self.special, *sorted(self)])}")
         return self[name]
@@ -63,10 +76,10 @@ class Registry(dict, Generic[T]):
     def class_path(self, value: Any) -> Any:
         """``{"class_path": ...}`` for a registered short name, and ``{"class_path": name, ...}`` with the full path,
         else ``value`` unchanged (for the CLI parser, which imports class paths itself)."""
-        if isinstance(value, str) and value.strip() in self:
-            return {"class_path": class_path(self[value.strip()])}
-        if isinstance(value, Mapping) and str(value.get("class_path", "")).strip() in self:
-            return {**value, "class_path": class_path(self[str(value["class_path"]).strip()])}
+        if isinstance(value, str) and self.canonical(value.strip()) in self:
+            return {"class_path": class_path(self.lookup(value.strip()))}
+        if isinstance(value, Mapping) and self.canonical(str(value.get("class_path", "")).strip()) in self:
+            return {**value, "class_path": class_path(self.lookup(str(value["class_path"]).strip()))}
         return value
 
     def resolve(self, value: T | str | Mapping[str, Any]) -> T:

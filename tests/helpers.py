@@ -173,24 +173,25 @@ def run_loss(loss: PreferenceLoss, policy: PairLogps, reference: PairLogps) -> L
     return loss(policy, reference if loss.requires_reference else None)
 
 
-def direction_violations(loss: PreferenceLoss, flat_in_chosen: bool = False, inspo: bool = False) -> list[str]:
+def direction_violations(loss: PreferenceLoss, flat_in_chosen: bool = False, inspo: bool = False,
+                         chosen_sign: int = -1) -> list[str]:
     """The direction checks a loss fails: raising log pi(y_w) must lower the loss, raising log pi(y_l) raise it.
 
     For the reference (when used) the opposite: raising log pi_ref(y_w) must raise the loss, log pi_ref(y_l) lower
     it, which catches swapped reference terms. ``flat_in_chosen`` losses must instead leave the loss unchanged
-    when either chosen term moves.
+    when either chosen term moves. ``chosen_sign=+1`` is for a loss that by design lowers log pi(y_w) at the
+    contract pair (APO-down): raising log pi(y_w) must then raise the loss and raising log pi_ref(y_w) lower it.
     """
     policy, reference = contract_pair(inspo)
     with torch.no_grad():
         base = run_loss(loss, policy, reference).loss.item()
         # field -> expected sign of the change of the mean loss (0: exactly flat)
-        checks = {("policy", "chosen"): -1, ("policy", "rejected"): +1}
+        chosen_sign = 0 if flat_in_chosen else chosen_sign
+        checks = {("policy", "chosen"): chosen_sign, ("policy", "rejected"): +1}
         if loss.requires_reference:
-            checks |= {("reference", "chosen"): +1, ("reference", "rejected"): -1}
+            checks |= {("reference", "chosen"): -chosen_sign, ("reference", "rejected"): -1}
         violations = []
         for (side, field), sign in checks.items():
-            if flat_in_chosen and field == "chosen":
-                sign = 0
             pair = policy if side == "policy" else reference
             moved = dataclasses.replace(pair, **{field: getattr(pair, field) + STEP})
             new = run_loss(loss, moved, reference) if side == "policy" else run_loss(loss, policy, moved)

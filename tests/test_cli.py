@@ -194,6 +194,12 @@ def test_a_short_name_brings_its_own_defaults(tmp_path):
     assert type(loss) is LOSSES["simpo"] and (loss.beta, loss.gamma) == (2.0, 1.5)
 
 
+def test_trl_loss_name_sigmoid_is_dpo_with_its_init_args(tmp_path):
+    """TRL's ``loss_type="sigmoid"`` spelled on our command line: DPO, and its arguments apply after the alias."""
+    loss = build(tmp_path, "--model.loss", "sigmoid", "--model.loss.beta", "0.3").model.loss
+    assert type(loss) is LOSSES["dpo"] and loss.beta == 0.3
+
+
 def test_default_root_dir_moves_the_logs_unless_the_logger_folder_is_given(tmp_path):
     """The shipped configs pin no logger folder, so the run follows --trainer.default_root_dir."""
     assert build(tmp_path / "a").trainer.logger.save_dir == str(tmp_path / "a")

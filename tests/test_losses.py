@@ -41,6 +41,10 @@ LOSS_NAMES = sorted(LOSSES)
 # Losses that by design ignore y_w's log-ratio (documented in the class): the contract expects them to be exactly
 # flat in policy.chosen and reference.chosen instead of decreasing / increasing.
 FLAT_IN_CHOSEN = {"onesided"}
+# Losses that by design lower log pi(y_w) at the contract pair (documented in the class): APO-down is for chosen
+# answers worse than the model's own; it lowers both responses, y_l more. The contract expects the opposite sign in
+# policy.chosen / reference.chosen for them (rejected as for every loss).
+LOWERS_CHOSEN = {"apo_down"}
 CONDITIONINGS = pytest.mark.parametrize("inspo", [False, True], ids=["standard", "inspo"])
 
 
@@ -272,7 +276,9 @@ def test_reference_none_accepted_exactly_when_reference_free(name: str) -> None:
 @CONDITIONINGS
 def test_pushes_chosen_up_and_rejected_down(name: str, inspo: bool) -> None:
     """The check that catches the authors' sign errors. onesided is exactly flat in chosen, by name."""
-    assert direction_violations(LOSSES[name](), flat_in_chosen=name in FLAT_IN_CHOSEN, inspo=inspo) == []
+    chosen_sign = +1 if name in LOWERS_CHOSEN else -1
+    assert direction_violations(LOSSES[name](), flat_in_chosen=name in FLAT_IN_CHOSEN, inspo=inspo,
+                                chosen_sign=chosen_sign) == []
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)

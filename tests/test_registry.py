@@ -78,3 +78,23 @@ def test_module_components_by_instance_name_or_class_path_and_their_saved_form()
                                         "init_args": {"max_tokens_per_row": 256}}
     again = PreferenceModule(**{k: module.hparams[k] for k in ("loss", "conditioning", "layout")})
     assert again.layout.max_tokens_per_row == 256 and again.loss.beta == 0.2 and again.conditioning.name == "inspo"
+
+
+def test_an_alias_resolves_to_its_component_and_is_saved_under_the_registered_name():
+    """TRL's ``sigmoid`` is our ``dpo``: same class from every entry point, listed and saved once, as ``dpo``."""
+    assert LOSSES.lookup("sigmoid") is DPOLoss and type(LOSSES.resolve("sigmoid")) is DPOLoss
+    assert LOSSES.resolve({"class_path": "sigmoid", "init_args": {"beta": 0.3}}).beta == 0.3
+    assert LOSSES.class_path("sigmoid") == {"class_path": "inspo.losses.dpo.DPOLoss"}
+    assert "sigmoid" not in LOSSES and LOSSES.name_of(DPOLoss) == "dpo"
+    assert LOSSES.hparams(LOSSES.resolve("sigmoid")) == "dpo"
+
+
+def test_an_alias_may_not_take_a_registered_name_nor_a_name_take_an_alias():
+    class Impostor(DPOLoss):
+        pass
+
+    with pytest.raises(ValueError, match="loss name 'hinge' is already registered to HingeLoss"):
+        LOSSES.register("impostor", aliases=("hinge",))(Impostor)
+    with pytest.raises(ValueError, match="loss name 'sigmoid' is already registered to DPOLoss"):
+        LOSSES.register("sigmoid")(Impostor)
+    assert "impostor" not in LOSSES and "sigmoid" not in LOSSES

@@ -128,6 +128,7 @@ LOSSES: Registry[PreferenceLoss] = Registry("loss", PreferenceLoss)
 """Short name -> loss class (``--model.loss NAME``); ``register_loss("name")`` adds one."""
 
 
-def register_loss(name: str) -> Callable[[L], L]:
-    """Class decorator adding a loss to :data:`LOSSES` under a short name (used by ``--model.loss NAME``)."""
-    return LOSSES.register(name)
+def register_loss(name: str, aliases: tuple[str, ...] = ()) -> Callable[[L], L]:
+    """Class decorator adding a loss to :data:`LOSSES` under a short name (used by ``--model.loss NAME``) and
+    optional aliases (another library's name for the same loss, e.g. TRL's ``sigmoid`` for ``dpo``)."""
+    return LOSSES.register(name, aliases)

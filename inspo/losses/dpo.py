@@ -8,9 +8,11 @@ from inspo.errors import ConfigError
 from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
 
 
-@register_loss("dpo")
+@register_loss("dpo", aliases=("sigmoid",))
 class DPOLoss(PreferenceLoss):
     """Direct Preference Optimization, optionally conservative (cDPO).
+
+    Also registered as ``sigmoid``, TRL's ``DPOTrainer`` name (``loss_type="sigmoid"``).
 
     Paper: "Direct Preference Optimization: Your Language Model is Secretly a Reward Model", Rafailov, Sharma,
     Mitchell, Ermon, Manning, Finn, arXiv 2305.18290 (2023). Label smoothing is conservative DPO from Mitchell,

@@ -1,0 +1,50 @@
+"""DiscoPOP (Lu et al. 2024): the discovered log-ratio modulated loss, a blend of logistic and exponential."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from inspo.errors import ConfigError
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+
+
+@register_loss("discopop")
+class DiscoPOPLoss(PreferenceLoss):
+    """DiscoPOP, the log-ratio modulated loss (LRML); TRL ``loss_type="discopop"``.
+
+    Paper: "Discovering Preference Optimization Algorithms with and for Large Language Models", Lu, Holt, Fanconi,
+    Chan, Foerster, van der Schaar, Lange, arXiv 2406.08414 (2024), eq. 5. Matches TRL 1.16
+    ``trl/trainer/dpo_trainer.py`` (``DPOTrainer._compute_loss``). With ``z = beta * h``,
+    ``h = (policy.chosen - reference.chosen) - (policy.rejected - reference.rejected)`` and ``m = sigma(z / tau)``::
+
+        L = (1 - m) * (-log sigma(z)) + m * exp(-z)
+
+    m * exp(-z) is computed as ``exp(log sigma(z / tau) - z)``: the same value, but finite where TRL's product is
+    0 * inf = NaN (z below about -88 in fp32). The loss is not convex and not monotone in h: with tau = 0.05 it
+    rises with h for about -0.115 < z < 0.07, so near a zero gap raising y_w raises the loss too; elsewhere it
+    pushes y_w up and y_l down. Rewards: ``beta * (policy - reference)`` per response.
+
+    Typical hyperparameters: beta 0.05-0.1, tau 0.05 (the paper's, TRL's ``discopop_tau`` default).
+
+    Args:
+        beta: inverse temperature of the implicit reward (> 0).
+        tau: temperature of the modulation between the two components (> 0).
+        sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+    """
+
+    def __init__(self, beta: float = 0.1, tau: float = 0.05, sft_weight: float = 0.0) -> None:
+        super().__init__(sft_weight=sft_weight)
+        if not beta > 0:
+            raise ConfigError(f"DiscoPOPLoss: beta must be > 0, got {beta}")
+        if not tau > 0:
+            raise ConfigError(f"DiscoPOPLoss: tau must be > 0, got {tau}")
+        self.beta = beta
+        self.tau = tau
+
+    def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        assert reference is not None  # checked by PreferenceLoss.forward
+        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        z = self.beta * (chosen_ratio - rejected_ratio)
+        losses = -torch.sigmoid(-z / self.tau) * F.logsigmoid(z) + torch.exp(F.logsigmoid(z / self.tau) - z)
+        return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())

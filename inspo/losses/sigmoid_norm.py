@@ -1,0 +1,46 @@
+"""Length-normalised DPO: the DPO loss on per-token log-ratios (TRL's ``sigmoid_norm``, Tulu 3's DPO)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from inspo.errors import ConfigError
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+
+
+@register_loss("sigmoid_norm")
+class SigmoidNormLoss(PreferenceLoss):
+    """Length-normalised DPO; TRL ``loss_type="sigmoid_norm"``.
+
+    Papers: DPO (Rafailov et al., arXiv 2305.18290) with each log-ratio averaged over its response's tokens, as in
+    "Tulu 3: Pushing Frontiers in Open Language Model Post-Training", Lambert et al., arXiv 2411.15124 (2024),
+    which trains with it. Matches TRL 1.16 ``trl/trainer/dpo_trainer.py`` (``DPOTrainer._compute_loss``)::
+
+        L = -log sigma(beta * ((policy.chosen - reference.chosen) / chosen_tokens
+                               - (policy.rejected - reference.rejected) / rejected_tokens))
+
+    Averaging removes DPO's pull towards long answers (a summed log-ratio grows with length); since a per-token
+    gap is about |y| times smaller than a summed one, beta must be about |y| times larger for the same strength.
+    Monotone like DPO. Rewards follow the optimised form: ``beta * (policy - reference) / tokens`` per response.
+
+    Typical hyperparameters: beta 1-10 (Tulu 3 uses 5), i.e. DPO's beta times a typical response length.
+
+    Args:
+        beta: inverse temperature of the per-token implicit reward (> 0).
+        sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+    """
+
+    def __init__(self, beta: float = 5.0, sft_weight: float = 0.0) -> None:
+        super().__init__(sft_weight=sft_weight)
+        if not beta > 0:
+            raise ConfigError(f"SigmoidNormLoss: beta must be > 0, got {beta}")
+        self.beta = beta
+
+    def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        assert reference is not None  # checked by PreferenceLoss.forward
+        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        # token counts are >= 1: data validation never keeps an empty response
+        chosen = self.beta * chosen_ratio / policy.chosen_tokens.float()
+        rejected = self.beta * rejected_ratio / policy.rejected_tokens.float()
+        losses = -F.logsigmoid(chosen - rejected)
+        return LossOutput(losses=losses, chosen_rewards=chosen.detach(), rejected_rewards=rejected.detach())
