@@ -263,3 +263,34 @@ def resolve_last(folders: list[Path], required: bool = True, announce: bool = Tr
     if announce:
         log.info("inspo: resume: no checkpoint in %s yet: starting from step 0", where)
     return None
+
+
+def slurm_restart() -> int:
+    """How many times Slurm has requeued this job (0 outside Slurm)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) if "SLURM_JOB_ID" in os.environ else 0
+    except ValueError:
+        return 0
+
+
+def check_left_to_train(meta: dict[str, Any], trainer: Trainer, source: str) -> None:
+    """Refuse to resume a fit from a checkpoint (its :func:`read_meta`) that already reached ``trainer.max_steps``
+    or ``trainer.max_epochs``: Lightning would end at once and export the same weights again, as if it had trained.
+
+    A Slurm requeue of a finished job is not an error: it logs one line and ends.
+    """
+    step = int(meta.get("global_step", 0))
+    progress = meta.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    epochs = int(progress.get("processed", 0))  # counted before the end-of-epoch checkpoint is saved
+    if trainer.max_steps not in (None, -1) and step >= trainer.max_steps:
+        reached = f"trainer.max_steps={trainer.max_steps} (step {step})"
+    elif trainer.max_epochs not in (None, -1) and epochs >= trainer.max_epochs:
+        reached = f"trainer.max_epochs={trainer.max_epochs} ({epochs} epoch(s) done, step {step})"
+    else:
+        return
+    message = (f"--ckpt_path {source}: that run already reached {reached}, so nothing is left to train; "
+               "raise --trainer.max_epochs or --trainer.max_steps to train on")
+    if slurm_restart() > 0:
+        log.info("inspo: %s", message.split(", so")[0])
+        return
+    raise ConfigError(message)

@@ -36,10 +36,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from inspo.callbacks import GracefulStop, InspoProgressBar, ResumableCheckpoint, SampleGenerations, TrainingMonitor
 from inspo.checkpoints import (
     KEYWORDS,
+    check_left_to_train,
     checkpoint_folders,
     checkpoint_problem,
     read_meta,
     resolve_last,
+    slurm_restart,
 )
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.errors import ConfigError, InspoError
@@ -165,7 +167,10 @@ class InspoCLI(LightningCLI):
                                 announce=rank_zero_only.rank == 0)
             config["ckpt_path"] = ckpt
         if ckpt and ckpt not in KEYWORDS and not str(ckpt).startswith("registry"):
-            self.model.check_resumable(read_meta(Path(ckpt)), source=ckpt)
+            meta = read_meta(Path(ckpt))
+            self.model.check_resumable(meta, source=ckpt)
+            if self.subcommand == "fit":
+                check_left_to_train(meta, self.trainer, ckpt)
 
     def before_fit(self) -> None:
         self._prepare_checkpoint()
@@ -182,14 +187,6 @@ class InspoCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             print(fit_summary(self.trainer, self.model), flush=True)
-
-
-def slurm_restart() -> int:
-    """How many times Slurm has requeued this job (0 outside Slurm)."""
-    try:
-        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) if "SLURM_JOB_ID" in os.environ else 0
-    except ValueError:
-        return 0
 
 
 def main(args: list[str] | None = None) -> None:

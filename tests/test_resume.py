@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch import Callback
 
 from inspo.cli import main
+from inspo.errors import ConfigError
 from tests.fit_runs import QUICK, last_target, losses, run_fit, slurm_env, tail
 from tests.helpers import TINY_YAML
 
@@ -286,6 +287,42 @@ def test_ckpt_path_last_with_no_checkpoint_stops_unless_slurm_resumes_by_itself(
     _fit_in_process(tmp_path, "--trainer.max_steps", "1")
     assert f"inspo: resume: no checkpoint in {tmp_path} yet: starting from step 0" in caplog.text
     assert not _no_training_step(tmp_path)
+
+
+def test_resume_with_nothing_left_to_train_stops_instead_of_exporting_the_same_weights(crashed, tmp_path, capsys):
+    """Resuming the step-4 checkpoint with ``max_steps`` 4 trained 0 steps and reported the run as done (a finished
+    1-epoch run resumed with a larger ``max_steps`` alike: ``max_epochs`` still ended it at once). Now one line,
+    nothing written; with a higher limit it trains on."""
+    root = tmp_path / "copy"
+    copy_crashed(crashed, root)
+    target = root / STEP4
+    error = _one_error_line(capsys, root, "--ckpt_path", str(target), "--trainer.max_steps", "4")
+    assert error == (f"--ckpt_path {target}: that run already reached trainer.max_steps=4 (step 4), so nothing is "
+                     "left to train; raise --trainer.max_epochs or --trainer.max_steps to train on")
+
+
+def test_left_to_train_counts_finished_epochs_and_lets_a_requeued_finished_job_end(monkeypatch, caplog):
+    """The epoch check reads the checkpoint's processed epochs (Lightning counts the epoch before its end-of-epoch
+    checkpoint is saved); a Slurm requeue of a finished job logs the reason and ends without an error."""
+    from types import SimpleNamespace
+
+    from inspo.checkpoints import check_left_to_train
+
+    def meta(step: int, epochs: int) -> dict:
+        return {"global_step": step, "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": epochs}}}}}
+
+    trainer = SimpleNamespace(max_steps=-1, max_epochs=1)
+    check_left_to_train(meta(5, 0), trainer, "mid.ckpt")  # mid-epoch: trains on
+    check_left_to_train(meta(8, 1), SimpleNamespace(max_steps=-1, max_epochs=2), "end.ckpt")
+    check_left_to_train(meta(8, 1), SimpleNamespace(max_steps=20, max_epochs=-1), "end.ckpt")
+    with pytest.raises(ConfigError, match=r"^--ckpt_path end.ckpt: that run already reached trainer.max_epochs=1 "
+                                          r"\(1 epoch\(s\) done, step 8\), so nothing"):
+        check_left_to_train(meta(8, 1), SimpleNamespace(max_steps=20, max_epochs=1), "end.ckpt")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    caplog.set_level(logging.INFO, logger="inspo")
+    check_left_to_train(meta(8, 1), trainer, "end.ckpt")
+    assert "inspo: --ckpt_path end.ckpt: that run already reached trainer.max_epochs=1" in caplog.text
 
 
 def test_validate_and_test_take_a_checkpoint_file_and_refuse_another_runs(crashed, tmp_path, capsys):
