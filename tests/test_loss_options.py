@@ -6,12 +6,14 @@ TRL 1.16 parity of both options is in tests/test_trl_parity.py.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 import torch
 from torch.testing import assert_close
 
+from inspo.cli import main
 from inspo.conditioning import REFERENCE_SEQUENCES, ReflectionTemplate, make_conditioning
 from inspo.errors import ConfigError
 from inspo.layout import ModelRows, PackedLayout, make_layout
@@ -194,7 +196,9 @@ def test_short_fit_with_each_option(tmp_path, conditioning, options):
      ("model.ld_alpha splits the reference's log-probs at min(|y_w|, |y_l|), which model.reference cached does not "
      "store: use reference copy, path or adapter")),
 ])
-def test_options_that_cannot_apply_are_refused_in_one_line(capsys, tmp_path, args, message):
+def test_options_that_cannot_apply_are_refused_in_one_line(capsys, caplog, tmp_path, args, message):
+    caplog.set_level(logging.INFO, logger="inspo")  # as tests/test_config_errors.py: log records go to caplog
+    # (inspo.cli is imported at the top, as there: Lightning imported inside a test logs its seed line to stderr)
     code, err = run_main(capsys, tmp_path, *args)
     assert code == 2 and err.strip() == f"inspo: error: {message}"
 
@@ -202,7 +206,6 @@ def test_options_that_cannot_apply_are_refused_in_one_line(capsys, tmp_path, arg
 def test_options_round_trip_through_print_config_and_hparams(capsys):
     """``--print_config`` shows both options; the module saves them; resume compares them (a checkpoint from before
     the options existed resumes with them off, and only then)."""
-    from inspo.cli import main
     from inspo.hparams import resume_mismatch
     from tests.helpers import TINY_YAML, make_module
 
