@@ -227,3 +227,23 @@ def test_ld_dpo_refuses_logps_without_tails():
         length_desensitized(PairLogps(t(-1), t(-1), t(1), t(1)), 0.5)
     with pytest.raises(ConfigError):
         LossOptions(ld_alpha=float("nan"))
+
+
+def test_fsdp2_two_processes_with_both_options_follow_one_process(tmp_path):
+    """WPO's weights and LD-DPO's split are per pair, so sharding the batch over ranks changes nothing: a 2-process
+    FSDP2 run (its scorer is the sharded ``LogpScorer``, which now also gets ``log_sum_sq``) follows the 1-process
+    run step for step with both options on (the same global batch, as tests/test_distributed.py)."""
+    from tests.fit_runs import losses, run_fit, tail
+    from tests.helpers import ROOT
+
+    options = ["--model.use_weighting", "true", "--model.ld_alpha", "0.5", "--data.loader.bucket_batches", "1",
+               "--data.source.seed", "7", "--trainer.limit_train_batches", "3"]
+    single = run_fit(tmp_path / "single", "--data.loader.batch_size", "4", *options)
+    assert single.returncode == 0, tail(single)
+    sharded = run_fit(tmp_path / "fsdp2", "--config", str(ROOT / "configs/strategy/fsdp2.yaml"),
+                      "--data.loader.batch_size", "2", *options, devices=2)
+    assert sharded.returncode == 0, tail(sharded)
+    want, got = losses(tmp_path / "single"), losses(tmp_path / "fsdp2")
+    assert sorted(want) == sorted(got) == [1, 2, 3] and len(set(want.values())) == 3
+    assert_close(torch.tensor(list(got.values()), dtype=torch.float64),
+                 torch.tensor(list(want.values()), dtype=torch.float64), atol=2e-5, rtol=0)
