@@ -19,6 +19,9 @@ without a flag of its own. Off (the default), the module scores and calls the lo
   length-normalised probability of the response relative to its own greedy-ness, so off-policy pairs count less.
   Computed from the policy's log-probs under the run's conditioning (under InSPO the conditioned contexts
   c_t = (x, y_alt, y_<t), the distributions the loss reads) before LD-DPO's weighting, as TRL does.
+
+The logged ``chosen_logp`` / ``rejected_logp`` stay the full log-probs; rewards and loss are the options'. A loss that
+sorts pairs across the batch (TRL's ``aot``) would misalign WPO's per-pair weights: TRL refuses that combination.
 """
 
 from __future__ import annotations
