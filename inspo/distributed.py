@@ -148,8 +148,8 @@ class LogpScorer(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
 
-    def forward(self, rows: Any, full_logits: bool = False) -> Tensor:
-        return target_logps(self.model, rows, self.chunk_size, full_logits)
+    def forward(self, rows: Any, full_logits: bool = False, log_sum_sq: bool = False) -> Tensor:
+        return target_logps(self.model, rows, self.chunk_size, full_logits, log_sum_sq)
 
 
 def shard_model(root: nn.Module, mesh: Any, reshard_after_forward: bool = True) -> nn.Module:

@@ -10,16 +10,18 @@ from torch import nn
 from inspo.registry import class_path, init_args
 
 RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference.model", "dtype",
-               "lora")
+               "lora", "use_weighting", "ld_alpha")
 """Hyperparameters that define the trained model and its objective: a resumed run must have the same values.
 ``reference.model`` is the model the reference comes from (None: the initial policy), not the mode: ``auto`` and
 the mode it resolves to, or ``copy`` and ``cached``, are the same run. Not LoRA's ``merge_on_export``."""
+RESUME_DEFAULTS = {"use_weighting": False}
+"""Values of keys that checkpoints written before the key existed lack (the behaviour they were trained with)."""
 
 
 def resume_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> tuple[str, Any, Any] | None:
     """The first of :data:`RESUME_KEYS` whose saved and current values differ, as (key, saved, current), or None."""
     for key in RESUME_KEYS:
-        before, now = plain(saved.get(key)), plain(current.get(key))
+        before, now = (plain(h.get(key, RESUME_DEFAULTS.get(key))) for h in (saved, current))
         if key == "reference.model":
             before, now = reference_model(saved), reference_model(current)
         if key == "loss":  # checkpoints written before loss_hparams stored {"class": qualname, **args}

@@ -45,6 +45,9 @@ class ModelRows:
         slot: [N] target slot of each token: ``pair * len(names) + names.index(target)``.
         names: the target names, in slot order.
         num_pairs: number of pairs B.
+
+    A layout lists the tokens of each target in target order (not necessarily next to each other): the k-th entry
+    of ``slot`` equal to s is token k of target s (:meth:`target_positions`; LD-DPO's split reads it).
     """
 
     input_ids: Tensor
@@ -59,6 +62,14 @@ class ModelRows:
     @property
     def num_slots(self) -> int:
         return self.num_pairs * len(self.names)
+
+    def target_positions(self) -> Tensor:
+        """[N] index of each target token within its target (0 for a target's first token)."""
+        order = torch.argsort(self.slot, stable=True)
+        counts = torch.bincount(self.slot, minlength=self.num_slots)
+        starts = counts.cumsum(0) - counts
+        ranks = torch.arange(len(order), device=order.device) - starts[self.slot[order]]
+        return torch.empty_like(ranks).index_copy_(0, order, ranks)
 
 
 @dataclass(eq=False)

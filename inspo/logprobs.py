@@ -10,6 +10,10 @@ models, because the normaliser of a 50k-way softmax loses ~2 digits in bf16.
 Bypassing ``model.forward`` is exact only if :func:`_postprocess_logits` applies the family's logit transforms:
 ``inspo.checks`` compares the two paths on the first batch of every model and switches a model that differs to
 ``target_logps(..., full_logits=True)``, which reads ``model(...).logits``.
+
+``log_sum_sq=True`` (WPO weighting, ``inspo.loss_options``) adds a second reduction over the vocabulary per target
+token, log sum_v pi(v | context)^2, in the same chunk as the log-softmax (fp32, no gradient: WPO's weights are
+constants). Off by default, and then the computation is the one without the option, op for op.
 """
 
 from __future__ import annotations
@@ -61,14 +65,29 @@ def _chunk_logps(head: nn.Module, model: nn.Module, hidden: Tensor, labels: Tens
     return logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
-def token_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024) -> Tensor:
+def _with_log_sum_sq(logps: Tensor, labels: Tensor) -> Tensor:
+    """[n, 2]: the target log-prob and log sum_v p_v^2 = logsumexp_v(2 log p_v) of each row of ``logps`` [n, V].
+
+    The second column is detached: WPO (arXiv 2406.11827, eq. 2) weights pairs by constants, as TRL 1.16 does.
+    """
+    target = logps.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return torch.stack([target, (2 * logps.detach()).logsumexp(-1)], -1)
+
+
+def _chunk_logps_sq(head: nn.Module, model: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
+    return _with_log_sum_sq(_postprocess_logits(model, head(hidden)).log_softmax(-1), labels)
+
+
+def token_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024, log_sum_sq: bool = False) -> Tensor:
     """Log-prob of every target token of ``rows`` (shape [N], fp32), without full-vocabulary logits per row.
 
     Args:
         model: a Hugging Face causal LM (``get_decoder()`` and ``get_output_embeddings()`` are used).
         rows: the batch built by a layout.
         chunk_size: target tokens per output-projection chunk.
+        log_sum_sq: return [N, 2]: each token's log-prob and log sum_v pi(v | context)^2 (WPO; no gradient).
     """
+    chunk_fn = _chunk_logps_sq if log_sum_sq else _chunk_logps
     body, head = model.get_decoder(), model.get_output_embeddings()
     hidden = body(**_model_kwargs(model, rows), use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows.pred_index)
@@ -76,25 +95,34 @@ def token_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024) -> Te
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start : start + chunk_size], rows.labels[start : start + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            out.append(checkpoint(_chunk_logps, head, model, h, y, use_reentrant=False))
+            out.append(checkpoint(chunk_fn, head, model, h, y, use_reentrant=False))
         else:
-            out.append(_chunk_logps(head, model, h, y))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+            out.append(chunk_fn(head, model, h, y))
+    return torch.cat(out) if out else hidden.new_zeros((0, 2) if log_sum_sq else 0, dtype=torch.float32)
 
 
-def token_logps_full(model: nn.Module, rows: ModelRows) -> Tensor:
+def token_logps_full(model: nn.Module, rows: ModelRows, log_sum_sq: bool = False) -> Tensor:
     """Reference implementation: full-vocabulary logits from ``model(...)``, then the same gather. For checks."""
     logits = model(**_model_kwargs(model, rows), use_cache=False).logits.float()
     logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows.pred_index)
+    if log_sum_sq:
+        return _with_log_sum_sq(F.log_softmax(logits, -1), rows.labels)
     return F.log_softmax(logits, -1).gather(-1, rows.labels.unsqueeze(-1)).squeeze(-1)
 
 
-def target_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024, full_logits: bool = False) -> Tensor:
+def target_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024, full_logits: bool = False,
+                 log_sum_sq: bool = False) -> Tensor:
     """Summed log-prob of every target, as a [num_pairs, len(rows.names)] fp32 tensor.
 
     ``full_logits``: through ``model(...).logits`` (:func:`token_logps_full`) instead of the chunked output head,
     for models whose forward transforms logits in a way :func:`_postprocess_logits` does not (``inspo.checks``).
+    ``log_sum_sq``: [num_pairs, 2 * len(rows.names)]: the summed log-probs, then per target the sum over its tokens
+    of log sum_v pi(v | context)^2 (WPO's normaliser; no gradient).
     """
+    if log_sum_sq:
+        logps = token_logps_full(model, rows, True) if full_logits else token_logps(model, rows, chunk_size, True)
+        sums = logps.new_zeros(rows.num_slots, 2).index_add(0, rows.slot, logps)
+        return torch.cat([sums[:, 0].view(rows.num_pairs, -1), sums[:, 1].view(rows.num_pairs, -1)], 1)
     logps = token_logps_full(model, rows) if full_logits else token_logps(model, rows, chunk_size)
     sums = logps.new_zeros(rows.num_slots).index_add(0, rows.slot, logps)
     return sums.view(rows.num_pairs, len(rows.names))

@@ -56,10 +56,11 @@ def pair_metrics(out: LossOutput, policy: PairLogps | None = None) -> dict[str, 
     return values
 
 
-def plain_view(policy: PairLogps) -> PairLogps | None:
+def plain_view(policy: PairLogps | None) -> PairLogps | None:
     """The policy's unconditioned log-probs log pi(y|x) as a standard-conditioning :class:`PairLogps`, or None
     when ``policy`` is not conditioned (it already is that view) or they were not computed."""
-    if not policy.conditioned or policy.chosen_plain is None or policy.rejected_plain is None:
+    if policy is None or not policy.conditioned or policy.chosen_plain is None or policy.rejected_plain is None:
         return None
+    parts = {name: plain_view(getattr(policy, name)) for name in ("tail", "log_sum_sq")}  # the options' inputs
     return PairLogps(chosen=policy.chosen_plain, rejected=policy.rejected_plain, chosen_tokens=policy.chosen_tokens,
-                     rejected_tokens=policy.rejected_tokens)
+                     rejected_tokens=policy.rejected_tokens, **parts)

@@ -27,9 +27,10 @@ from inspo.distributed import LogpScorer, full_state_dict, is_sharded, shard_mod
 from inspo.errors import ConfigError
 from inspo.guards import NonFiniteLossError, OnNonFinite, check_on_nonfinite, nonfinite_message, skip_allowed
 from inspo.hparams import component_hparams, loss_hparams, resume_mismatch
-from inspo.layout import LAYOUTS, Layout, ModelRows, SeparateLayout, packed_unsupported_reason
+from inspo.layout import LAYOUTS, Layout, SeparateLayout, packed_unsupported_reason
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora
+from inspo.loss_options import LossOptions
 from inspo.losses import LOSSES, PairLogps, PreferenceLoss
 from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics, plain_view
 from inspo.models import BUNDLED_SMOLLM2, disable_dropout, load_causal_lm, load_tokenizer, torch_dtype
@@ -89,6 +90,10 @@ class PreferenceModule(LightningModule):
         trust_remote_code: allow models whose code lives in their hub repository (off: it runs that code).
         on_nonfinite: a NaN/inf training loss stops the run (``error``: step, data rows, last checkpoint) or
             skips the batch and counts it in ``train/nonfinite_skipped`` (``skip``; single process only).
+        use_weighting: WPO (arXiv 2406.11827, TRL's ``use_weighting``): weight each pair's loss by the policy's
+            length-normalised probability of both responses (``inspo.loss_options``); any loss.
+        ld_alpha: LD-DPO (arXiv 2409.06411, TRL's ``ld_alpha``): weight, in [0, 1], of the log-probs of the longer
+            response beyond the shorter one's length, for policy and reference (``inspo.loss_options``); None is off.
     """
 
     def __init__(
@@ -111,6 +116,8 @@ class PreferenceModule(LightningModule):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         on_nonfinite: OnNonFinite = "error",
+        use_weighting: bool = False,
+        ld_alpha: float | None = None,
     ) -> None:
         super().__init__()
         # Components are saved below by class path or short name (hparams.yaml cannot hold objects), and resolved
@@ -134,6 +141,8 @@ class PreferenceModule(LightningModule):
                         "%s", self.reference_mode.name, reference_model)
             self.reference_mode.model = reference_model
         self.reference_mode.check(self.loss, lora)
+        self.loss_options = LossOptions(use_weighting, ld_alpha)  # applied around the loss in every step
+        self.loss_options.check(self.reference_mode)
         self.hparams["reference"] = component_hparams(self.reference_mode)  # the resolved mode, as the loss
         self.optim = optim or OptimConfig()
         torch_dtype(dtype)  # checked here too: before any data or weights are read
@@ -204,10 +213,12 @@ class PreferenceModule(LightningModule):
         return self
 
     # ---------------------------------------------------------------- the pair forward
-    def score(self, model: nn.Module, batch: PairBatch, sequences: Sequences, conditioned: bool = False) -> PairLogps:
+    def score(self, model: nn.Module, batch: PairBatch, sequences: Sequences, conditioned: bool = False,
+              log_sum_sq: bool = False) -> PairLogps:
         """Summed log-probs (and token counts) of the targets named by ``sequences`` for every pair.
 
         ``conditioned``: ``chosen`` / ``rejected`` of ``sequences`` see more than x (:class:`PairLogps`).
+        ``log_sum_sq``: also WPO's per-response normaliser. With ``ld_alpha`` set, also the tail sums (LD-DPO).
 
         The first time a model scores, :func:`inspo.checks.check_exactness` checks the log-probs of one pair
         against the model's own forward (and packed against separate rows), and switches path if needed.
@@ -216,16 +227,18 @@ class PreferenceModule(LightningModule):
         if id(model) not in self._checked and segments:
             self._check_exactness(model, segments[0], sequences)
         full = id(model) in self._full_logits
-        return score_pairs(lambda rows: self._scorer(model)(rows, full), segments, sequences, self.layout,
-                           self.tokenizer.pad_token_id, self.device,
-                           conditioned=conditioned)
+        return score_pairs(lambda rows, **kw: self._scorer(model)(rows, full, **kw), segments, sequences,
+                           self.layout, self.tokenizer.pad_token_id, self.device, conditioned=conditioned,
+                           split_tail=self.loss_options.split_tail, log_sum_sq=log_sum_sq)
 
-    def _scorer(self, model: nn.Module) -> Callable[[ModelRows, bool], Tensor]:
-        """(rows, full_logits) -> summed target log-probs of ``model`` (through its FSDP2 root unit if sharded)."""
+    def _scorer(self, model: nn.Module) -> Callable[..., Tensor]:
+        """(rows, full_logits[, log_sum_sq]) -> summed target log-probs of ``model`` (through its FSDP2 root unit if
+        sharded)."""
         sharded = self._scorers.get(id(model))
         if sharded is not None:
             return sharded
-        return lambda rows, full: target_logps(model, rows, self.hparams.logprob_chunk_size, full_logits=full)
+        return lambda rows, full, **kw: target_logps(model, rows, self.hparams.logprob_chunk_size, full_logits=full,
+                                                     **kw)
 
     def _check_exactness(self, model: nn.Module, segments: dict[str, list[int]], sequences: Sequences) -> None:
         self._checked.add(id(model))
@@ -258,20 +271,22 @@ class PreferenceModule(LightningModule):
         ``inspo.metrics``); otherwise those targets are skipped.
         """
         sequences = self.conditioning.sequences(plain=plain or self.loss.reads_plain_logps)
-        policy = self.score(self.policy, batch, sequences, conditioned=self.conditioning.conditioned)
+        policy = self.score(self.policy, batch, sequences, conditioned=self.conditioning.conditioned,
+                            log_sum_sq=self.loss_options.use_weighting)
         return policy, self.reference_logps(batch)
 
     # ---------------------------------------------------------------- steps
     def _common_step(self, batch: PairBatch, stage: str) -> Tensor | None:
         policy, reference = self.pair_logps(batch, plain=stage in PLAIN_STAGES)
-        out = self.loss(policy, reference)
+        out = self.loss_options.apply(self.loss, policy, reference)
         loss = out.loss
         if stage == "train" and not torch.isfinite(loss):
             return self._nonfinite_loss(loss, batch)
         self._log_metrics(stage, pair_metrics(out, policy), len(batch))
         plain = plain_view(policy) if stage in PLAIN_STAGES else None
         if plain is not None:  # InSPO: the same loss on log pi(y|x), what a standard evaluation reports
-            self._log_metrics(stage, pair_metrics(self.loss(plain, reference)), len(batch), plain=True)
+            self._log_metrics(stage, pair_metrics(self.loss_options.apply(self.loss, plain, reference)), len(batch),
+                              plain=True)
         return loss
 
     def _nonfinite_loss(self, loss: Tensor, batch: PairBatch) -> None:
@@ -308,7 +323,7 @@ class PreferenceModule(LightningModule):
     @override
     def predict_step(self, batch: PairBatch, batch_idx: int) -> dict[str, Tensor]:
         policy, reference = self.pair_logps(batch)
-        out = self.loss(policy, reference)
+        out = self.loss_options.apply(self.loss, policy, reference)
         return {"rows": torch.tensor(batch.rows), "loss": out.losses, "chosen_reward": out.chosen_rewards,
                 "rejected_reward": out.rejected_rewards}
 

@@ -32,6 +32,10 @@ class PairLogps:
             :attr:`PreferenceLoss.reads_plain_logps`) and for validation, else None.
         rejected_plain: log pi(y_l|x), likewise.
         conditioned: chosen / rejected are conditioned on more than x (InSPO), so they are not the plain log-probs.
+        tail: the same sums over each response's tail only, its tokens beyond the first min(|y_w|, |y_l|) (LD-DPO,
+            ``inspo.loss_options``; ``tail.chosen_tokens`` counts them); None unless asked for.
+        log_sum_sq: per response, the sum over its tokens of log sum_v pi(v | context)^2, in the same contexts as
+            the log-probs (WPO's normaliser, ``inspo.loss_options``); None unless asked for.
     """
 
     chosen: Tensor
@@ -41,6 +45,8 @@ class PairLogps:
     chosen_plain: Tensor | None = None
     rejected_plain: Tensor | None = None
     conditioned: bool = False
+    tail: PairLogps | None = None
+    log_sum_sq: PairLogps | None = None
 
     def __post_init__(self) -> None:
         if not self.conditioned:  # the standard view: log pi(y|x) is what was scored
