@@ -26,7 +26,7 @@ from inspo.module import PreferenceModule
 from inspo.optim import OptimConfig
 from inspo.reference import AdapterReference, CopyReference, PathReference
 from inspo.reference.sync import adapter_pairs, paired, soft_update
-from tests.helpers import TINY_CONFIG, batch, random_pairs, run_main, tiny_model
+from tests.helpers import TINY_CONFIG, batch, perturb_adapters, random_pairs, run_main, tiny_model
 
 LORA = LoraSettings(rank=4, alpha=8)
 
@@ -269,3 +269,20 @@ def test_resume_half_way_is_exact(tmp_path, mode):
     for step in (4, 8):
         assert all(torch.equal(second.reference[step][n], straight.reference[step][n]) for n in straight.reference[0])
     assert not all(torch.equal(straight.reference[4][n], straight.reference[0][n]) for n in straight.reference[0])
+
+
+def test_export_of_a_checkpoint_leaves_the_reference_adapter_out():
+    """``inspo export --ckpt`` rebuilds the policy from the checkpoint's adapters: the synced reference adapter is
+    not the policy's (it was "unexpected keys ... lora_A.reference.weight", one error line, before)."""
+    from inspo.export import rebuild_policy
+
+    module = module_of(AdapterReference(sync_every=1), LORA)
+    module.configure_model()
+    perturb_adapters(module.policy)
+    state = {k.removeprefix("policy."): v for k, v in module.state_dict().items()
+             if k.startswith("policy.") and "lora_" in k}
+    assert any(f".{REFERENCE_ADAPTER}." in k for k in state)
+    policy, _ = rebuild_policy(dict(module.hparams), state)
+    assert REFERENCE_ADAPTER not in policy.peft_config
+    trained = dict(policy.named_parameters())
+    assert all(torch.equal(trained[n], p) for n, p in module.policy.named_parameters() if f".{TRAINED_ADAPTER}." in n)
