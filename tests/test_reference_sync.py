@@ -213,6 +213,18 @@ def test_refusals_are_one_line(capsys, tmp_path, args, expected):
     assert code == 2 and err.strip().splitlines() == [f"inspo: error: {expected}"]
 
 
+def test_merged_weights_of_a_4bit_base_are_refused_and_the_run_line_names_the_sync():
+    from inspo.losses import LOSSES
+
+    with pytest.raises(ConfigError, match="^model.reference.sync_every with model.reference copy follows the merged "
+                                          "weights, which a 4-bit base cannot give: use model.reference adapter"):
+        CopyReference(sync_every=2).check(LOSSES.resolve("dpo"), LoraSettings(load_in_4bit=True))
+    AdapterReference(sync_every=2).check(LOSSES.resolve("dpo"), LoraSettings(load_in_4bit=True))  # its own adapter
+    assert str(CopyReference(sync_every=4)) == "copy (TR-DPO: alpha 0.6 every 4 steps)"
+    assert str(AdapterReference(sync_every=8, sync_alpha=1.0)) == "adapter (TR-DPO: alpha 1.0 every 8 steps)"
+    assert str(CopyReference()) == "copy"
+
+
 def test_path_reference_of_another_architecture_is_refused_before_training(tmp_path):
     smaller = tmp_path / "smaller"
     tiny_model().save_pretrained(smaller)  # the policy below is wider: same names, other shapes

@@ -85,7 +85,8 @@ class ReferenceMode:
     Args:
         sync_every: TR-DPO (``inspo.reference.sync``): soft-update the reference towards the policy after every
             ``sync_every`` optimizer steps (the paper's tau, TRL's ``ref_model_sync_steps``, 512 there by default);
-            None: a fixed reference (the default). Modes that cannot follow the policy refuse it in :meth:`check`.
+            None: a fixed reference (the default). ``copy``, ``path`` and ``adapter`` take it; ``cached`` and
+            ``none`` refuse it.
         sync_alpha: weight of the policy in each update, ``ref <- alpha * policy + (1 - alpha) * ref`` (the paper's
             alpha, TRL's ``ref_model_mixup_alpha``); 1 copies the policy. None: 0.6, TRL's default (None keeps
             the saved hyperparameters of a run without TR-DPO as they were).
@@ -144,7 +145,13 @@ class ReferenceMode:
         raise NotImplementedError(f"reference mode {self} cannot follow the policy")
 
     def __str__(self) -> str:
-        return self.name or type(self).__name__
+        name = self.name or type(self).__name__
+        every, alpha = getattr(self, "sync_every", None), getattr(self, "sync_alpha", None)
+        if not every:
+            return name
+        from inspo.reference.sync import DEFAULT_ALPHA
+
+        return f"{name} (TR-DPO: alpha {DEFAULT_ALPHA if alpha is None else alpha} every {every} steps)"
 
 
 REFERENCES: Registry[ReferenceMode] = Registry("reference mode", ReferenceMode, special=("auto",))

@@ -33,6 +33,11 @@ class _HeldReference(ReferenceMode):
 
     frozen: nn.Module | None = None  # what build returned: the module holds it as module.reference
 
+    def check(self, loss: PreferenceLoss, lora: Any | None) -> None:
+        if self.sync_every and lora is not None and lora.load_in_4bit:
+            raise ConfigError(f"{SYNC} with model.reference {self.name} follows the merged weights, which a 4-bit "
+                              "base cannot give: use model.reference adapter (a second adapter follows the trained one)")
+
     def prepare(self, policy: nn.Module, data: ReferenceData) -> None:
         if self.sync_every and self.frozen is not None:
             paired(self.frozen, policy, SYNC)  # a reference of another architecture fails here, before any step
@@ -59,6 +64,7 @@ class CopyReference(_HeldReference):
     name = "copy"
 
     def check(self, loss: PreferenceLoss, lora: Any | None) -> None:
+        super().check(loss, lora)
         if lora is not None and lora.adapter:
             raise ConfigError("with model.lora.adapter the reference is that adapter, kept frozen: use "
                               "model.reference adapter (or auto)")
@@ -83,6 +89,7 @@ class PathReference(_HeldReference):
         self.model = model
 
     def check(self, loss: PreferenceLoss, lora: Any | None) -> None:
+        super().check(loss, lora)
         if not self.model:
             raise ConfigError("model.reference 'path' needs its model: --model.reference path --model.reference.model "
                               "NAME (YAML: reference: {class_path: inspo.reference.PathReference, init_args: {model: "
