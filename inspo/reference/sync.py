@@ -32,7 +32,7 @@ update of the merged weights. With alpha in (0, 1) the reference's weight delta 
     (alpha B + (1 - alpha) B_ref)(alpha A + (1 - alpha) A_ref)
         = alpha^2 BA + (1 - alpha)^2 B_ref A_ref + alpha (1 - alpha)(B A_ref + B_ref A)
 
-whereas the merged rule gives alpha BA + (1 - alpha) B_ref A_ref (the scale r / lora_alpha multiplies both alike).
+whereas the merged rule gives alpha BA + (1 - alpha) B_ref A_ref (the scale lora_alpha / r multiplies both alike).
 The two agree for alpha = 1 (hard update) and whenever the factors of policy and reference coincide. The merged
 rule's delta has rank up to k * r after k updates, so it cannot live in a rank-r adapter; a run that needs it
 exactly keeps a full copy: ``--model.reference copy`` with LoRA soft-updates the copy from the merged weights
