@@ -30,7 +30,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 import inspo
 from inspo.errors import ConfigError
-from inspo.lora import TRAINED_ADAPTER, LoraSettings, apply_lora, is_lora, merged_model
+from inspo.lora import REFERENCE_ADAPTER, TRAINED_ADAPTER, LoraSettings, apply_lora, is_lora, merged_model
 from inspo.models import load_causal_lm, load_tokenizer
 from inspo.run_folder import CONFIG, EXPORT_INFO, run_dir
 
@@ -130,6 +130,9 @@ def rebuild_policy(hp: dict[str, Any], state: dict[str, torch.Tensor] | None = N
                             trust_remote_code=trust)
     if lora is not None:
         policy = apply_lora(policy, dataclasses.replace(lora, load_in_4bit=False))
+    if state is not None and lora is not None and REFERENCE_ADAPTER not in policy.peft_config:
+        # TR-DPO's soft-updated reference adapter (inspo.reference.sync): the reference, not the policy
+        state = {k: v for k, v in state.items() if not ("lora_" in k and REFERENCE_ADAPTER in k.split("."))}
     if state is not None:
         result = policy.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if (lora is None or "lora_" in k) and k not in _tied_keys(policy)]

@@ -9,11 +9,12 @@ from torch import nn
 
 from inspo.registry import class_path, init_args
 
-RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference.model", "dtype",
-               "lora", "use_weighting", "ld_alpha")
+RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference.model",
+               "reference.sync_every", "reference.sync_alpha", "dtype", "lora", "use_weighting", "ld_alpha")
 """Hyperparameters that define the trained model and its objective: a resumed run must have the same values.
 ``reference.model`` is the model the reference comes from (None: the initial policy), not the mode: ``auto`` and
-the mode it resolves to, or ``copy`` and ``cached``, are the same run. Not LoRA's ``merge_on_export``."""
+the mode it resolves to, or ``copy`` and ``cached``, are the same run; ``reference.sync_*``: TR-DPO's soft updates
+(``inspo.reference.sync``), whose reference the checkpoint holds. Not LoRA's ``merge_on_export``."""
 RESUME_DEFAULTS = {"use_weighting": False}
 """Values of keys that checkpoints written before the key existed lack (the behaviour they were trained with)."""
 
@@ -24,6 +25,8 @@ def resume_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> tuple[str
         before, now = (plain(h.get(key, RESUME_DEFAULTS.get(key))) for h in (saved, current))
         if key == "reference.model":
             before, now = reference_model(saved), reference_model(current)
+        elif key.startswith("reference."):
+            before, now = (reference_arg(h, key.split(".", 1)[1]) for h in (saved, current))
         if key == "loss":  # checkpoints written before loss_hparams stored {"class": qualname, **args}
             before, now = _loss_identity(before), _loss_identity(now)
         if key == "lora" and isinstance(before, dict) and isinstance(now, dict):
@@ -55,6 +58,14 @@ def reference_model(hparams: dict[str, Any]) -> str | None:
     if isinstance(reference, dict) and "class_path" in reference:
         return (reference.get("init_args") or {}).get("model")
     return plain(hparams.get("reference_model"))
+
+
+def reference_arg(hparams: dict[str, Any], name: str) -> Any:
+    """The reference mode's init argument ``name`` as a run saved it (None when absent, as in older checkpoints)."""
+    reference = plain(hparams.get("reference"))
+    if isinstance(reference, dict) and "class_path" in reference:
+        return (reference.get("init_args") or {}).get(name)
+    return None
 
 
 def loss_hparams(loss: nn.Module) -> dict[str, Any]:

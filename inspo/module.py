@@ -334,6 +334,14 @@ class PreferenceModule(LightningModule):
         return make_optimizer(self.policy, self.optim, fp32_master=keeps_fp32_master(self.trainer.strategy))
 
     @override
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Lightning calls this hook once per real optimizer step (never for accumulation micro-batches) and counts
+        # the step only after it returns: this is update global_step + 1. Here, not in on_train_batch_end, so no
+        # checkpoint or validation can see the new policy with the old reference (TR-DPO, inspo.reference.sync).
+        self.reference_mode.after_optimizer_step(self.trainer.global_step + 1, self.policy)
+
+    @override
     def on_train_start(self) -> None:
         schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
         start_schedules(schedulers, int(self.trainer.estimated_stepping_batches))

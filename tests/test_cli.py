@@ -20,7 +20,8 @@ from inspo.module import PreferenceModule
 from tests.helpers import CONFIGS, batch, tiny_model
 
 # Fragments are parsed on top of the main config they are written for.
-BASES = {"loss": CONFIGS / "quickstart.yaml", "paper": CONFIGS / "paper" / "llama3-8b-inspo-dpo.yaml"}
+BASES = {"loss": CONFIGS / "quickstart.yaml", "reference": CONFIGS / "quickstart.yaml",
+         "paper": CONFIGS / "paper" / "llama3-8b-inspo-dpo.yaml"}
 
 
 def inspo(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -16,6 +16,9 @@ arguments (never the module itself):
    mode needs (``cached`` builds its cache here, from the initial weights).
 4. :meth:`ReferenceMode.logps` for every batch: the reference's :class:`~inspo.losses.PairLogps`, or None.
 5. :meth:`ReferenceMode.generation_model` for the samples callback: the model whose answers show "the reference".
+6. :meth:`ReferenceMode.after_optimizer_step` after every optimizer step (not after accumulation micro-batches):
+   TR-DPO's soft update of the reference towards the policy when ``sync_every`` is set (``inspo.reference.sync``).
+   A synced reference is no longer rebuildable from its source, so checkpoints then keep it.
 """
 
 from __future__ import annotations
@@ -78,13 +81,33 @@ class ReferenceMode:
 
     The defaults describe a mode with no reference at all: nothing held, nothing precomputed, ``logps`` None,
     samples show the policy as it was when training started.
+
+    Args:
+        sync_every: TR-DPO (``inspo.reference.sync``): soft-update the reference towards the policy after every
+            ``sync_every`` optimizer steps (the paper's tau, TRL's ``ref_model_sync_steps``, 512 there by default);
+            None: a fixed reference (the default). ``copy``, ``path`` and ``adapter`` take it; ``cached`` and
+            ``none`` refuse it.
+        sync_alpha: weight of the policy in each update, ``ref <- alpha * policy + (1 - alpha) * ref`` (the paper's
+            alpha, TRL's ``ref_model_mixup_alpha``); 1 copies the policy. None: 0.6, TRL's default (None keeps
+            the saved hyperparameters of a run without TR-DPO as they were).
     """
 
     name: ClassVar[str] = ""
     """Short name in logs and run statistics (``copy``, ``cached``, ...)."""
-    unsaved_prefixes: ClassVar[tuple[str, ...]] = ("reference.",)
-    """State-dict key prefixes that checkpoints leave out: the model :meth:`build` returns is held as
-    ``module.reference`` and rebuilt from its source on resume, so checkpoints hold the policy only."""
+
+    def __init__(self, sync_every: int | None = None, sync_alpha: float | None = None) -> None:
+        from inspo.reference.sync import check_sync
+
+        check_sync(sync_every, sync_alpha)
+        self.sync_every = sync_every
+        self.sync_alpha = sync_alpha
+
+    @property
+    def unsaved_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes that checkpoints leave out: the model :meth:`build` returns is held as
+        ``module.reference`` and rebuilt from its source on resume, so checkpoints hold the policy only; a synced
+        reference (``sync_every``) has left its source behind and is saved."""
+        return () if getattr(self, "sync_every", None) else ("reference.",)
 
     def check(self, loss: PreferenceLoss, lora: Any | None) -> None:
         """Raise a :class:`ConfigError` if this mode cannot serve ``loss`` or the LoRA settings (``lora``:
@@ -107,8 +130,28 @@ class ReferenceMode:
         """(model, label) whose answers the samples callback shows as the reference's, at the start of training."""
         yield policy, "initial policy"
 
+    def after_optimizer_step(self, step: int, policy: nn.Module) -> None:
+        """Called after optimizer step ``step`` (1-based count of policy updates): TR-DPO's soft update when
+        ``step`` is a multiple of ``sync_every`` (TRL's convention: the first update follows step ``sync_every``)."""
+        every = getattr(self, "sync_every", None)
+        if every and step % every == 0:
+            from inspo.reference.sync import DEFAULT_ALPHA
+
+            alpha = getattr(self, "sync_alpha", None)
+            self.sync(policy, DEFAULT_ALPHA if alpha is None else alpha)
+
+    def sync(self, policy: nn.Module, alpha: float) -> None:
+        """``reference <- alpha * policy + (1 - alpha) * reference`` (modes that can follow the policy)."""
+        raise NotImplementedError(f"reference mode {self} cannot follow the policy")
+
     def __str__(self) -> str:
-        return self.name or type(self).__name__
+        name = self.name or type(self).__name__
+        every, alpha = getattr(self, "sync_every", None), getattr(self, "sync_alpha", None)
+        if not every:
+            return name
+        from inspo.reference.sync import DEFAULT_ALPHA
+
+        return f"{name} (TR-DPO: alpha {DEFAULT_ALPHA if alpha is None else alpha} every {every} steps)"
 
 
 REFERENCES: Registry[ReferenceMode] = Registry("reference mode", ReferenceMode, special=("auto",))

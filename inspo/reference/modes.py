@@ -18,12 +18,33 @@ from inspo.errors import ConfigError, InspoError
 from inspo.losses import PairLogps, PreferenceLoss
 from inspo.reference.base import Loader, ReferenceData, ReferenceMode, Score, register_reference
 from inspo.reference.cache import ReferenceCache, load_or_build
+from inspo.reference.sync import adapter_pairs, paired, soft_update
+
+SYNC = "model.reference.sync_every"
 
 
 class _HeldReference(ReferenceMode):
-    """A mode that holds a frozen reference model and scores it live every step."""
+    """A mode that holds a frozen reference model and scores it live every step.
+
+    With ``sync_every`` (TR-DPO, ``inspo.reference.sync``) the held model follows the policy; a LoRA policy
+    contributes its merged weights W0 + (lora_alpha / r) BA, so the update is the exact soft update of the merged
+    model (the reference is a full model, not an adapter).
+    """
 
     frozen: nn.Module | None = None  # what build returned: the module holds it as module.reference
+
+    def check(self, loss: PreferenceLoss, lora: Any | None) -> None:
+        if self.sync_every and lora is not None and lora.load_in_4bit:
+            raise ConfigError(f"{SYNC} with model.reference {self.name} follows the merged weights, which a 4-bit "
+                              "base cannot give: use model.reference adapter (a second adapter follows the trained one)")
+
+    def prepare(self, policy: nn.Module, data: ReferenceData) -> None:
+        if self.sync_every and self.frozen is not None:
+            paired(self.frozen, policy, SYNC)  # a reference of another architecture fails here, before any step
+
+    def sync(self, policy: nn.Module, alpha: float) -> None:
+        if self.frozen is not None:
+            soft_update(paired(self.frozen, policy, SYNC), alpha)
 
     def logps(self, batch: Any, policy: nn.Module, score: Score, device: Any) -> PairLogps | None:
         if self.frozen is None:
@@ -43,6 +64,7 @@ class CopyReference(_HeldReference):
     name = "copy"
 
     def check(self, loss: PreferenceLoss, lora: Any | None) -> None:
+        super().check(loss, lora)
         if lora is not None and lora.adapter:
             raise ConfigError("with model.lora.adapter the reference is that adapter, kept frozen: use "
                               "model.reference adapter (or auto)")
@@ -62,10 +84,12 @@ class PathReference(_HeldReference):
 
     name = "path"
 
-    def __init__(self, model: str | None = None) -> None:
+    def __init__(self, model: str | None = None, sync_every: int | None = None, sync_alpha: float | None = None) -> None:
+        super().__init__(sync_every, sync_alpha)
         self.model = model
 
     def check(self, loss: PreferenceLoss, lora: Any | None) -> None:
+        super().check(loss, lora)
         if not self.model:
             raise ConfigError("model.reference 'path' needs its model: --model.reference path --model.reference.model "
                               "NAME (YAML: reference: {class_path: inspo.reference.PathReference, init_args: {model: "
@@ -79,13 +103,37 @@ class PathReference(_HeldReference):
 @register_reference("adapter")
 class AdapterReference(ReferenceMode):
     """A LoRA policy run as its own reference: adapters off, or the frozen copy of a continued adapter
-    (:func:`inspo.lora.reference_adapter`); no second model in memory."""
+    (:func:`inspo.lora.reference_adapter`); no second model in memory.
+
+    With ``sync_every`` (TR-DPO) the reference is a second, frozen adapter ``reference`` on the same base, a copy
+    of the trained adapter before the first step (of a fresh adapter: B = 0, the base model exactly), soft-updated
+    from it: A and B each, not the merged weights (``inspo.reference.sync`` says how the two differ). It is saved
+    in checkpoints with the trained adapter.
+    """
 
     name = "adapter"
 
     def check(self, loss: PreferenceLoss, lora: Any | None) -> None:
         if lora is None:
             raise ConfigError("model.reference 'adapter' runs the LoRA policy with its adapters off: set model.lora")
+
+    def prepare(self, policy: nn.Module, data: ReferenceData) -> None:
+        from inspo.lora import REFERENCE_ADAPTER, TRAINED_ADAPTER
+
+        if not self.sync_every or REFERENCE_ADAPTER in policy.peft_config:  # a continued adapter brings its copy
+            return
+        with torch.random.fork_rng(devices=[]):  # peft initialises the new adapter randomly: leave the seed alone
+            policy.add_adapter(REFERENCE_ADAPTER, copy.deepcopy(policy.peft_config[TRAINED_ADAPTER]))
+        policy.set_adapter(TRAINED_ADAPTER)  # the trained adapter stays active and alone in requires_grad
+        pairs = adapter_pairs(policy, TRAINED_ADAPTER, REFERENCE_ADAPTER)
+        with torch.no_grad():
+            for _, reference, trained in pairs:
+                reference.copy_(trained).requires_grad_(False)
+
+    def sync(self, policy: nn.Module, alpha: float) -> None:
+        from inspo.lora import REFERENCE_ADAPTER, TRAINED_ADAPTER
+
+        soft_update(adapter_pairs(policy, TRAINED_ADAPTER, REFERENCE_ADAPTER), alpha)
 
     def logps(self, batch: Any, policy: nn.Module, score: Score, device: Any) -> PairLogps | None:
         from inspo.lora import reference_adapter
@@ -118,10 +166,16 @@ class CachedReference(ReferenceMode):
 
     name = "cached"
 
-    def __init__(self, model: str | None = None) -> None:
+    def __init__(self, model: str | None = None, sync_every: int | None = None, sync_alpha: float | None = None) -> None:
+        super().__init__(sync_every, sync_alpha)
         self.model = model
         self.pairs: Sequence[Any] | None = None
         self.cache: ReferenceCache | None = None
+
+    def check(self, loss: PreferenceLoss, lora: Any | None) -> None:
+        if self.sync_every:
+            raise ConfigError(f"{SYNC} (TR-DPO) needs a live reference, and 'cached' stores log pi_ref of fixed "
+                              "weights: use model.reference copy, path or adapter")
 
     def prepare(self, policy: nn.Module, data: ReferenceData) -> None:
         pairs = self.pairs if self.pairs is not None else data.pairs
@@ -144,6 +198,9 @@ class NoReference(ReferenceMode):
     name = "none"
 
     def check(self, loss: PreferenceLoss, lora: Any | None) -> None:
+        if self.sync_every:
+            raise ConfigError(f"{SYNC} (TR-DPO) moves a reference towards the policy and 'none' has no reference: "
+                              "use model.reference copy, path or adapter")
         if loss.requires_reference:
             raise ConfigError(f"loss {type(loss).__name__} needs a reference model; set model.reference to copy or "
                               "path (or choose a reference-free loss: simpo, orpo)")
