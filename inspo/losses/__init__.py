@@ -14,6 +14,7 @@ from inspo.losses.onesided import OneSidedLoss
 from inspo.losses.orpo import ORPOLoss
 from inspo.losses.rdpo import RDPOLoss
 from inspo.losses.robust import RobustDPOLoss
+from inspo.losses.sft import SFTLoss
 from inspo.losses.sigmoid_norm import SigmoidNormLoss
 from inspo.losses.simpo import SimPOLoss
 from inspo.losses.sppo import SPPOHardLoss
@@ -36,6 +37,7 @@ __all__ = [
     "PreferenceLoss",
     "RDPOLoss",
     "RobustDPOLoss",
+    "SFTLoss",
     "SPPOHardLoss",
     "SigmoidNormLoss",
     "SimPOLoss",
