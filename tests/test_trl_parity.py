@@ -50,6 +50,14 @@ CASES: dict[str, tuple[str, dict[str, Any], str, dict[str, Any]]] = {
 # TRL logs beta * summed log-ratio as the rewards of every loss; ours follow the optimised per-token form here
 # (sft, which has no reference: the average log-prob log pi(y|x)/|y|).
 PER_TOKEN_REWARDS = {"ipo", "sigmoid_norm", "sft"}
+# Weighted sums (TRL's loss_type list + loss_weights; ours model.loss list + model.loss_weights), one beta for all
+# parts as in TRL: ([our parts], [TRL loss types], weights).
+SUMS: dict[str, tuple[list[str], list[str], list[float] | None]] = {
+    "rpo (alpha 1, TRL 0.x rpo_alpha=1)": (["dpo", "sft"], ["sigmoid", "sft"], None),
+    "rpo alpha 0.5": (["dpo", "sft"], ["sigmoid", "sft"], [1.0, 0.5]),
+    "mpo-like, three parts": (["dpo", "bco_pair", "sft"], ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]),
+    "hinge + ipo": (["hinge", "ipo"], ["hinge", "ipo"], [2.0, 0.25]),
+}
 
 
 class _Accelerator:
@@ -163,3 +171,41 @@ def test_every_trl_pairwise_loss_type_is_covered() -> None:
     assert trl_types <= set(DPOConfig.__doc__.replace("'", " ").replace("`", " ").split())
     assert {case[2] for case in CASES.values()} == trl_types - not_yet
 
+
+@pytest.mark.parametrize("case", list(SUMS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weighted_sum_matches_trl_loss_type_list(case: str, seed: int) -> None:
+    """``model.loss: [dpo, sft]`` with ``loss_weights`` against TRL's ``loss_type=["sigmoid", "sft"]`` with the
+    same ``loss_weights``: loss, gradient and rewards (ours: the first part's; TRL's: beta * summed log-ratio,
+    the same for a DPO-family first part). TRL 1.16 has no ``rpo_alpha`` any more: RPO with alpha is this list with
+    weights [1, alpha] (the old option added alpha * the chosen tokens' mean NLL, which is ``sft``)."""
+    from inspo.module import resolve_loss
+
+    parts, loss_types, weights = SUMS[case]
+    beta = 0.3
+    loss = resolve_loss([{"class_path": p, "init_args": {} if p == "sft" else {"beta": beta}} for p in parts],
+                        weights)
+    policy, reference, mask = per_token_batch(seed)
+    theirs, metrics = trl_compute_loss(loss_types, policy, reference, mask, beta, loss_weights=weights)
+    (trl_grad,) = torch.autograd.grad(theirs, policy)
+    out = ours(loss, policy, reference, mask)
+    (our_grad,) = torch.autograd.grad(out.loss, policy)
+    assert_close(out.loss, theirs.float(), atol=2e-6, rtol=2e-6)
+    assert_close(*completion_grads(our_grad, trl_grad, mask, loss_types), atol=2e-7, rtol=1e-5)
+    if parts[0] not in PER_TOKEN_REWARDS:
+        assert_close(out.chosen_rewards.mean().item(), metrics["rewards/chosen"][-1], atol=1e-6, rtol=1e-6)
+        assert_close(out.rejected_rewards.mean().item(), metrics["rewards/rejected"][-1], atol=1e-6, rtol=1e-6)
+
+
+def test_rpo_config_matches_trl_sigmoid_plus_sft() -> None:
+    """configs/loss/rpo.yaml is TRL's ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1.0, 1.0]``, beta 0.1."""
+    import yaml
+
+    from inspo.module import resolve_loss
+    from tests.helpers import CONFIGS
+
+    model = yaml.safe_load((CONFIGS / "loss" / "rpo.yaml").read_text())["model"]
+    loss = resolve_loss(model["loss"], model["loss_weights"])
+    policy, reference, mask = per_token_batch(3)
+    theirs, _ = trl_compute_loss(["sigmoid", "sft"], policy, reference, mask, 0.1, loss_weights=[1.0, 1.0])
+    assert_close(ours(loss, policy, reference, mask).loss, theirs.float(), atol=2e-6, rtol=2e-6)

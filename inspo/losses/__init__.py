@@ -18,6 +18,7 @@ from inspo.losses.sft import SFTLoss
 from inspo.losses.sigmoid_norm import SigmoidNormLoss
 from inspo.losses.simpo import SimPOLoss
 from inspo.losses.sppo import SPPOHardLoss
+from inspo.losses.weighted import WeightedLoss
 
 __all__ = [
     "LOSSES",
@@ -41,6 +42,7 @@ __all__ = [
     "SPPOHardLoss",
     "SigmoidNormLoss",
     "SimPOLoss",
+    "WeightedLoss",
     "logratios",
     "register_loss",
     "sft_nll",
