@@ -14,7 +14,7 @@ class SFTLoss(PreferenceLoss):
     ``DPOTrainer._compute_loss``). With p_w = log pi(y_w|x) summed over y_w's tokens::
 
         normalize="tokens":   L = -sum_i p_w,i / sum_i |y_w,i|     (the batch's per-token NLL: TRL's, SFTTrainer's)
-        normalize="sequence": L = mean_i (-p_w,i / |y_w,i|)       (each response averaged first: the RPO paper's)
+        normalize="sequence": L = mean_i (-p_w,i / |y_w,i|)       (per sequence first, like the RPO paper's NLL)
 
     Per pair, ``tokens`` reports ``-p_w,i / mean_j |y_w,j|``, whose mean is the batch's per-token NLL (like TRL's,
     it depends on the micro-batch: each micro-batch and data-parallel rank divides by its own token count).
