@@ -168,8 +168,14 @@ def test_saved_form_round_trips_and_resume_compares_the_parts() -> None:
     assert loss_hparams(again) == saved
     policy, reference = golden_pair(True)
     assert torch.equal(again(policy, reference).losses, loss(policy, reference).losses)
-    reordered = {"init_args": {k: saved["init_args"][k] for k in reversed(saved["init_args"])}, **saved}
-    reordered["init_args"]["losses"][0] = dict(reversed(list(reordered["init_args"]["losses"][0].items())))
+
+    def reverse(value):  # every dict's keys in reverse order, as another writer might store them
+        if isinstance(value, dict):
+            return {k: reverse(value[k]) for k in reversed(value)}
+        return [reverse(v) for v in value] if isinstance(value, list) else value
+
+    reordered = reverse(saved)
+    assert list(reordered["init_args"]["losses"][0]["init_args"]) != list(saved["init_args"]["losses"][0]["init_args"])
     assert resume_mismatch({"loss": reordered}, {"loss": saved}) is None
     for other in (resolve_loss(["dpo", "sft"], [1.0, 1.0]), resolve_loss([{"class_path": "dpo", "init_args": {
             "beta": 0.2}}, "sft"], [1.0, 0.5]), resolve_loss(["sft", "dpo"], [0.5, 1.0])):
