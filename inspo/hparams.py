@@ -72,8 +72,13 @@ def loss_hparams(loss: nn.Module) -> dict[str, Any]:
     """``{"class_path": ..., "init_args": {...}}`` of a loss: its class and the scalar init arguments it keeps.
 
     This is the shape LightningCLI parses back from a checkpoint's saved hyperparameters (``--ckpt_path FILE``).
+    A loss whose init arguments are not scalars (a weighted sum's parts) gives them by ``saved_init_args()``.
     """
-    return component_hparams(loss)
+    hparams = component_hparams(loss)
+    nested = getattr(loss, "saved_init_args", None)
+    if callable(nested):
+        hparams["init_args"].update(nested())
+    return hparams
 
 
 def component_hparams(component: Any) -> dict[str, Any]:
@@ -91,4 +96,12 @@ def _loss_identity(value: Any) -> Any:
         name, args = str(value["class_path"]).rsplit(".", 1)[-1], dict(value.get("init_args") or {})
     else:
         name, args = value.get("class"), {k: v for k, v in value.items() if k not in ("class", "training")}
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in sorted(args.items()))})"
+    return f"{name}({', '.join(f'{k}={_sorted(v)!r}' for k, v in sorted(args.items()))})"
+
+
+def _sorted(value: Any) -> Any:
+    """``value`` with every nested dict's keys in sorted order (a weighted sum's parts), so the order in which a
+    checkpoint stored them cannot make two equal losses differ."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    return [_sorted(v) for v in value] if isinstance(value, list) else value

@@ -31,7 +31,7 @@ from inspo.layout import LAYOUTS, Layout, SeparateLayout, packed_unsupported_rea
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora
 from inspo.loss_options import LossOptions
-from inspo.losses import LOSSES, PairLogps, PreferenceLoss
+from inspo.losses import LOSSES, PairLogps, PreferenceLoss, WeightedLoss
 from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics, plain_view
 from inspo.models import BUNDLED_SMOLLM2, disable_dropout, load_causal_lm, load_tokenizer, torch_dtype
 from inspo.optim import OptimConfig, check_precision, keeps_fp32_master, make_optimizer, start_schedules
@@ -42,10 +42,23 @@ from inspo.scoring import score_pairs
 log = logging.getLogger("inspo")
 
 
-def resolve_loss(loss: PreferenceLoss | str | dict[str, Any]) -> PreferenceLoss:
-    """A loss instance from an instance, a registered short name (``dpo``, ``simpo``, ...) or the saved
-    ``{"class_path", "init_args"}`` of :func:`loss_hparams` (``PreferenceModule.load_from_checkpoint``)."""
+def resolve_loss(loss: PreferenceLoss | str | dict[str, Any] | list[Any],
+                 weights: list[float] | None = None) -> PreferenceLoss:
+    """A loss instance from an instance, a registered short name (``dpo``, ``simpo``, ...), the saved
+    ``{"class_path", "init_args"}`` of :func:`loss_hparams` (``PreferenceModule.load_from_checkpoint``), or a list
+    of those with ``weights``: their weighted sum (:class:`~inspo.losses.WeightedLoss`)."""
+    if isinstance(loss, (list, tuple)):
+        return WeightedLoss(list(loss), weights)
+    if weights is not None:
+        raise ConfigError(f"model.loss_weights is only read when model.loss is a list of losses (e.g. [dpo, sft]), "
+                          f"but model.loss is {_loss_name(loss)!r}; drop the "
+                          "weights (--model.loss_weights null)")
     return LOSSES.resolve(loss)
+
+
+def _loss_name(loss: Any) -> str:
+    """``dpo``, ``inspo.losses.DPOLoss`` or ``DPOLoss``: a single loss as the user gave it, for messages."""
+    return loss if isinstance(loss, str) else str(loss.get("class_path")) if isinstance(loss, dict) else type(loss).__name__
 
 
 class PreferenceModule(LightningModule):
@@ -53,7 +66,9 @@ class PreferenceModule(LightningModule):
 
     Args:
         model: the policy: an HF hub id, a local HF folder, a ``.gguf`` file, or ``bundled:SmolLM2-135M-Instruct``.
-        loss: a registered loss name (``dpo``, ``ipo``, ``simpo``, ...) or a loss given by ``class_path``.
+        loss: a registered loss name (``dpo``, ``ipo``, ``simpo``, ...), a loss given by ``class_path``, or a list
+            of those, whose weighted sum is trained (``[dpo, sft]``: RPO; :class:`~inspo.losses.WeightedLoss`).
+        loss_weights: with a list ``loss``: one weight >= 0 per loss (None: all 1.0), as TRL's ``loss_weights``.
         conditioning: ``inspo`` (log pi(y_w|x,y_l), log pi(y_l|x,y_w)) or ``standard`` (log pi(y|x)), or a
             :class:`~inspo.conditioning.Conditioning` given by ``class_path`` (``inspo.conditioning``).
         reflection_template: text around the alternative response under InSPO; default: raw concatenation.
@@ -99,7 +114,8 @@ class PreferenceModule(LightningModule):
     def __init__(
         self,
         model: str = BUNDLED_SMOLLM2,
-        loss: PreferenceLoss | str = "dpo",
+        loss: PreferenceLoss | str | list[str | dict[str, Any]] = "dpo",
+        loss_weights: list[float] | None = None,
         conditioning: Conditioning | str = "inspo",
         reflection_template: ReflectionTemplate | None = None,
         reference: ReferenceMode | str = "auto",
@@ -123,10 +139,11 @@ class PreferenceModule(LightningModule):
         # Components are saved below by class path or short name (hparams.yaml cannot hold objects), and resolved
         # here, not when the model loads, so a typo fails before any data or weights are read. reference_model folds
         # into the reference mode.
-        ignore = ["loss", "conditioning", "layout", "reference_model"] + ([] if isinstance(reference, str) else
-                                                                          ["reference"])
+        # loss_weights are saved inside the loss (a weighted sum's init args), not next to it.
+        ignore = ["loss", "loss_weights", "conditioning", "layout", "reference_model"] + (
+            [] if isinstance(reference, str) else ["reference"])
         self.save_hyperparameters(ignore=ignore)
-        self.loss = resolve_loss(loss)
+        self.loss = resolve_loss(loss, loss_weights)
         self.conditioning = CONDITIONINGS.resolve(conditioning)  # set up with the tokenizer in configure_model
         self.layout = LAYOUTS.resolve(layout)
         self.hparams["loss"] = loss_hparams(self.loss)  # the shape LightningCLI parses back from a checkpoint

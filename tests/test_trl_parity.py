@@ -45,9 +45,19 @@ CASES: dict[str, tuple[str, dict[str, Any], str, dict[str, Any]]] = {
     "discopop": ("discopop", {"beta": 0.1}, "discopop", {"discopop_tau": 0.05}),
     "discopop tau 1": ("discopop", {"beta": 0.3, "tau": 1.0}, "discopop", {"discopop_tau": 1.0}),
     "sigmoid_norm": ("sigmoid_norm", {"beta": 2.0}, "sigmoid_norm", {}),
+    "sft": ("sft", {}, "sft", {}),
 }
-# TRL logs beta * summed log-ratio as the rewards of every loss; ours follow the optimised per-token form here.
-PER_TOKEN_REWARDS = {"ipo", "sigmoid_norm"}
+# TRL logs beta * summed log-ratio as the rewards of every loss; ours follow the optimised per-token form here
+# (sft, which has no reference: the average log-prob log pi(y|x)/|y|).
+PER_TOKEN_REWARDS = {"ipo", "sigmoid_norm", "sft"}
+# Weighted sums (TRL's loss_type list + loss_weights; ours model.loss list + model.loss_weights), one beta for all
+# parts as in TRL: ([our parts], [TRL loss types], weights).
+SUMS: dict[str, tuple[list[str], list[str], list[float] | None]] = {
+    "rpo (alpha 1, TRL 0.x rpo_alpha=1)": (["dpo", "sft"], ["sigmoid", "sft"], None),
+    "rpo alpha 0.5": (["dpo", "sft"], ["sigmoid", "sft"], [1.0, 0.5]),
+    "mpo-like, three parts": (["dpo", "bco_pair", "sft"], ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]),
+    "hinge + ipo": (["hinge", "ipo"], ["hinge", "ipo"], [2.0, 0.25]),
+}
 
 
 class _Accelerator:
@@ -76,19 +86,22 @@ class _LogProbModel(torch.nn.Module):
                                is_top1=torch.zeros_like(zeros, dtype=torch.bool))
 
 
-def trl_compute_loss(loss_type: str, policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, beta: float,
+def trl_compute_loss(loss_type: str | list[str], policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor,
+                     beta: float, loss_weights: list[float] | None = None,
                      **attributes: Any) -> tuple[torch.Tensor, dict[str, list[float]]]:
     """TRL's ``DPOTrainer._compute_loss`` on per-token log-probs [2B, T-1] (chosen rows, then rejected) and the
-    completion mask [2B, T]: (the loss, the metrics it logged)."""
+    completion mask [2B, T]: (the loss, the metrics it logged). A list of loss types is TRL's weighted sum
+    (``loss_weights``; None: all 1, as ``DPOTrainer.__init__`` sets it)."""
+    loss_types = [loss_type] if isinstance(loss_type, str) else loss_type
     from trl.trainer.dpo_trainer import DPOTrainer
 
     trainer = object.__new__(DPOTrainer)  # no __init__: no model, tokenizer or dataset
     model = _LogProbModel(policy, attributes.get("log_sum_sq"))
     metrics: dict[str, Any] = {"train": defaultdict(list), "eval": defaultdict(list)}
     trainer.__dict__.update(
-        loss_types=[loss_type], loss_weights=[1.0], beta=beta, label_smoothing=attributes.get("label_smoothing", 0.0),
-        ld_alpha=attributes.get("ld_alpha"), f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0,
-        use_weighting=attributes.get("use_weighting", False),
+        loss_types=loss_types, loss_weights=loss_weights or [1.0] * len(loss_types), beta=beta,
+        label_smoothing=attributes.get("label_smoothing", 0.0), ld_alpha=attributes.get("ld_alpha"),
+        f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, use_weighting=attributes.get("use_weighting", False),
         precompute_ref_logps=False, aux_loss_enabled=False, _metrics=metrics, _total_train_tokens=0, _tp_size=1,
         accelerator=_Accelerator(), ref_model=_LogProbModel(reference), model=model,
         args=SimpleNamespace(discopop_tau=attributes.get("discopop_tau", 0.05), gradient_checkpointing_kwargs=None))
@@ -117,29 +130,43 @@ def ours(loss: PreferenceLoss, policy: torch.Tensor, reference: torch.Tensor, ma
     return loss(pairs[0], pairs[1] if loss.requires_reference else None)
 
 
+def completion_grads(our_grad: torch.Tensor, trl_grad: torch.Tensor, mask: torch.Tensor,
+                     loss_types: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two gradients to compare. TRL's ``sft`` term reads only the completion positions of the per-token
+    log-probs, while TRL's pair losses (and our sums here) take whole rows, zeros outside the completions included;
+    only completion positions hold log-probs in a real run, so with ``sft`` those are compared (and TRL's gradient
+    elsewhere must come from its other terms alone)."""
+    if "sft" not in loss_types:
+        return our_grad, trl_grad
+    keep = mask[:, 1:].bool()
+    if loss_types == ["sft"]:
+        assert not trl_grad[~keep].any()
+    return our_grad[keep], trl_grad[keep]
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_loss_gradients_and_rewards_match_trl(case: str, seed: int) -> None:
     name, init_args, loss_type, attributes = CASES[case]
     loss = LOSSES.resolve({"class_path": name, "init_args": init_args})
     policy, reference, mask = per_token_batch(seed)
-    theirs, metrics = trl_compute_loss(loss_type, policy, reference, mask, init_args["beta"], **attributes)
+    theirs, metrics = trl_compute_loss(loss_type, policy, reference, mask, init_args.get("beta", 0.1), **attributes)
     (trl_grad,) = torch.autograd.grad(theirs, policy)
     out = ours(loss, policy, reference, mask)
     (our_grad,) = torch.autograd.grad(out.loss, policy)
     assert torch.isfinite(theirs) and theirs.item() != 0
     assert_close(out.loss, theirs.float(), atol=2e-6, rtol=2e-6)
     assert trl_grad.abs().sum() > 0
-    assert_close(our_grad, trl_grad, atol=2e-7, rtol=1e-5)
+    assert_close(*completion_grads(our_grad, trl_grad, mask, [loss_type]), atol=2e-7, rtol=1e-5)
     if LOSSES.canonical(name) not in PER_TOKEN_REWARDS:
         assert_close(out.chosen_rewards.mean().item(), metrics["rewards/chosen"][-1], atol=1e-6, rtol=1e-6)
         assert_close(out.rejected_rewards.mean().item(), metrics["rewards/rejected"][-1], atol=1e-6, rtol=1e-6)
 
 
 def test_every_trl_pairwise_loss_type_is_covered() -> None:
-    """TRL 1.16's pairwise loss types all have a parity case, except the batch-sorting AOT ones and SFT (not yet
-    here); a new TRL name must be added to CASES (or to this list, with a reason)."""
-    not_yet = {"aot", "aot_unpaired", "sft"}
+    """TRL 1.16's pairwise loss types all have a parity case, except the batch-sorting AOT ones (not yet here); a new
+    TRL name must be added to CASES (or to this list, with a reason)."""
+    not_yet = {"aot", "aot_unpaired"}
     trl_types = {"sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"}
     from trl.trainer.dpo_config import DPOConfig
@@ -258,3 +285,42 @@ def test_trl_hinge_with_wpo_fails_in_backward() -> None:
     theirs, _ = trl_compute_loss("hinge", policy, reference, mask, 0.2, use_weighting=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(theirs, policy)
+
+
+@pytest.mark.parametrize("case", list(SUMS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weighted_sum_matches_trl_loss_type_list(case: str, seed: int) -> None:
+    """``model.loss: [dpo, sft]`` with ``loss_weights`` against TRL's ``loss_type=["sigmoid", "sft"]`` with the
+    same ``loss_weights``: loss, gradient and rewards (ours: the first part's; TRL's: beta * summed log-ratio,
+    the same for a DPO-family first part). TRL 1.16 has no ``rpo_alpha`` any more: RPO with alpha is this list with
+    weights [1, alpha] (the old option added alpha * the chosen tokens' mean NLL, which is ``sft``)."""
+    from inspo.module import resolve_loss
+
+    parts, loss_types, weights = SUMS[case]
+    beta = 0.3
+    loss = resolve_loss([{"class_path": p, "init_args": {} if p == "sft" else {"beta": beta}} for p in parts],
+                        weights)
+    policy, reference, mask = per_token_batch(seed)
+    theirs, metrics = trl_compute_loss(loss_types, policy, reference, mask, beta, loss_weights=weights)
+    (trl_grad,) = torch.autograd.grad(theirs, policy)
+    out = ours(loss, policy, reference, mask)
+    (our_grad,) = torch.autograd.grad(out.loss, policy)
+    assert_close(out.loss, theirs.float(), atol=2e-6, rtol=2e-6)
+    assert_close(*completion_grads(our_grad, trl_grad, mask, loss_types), atol=2e-7, rtol=1e-5)
+    if parts[0] not in PER_TOKEN_REWARDS:
+        assert_close(out.chosen_rewards.mean().item(), metrics["rewards/chosen"][-1], atol=1e-6, rtol=1e-6)
+        assert_close(out.rejected_rewards.mean().item(), metrics["rewards/rejected"][-1], atol=1e-6, rtol=1e-6)
+
+
+def test_rpo_config_matches_trl_sigmoid_plus_sft() -> None:
+    """configs/loss/rpo.yaml is TRL's ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1.0, 1.0]``, beta 0.1."""
+    import yaml
+
+    from inspo.module import resolve_loss
+    from tests.helpers import CONFIGS
+
+    model = yaml.safe_load((CONFIGS / "loss" / "rpo.yaml").read_text())["model"]
+    loss = resolve_loss(model["loss"], model["loss_weights"])
+    policy, reference, mask = per_token_batch(3)
+    theirs, _ = trl_compute_loss(["sigmoid", "sft"], policy, reference, mask, 0.1, loss_weights=[1.0, 1.0])
+    assert_close(ours(loss, policy, reference, mask).loss, theirs.float(), atol=2e-6, rtol=2e-6)

@@ -14,9 +14,11 @@ from inspo.losses.onesided import OneSidedLoss
 from inspo.losses.orpo import ORPOLoss
 from inspo.losses.rdpo import RDPOLoss
 from inspo.losses.robust import RobustDPOLoss
+from inspo.losses.sft import SFTLoss
 from inspo.losses.sigmoid_norm import SigmoidNormLoss
 from inspo.losses.simpo import SimPOLoss
 from inspo.losses.sppo import SPPOHardLoss
+from inspo.losses.weighted import WeightedLoss
 
 __all__ = [
     "LOSSES",
@@ -36,9 +38,11 @@ __all__ = [
     "PreferenceLoss",
     "RDPOLoss",
     "RobustDPOLoss",
+    "SFTLoss",
     "SPPOHardLoss",
     "SigmoidNormLoss",
     "SimPOLoss",
+    "WeightedLoss",
     "logratios",
     "register_loss",
     "sft_nll",

@@ -82,6 +82,10 @@ class PreferenceLoss(nn.Module):
     ORPO's NLL) sets ``reads_plain_logps = True``; by default a loss does not, and under InSPO the training step
     then skips those targets (their output projection and log-softmax, about 8% of an InSPO step).
 
+    ``sft_weight: a`` is the older form of RPO: it equals the weighted sum ``[this loss, {class_path: sft,
+    init_args: {normalize: sequence}}]`` with weights ``[1, a]`` exactly; ``model.loss: [dpo, sft]`` (TRL's form,
+    :class:`~inspo.losses.weighted.WeightedLoss`) averages the NLL over the batch's tokens instead.
+
     Args:
         sft_weight: weight of the chosen-response NLL term added to the loss (0 disables it).
     """
