@@ -109,6 +109,17 @@ class PreferenceLoss(nn.Module):
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         raise NotImplementedError
 
+    def check_beta(self, beta: float) -> float:
+        """``beta`` if it is > 0, else a ConfigError naming the loss class (NaN is refused too)."""
+        if not beta > 0:
+            raise ConfigError(f"{type(self).__name__}: beta must be > 0, got {beta}")
+        return beta
+
+    def log_ratios(self, policy: PairLogps, reference: PairLogps | None) -> tuple[Tensor, Tensor]:
+        """:func:`logratios` of a loss that requires a reference (``forward`` has checked it is given)."""
+        assert reference is not None, f"{type(self).__name__} requires reference log-probs"
+        return logratios(policy, reference)
+
 
 def sft_nll(policy: PairLogps) -> Tensor:
     """Per-token negative log-likelihood of the chosen response, unconditioned: -log pi(y_w|x) / |y_w|, in fp32."""

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
 
 
 @register_loss("discopop")
@@ -35,16 +35,13 @@ class DiscoPOPLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, tau: float = 0.05, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"DiscoPOPLoss: beta must be > 0, got {beta}")
+        self.beta = self.check_beta(beta)
         if not tau > 0:
             raise ConfigError(f"DiscoPOPLoss: tau must be > 0, got {tau}")
-        self.beta = beta
         self.tau = tau
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         z = self.beta * (chosen_ratio - rejected_ratio)
         losses = -torch.sigmoid(-z / self.tau) * F.logsigmoid(z) + torch.exp(F.logsigmoid(z / self.tau) - z)
         return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())

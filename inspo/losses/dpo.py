@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
 
 
 @register_loss("dpo", aliases=("sigmoid",))
@@ -38,16 +38,13 @@ class DPOLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"DPOLoss: beta must be > 0, got {beta}")
+        self.beta = self.check_beta(beta)
         if not 0 <= label_smoothing < 0.5:
             raise ConfigError(f"DPOLoss: label_smoothing must be in [0, 0.5), got {label_smoothing}")
-        self.beta = beta
         self.label_smoothing = label_smoothing
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         logits = self.beta * (chosen_ratio - rejected_ratio)
         eps = self.label_smoothing
         losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
 
 
 @register_loss("exo_pair")
@@ -37,16 +37,13 @@ class EXOPairLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"EXOPairLoss: beta must be > 0, got {beta}")
+        self.beta = self.check_beta(beta)
         if not 0 < label_smoothing < 0.5:
             raise ConfigError(f"EXOPairLoss: label_smoothing must be in (0, 0.5), got {label_smoothing}")
-        self.beta = beta
         self.label_smoothing = label_smoothing
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         logits = self.beta * (chosen_ratio - rejected_ratio)
         eps = self.label_smoothing
         # q log q via logsigmoid: finite at any gap (q -> 0 gives 0 * (large negative), never 0 * -inf)

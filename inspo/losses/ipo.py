@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
 
 
 @register_loss("ipo")
@@ -45,14 +44,11 @@ class IPOLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, average_log_ratios: bool = True, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"IPOLoss: beta must be > 0, got {beta}")
-        self.beta = beta
+        self.beta = self.check_beta(beta)
         self.average_log_ratios = average_log_ratios
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         if self.average_log_ratios:
             # token counts are >= 1: data validation never keeps an empty response
             chosen_ratio = chosen_ratio / policy.chosen_tokens.float()

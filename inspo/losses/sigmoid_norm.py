@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
 
 
 @register_loss("sigmoid_norm")
@@ -32,13 +31,10 @@ class SigmoidNormLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 5.0, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"SigmoidNormLoss: beta must be > 0, got {beta}")
-        self.beta = beta
+        self.beta = self.check_beta(beta)
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         # token counts are >= 1: data validation never keeps an empty response
         chosen = self.beta * chosen_ratio / policy.chosen_tokens.float()
         rejected = self.beta * rejected_ratio / policy.rejected_tokens.float()
