@@ -158,6 +158,8 @@ class PreferenceModule(LightningModule):
     # ---------------------------------------------------------------- models
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.loss.check_fit(self.trainer)
         if stage == "fit" and not keeps_fp32_master(self.trainer.strategy):  # before any weight is loaded
             check_precision(self.trainer.precision, torch_dtype(self.hparams.dtype), lora=self.lora is not None)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
@@ -108,6 +108,10 @@ class PreferenceLoss(nn.Module):
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         raise NotImplementedError
+
+    def check_fit(self, trainer: Any) -> None:
+        """Refuse, in one ConfigError line, a trainer setting this loss cannot honour; called at fit start (the
+        batch-sorting AOT losses refuse gradient accumulation). Default: every setting is fine."""
 
     def check_beta(self, beta: float) -> float:
         """``beta`` if it is > 0, else a ConfigError naming the loss class (NaN is refused too)."""
