@@ -59,8 +59,14 @@ def loss_hparams(loss: nn.Module) -> dict[str, Any]:
     """``{"class_path": ..., "init_args": {...}}`` of a loss: its class and the scalar init arguments it keeps.
 
     This is the shape LightningCLI parses back from a checkpoint's saved hyperparameters (``--ckpt_path FILE``).
+    The default f-divergence (reverse KL) is left out, so a run records what it did before that option existed
+    and checkpoints from then resume.
     """
-    return component_hparams(loss)
+    hparams = component_hparams(loss)
+    if getattr(loss, "divergence", "reverse_kl") == "reverse_kl":
+        for key in ("divergence", "alpha_divergence_coef"):
+            hparams["init_args"].pop(key, None)
+    return hparams
 
 
 def component_hparams(component: Any) -> dict[str, Any]:

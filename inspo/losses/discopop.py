@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from inspo.errors import ConfigError
 from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.divergence import Divergence
 
 
 @register_loss("discopop")
@@ -31,10 +32,14 @@ class DiscoPOPLoss(PreferenceLoss):
         beta: inverse temperature of the implicit reward (> 0).
         tau: temperature of the modulation between the two components (> 0).
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+        divergence: the f-divergence of the constraint (``inspo.losses.divergence``); reverse_kl is the form above.
+        alpha_divergence_coef: TRL's ``f_alpha_divergence_coef`` c of ``alpha_divergence`` (c -> 1: reverse KL).
     """
 
-    def __init__(self, beta: float = 0.1, tau: float = 0.05, sft_weight: float = 0.0) -> None:
+    def __init__(self, beta: float = 0.1, tau: float = 0.05, sft_weight: float = 0.0,
+                 divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
         super().__init__(sft_weight=sft_weight)
+        self.set_divergence(divergence, alpha_divergence_coef)
         self.beta = self.check_beta(beta)
         if not tau > 0:
             raise ConfigError(f"DiscoPOPLoss: tau must be > 0, got {tau}")
@@ -42,6 +47,7 @@ class DiscoPOPLoss(PreferenceLoss):
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
-        z = self.beta * (chosen_ratio - rejected_ratio)
+        chosen_score, rejected_score = self.scores(chosen_ratio, rejected_ratio)
+        z = self.beta * (chosen_score - rejected_score)
         losses = -torch.sigmoid(-z / self.tau) * F.logsigmoid(z) + torch.exp(F.logsigmoid(z / self.tau) - z)
         return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())
