@@ -4,7 +4,8 @@ Logged metrics (``inspo.metrics`` explains each): ``{train,val,test}/{loss, rewa
 chosen_reward, rejected_reward, chosen_logp, rejected_logp}`` under the run's conditioning (under InSPO: the
 cross-conditioned model log pi(y_w|x,y_l), log pi(y_l|x,y_w)); under InSPO also ``{val,test}/plain_{loss,
 reward_accuracy, reward_margin, chosen_reward, rejected_reward}``: the run's loss on log pi(y|x) against log
-pi_ref(y|x), the unconditioned model a user deploys (what a standard-conditioning evaluation reports).
+pi_ref(y|x), the unconditioned model a user deploys (what a standard-conditioning evaluation reports). With an
+InSPO mixing weight w < 1 (``--model.conditioning.weight``) ``loss`` is the mixed objective, the rest the InSPO view.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from inspo.hparams import component_hparams, loss_hparams, resume_mismatch
 from inspo.layout import LAYOUTS, Layout, ModelRows, SeparateLayout, packed_unsupported_reason
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora
-from inspo.losses import LOSSES, PairLogps, PreferenceLoss
+from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss
 from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics, plain_view
 from inspo.models import BUNDLED_SMOLLM2, disable_dropout, load_causal_lm, load_tokenizer, torch_dtype
 from inspo.optim import OptimConfig, check_precision, keeps_fp32_master, make_optimizer, start_schedules
@@ -259,14 +260,15 @@ class PreferenceModule(LightningModule):
         (``reads_plain_logps``) or when ``plain`` asks for it (validation and test log the unconditioned view, see
         ``inspo.metrics``); otherwise those targets are skipped.
         """
-        sequences = self.conditioning.sequences(plain=plain or self.loss.reads_plain_logps)
+        mixes = self.conditioning.weight < 1  # the standard view's log pi(y|x) enters the loss
+        sequences = self.conditioning.sequences(plain=plain or mixes or self.loss.reads_plain_logps)
         policy = self.score(self.policy, batch, sequences, conditioned=self.conditioning.conditioned)
         return policy, self.reference_logps(batch)
 
     # ---------------------------------------------------------------- steps
     def _common_step(self, batch: PairBatch, stage: str) -> Tensor | None:
         policy, reference = self.pair_logps(batch, plain=stage in PLAIN_STAGES)
-        out = self.loss(policy, reference)
+        out = self.mixed_loss(policy, reference)
         loss = out.loss
         if stage == "train" and not torch.isfinite(loss):
             return self._nonfinite_loss(loss, batch)
@@ -275,6 +277,17 @@ class PreferenceModule(LightningModule):
         if plain is not None:  # InSPO: the same loss on log pi(y|x), what a standard evaluation reports
             self._log_metrics(stage, pair_metrics(self.loss(plain, reference)), len(batch), plain=True)
         return loss
+
+    def mixed_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        """The loss under the run's conditioning, mixed by its ``weight`` w with the standard view's:
+        ``w * L(policy) + (1 - w) * L(plain_view(policy))`` per pair (exactly one of them at w = 1 or 0). Rewards
+        stay those of the run's conditioning, so only the logged ``loss`` is the mixture."""
+        out, w = self.loss(policy, reference), self.conditioning.weight
+        plain = plain_view(policy) if w < 1 else None
+        if plain is not None:
+            standard = self.loss(plain, reference).losses
+            out.losses = standard if w == 0 else w * out.losses + (1 - w) * standard
+        return out
 
     def _nonfinite_loss(self, loss: Tensor, batch: PairBatch) -> None:
         """Stop the run, or (``on_nonfinite: skip``) count the batch and return None: Lightning then skips it."""
@@ -310,7 +323,7 @@ class PreferenceModule(LightningModule):
     @override
     def predict_step(self, batch: PairBatch, batch_idx: int) -> dict[str, Tensor]:
         policy, reference = self.pair_logps(batch)
-        out = self.loss(policy, reference)
+        out = self.mixed_loss(policy, reference)
         return {"rows": torch.tensor(batch.rows), "loss": out.losses, "chosen_reward": out.chosen_rewards,
                 "rejected_reward": out.rejected_rewards}
 
