@@ -10,9 +10,9 @@ from inspo.losses.sorted_batch import BatchSortingLoss
 class AOTLoss(BatchSortingLoss):
     """Alignment via Optimal Transport, paired form; TRL ``loss_type="aot"``.
 
-    Paper: "Distributional Preference Alignment of LLMs via Optimal Transport", Melnyk, Mroueh, Belgodere, Rigotti,
-    Nitsure, Yurochkin, Greenewald, Navratil, Ross, arXiv 2406.05882 (2024), the paired AOT objective (first-order
-    stochastic dominance of the policy's margins over the reference's, via sorting). Matches TRL 1.16
+    Paper: "Distributional Preference Alignment of LLMs via Optimal Transport", Melnyk, Mroueh, Belgodere et al.,
+    arXiv 2406.05882 (2024), the paired AOT objective (first-order stochastic dominance of the policy's margins over
+    the reference's, via sorting). Matches TRL 1.16
     ``trl/trainer/dpo_trainer.py`` (``DPOTrainer._compute_loss``). With the per-pair margins
     ``m = policy.chosen - policy.rejected`` and ``m_ref = reference.chosen - reference.rejected``, each sorted over
     the batch (the 1-D optimal transport map pairs their quantiles)::
@@ -26,8 +26,8 @@ class AOTLoss(BatchSortingLoss):
     start; under DDP / FSDP the margins of all ranks are gathered, so the sort is over the global batch, and the
     gradients are those of the global loss.
 
-    Typical hyperparameters: beta 0.01-0.1 (the paper's 0.01 at global batch 64 and up; larger batches give finer
-    quantiles), label_smoothing 0.
+    Typical hyperparameters: beta 0.01-0.1 as for DPO (TRL's default 0.1), label_smoothing 0; the sort compares
+    quantiles of the batch, so it wants global batches of many pairs.
 
     Args:
         beta: inverse temperature (> 0).

@@ -10,9 +10,8 @@ from inspo.losses.sorted_batch import BatchSortingLoss
 class AOTUnpairedLoss(BatchSortingLoss):
     """Alignment via Optimal Transport, unpaired form; TRL ``loss_type="aot_unpaired"``.
 
-    Paper: "Distributional Preference Alignment of LLMs via Optimal Transport", Melnyk, Mroueh, Belgodere, Rigotti,
-    Nitsure, Yurochkin, Greenewald, Navratil, Ross, arXiv 2406.05882 (2024), the unpaired AOT objective: the
-    distribution of chosen rewards should dominate that of rejected rewards, whichever pair they came from. Matches
+    Paper: "Distributional Preference Alignment of LLMs via Optimal Transport", Melnyk, Mroueh, Belgodere et al.,
+    arXiv 2406.05882 (2024), the unpaired AOT objective: the distribution of chosen rewards should dominate that of rejected rewards, whichever pair they came from. Matches
     TRL 1.16 ``trl/trainer/dpo_trainer.py`` (``DPOTrainer._compute_loss``). With ``c = policy.chosen -
     reference.chosen`` and ``l = policy.rejected - reference.rejected``, each sorted over the batch::
 
@@ -26,7 +25,8 @@ class AOTUnpairedLoss(BatchSortingLoss):
     start; under DDP / FSDP the log-ratios of all ranks are gathered, so the sort is over the global batch, and the
     gradients are those of the global loss.
 
-    Typical hyperparameters: beta 0.01-0.1 (the paper's 0.01 at global batch 64 and up), label_smoothing 0.
+    Typical hyperparameters: beta 0.01-0.1 as for DPO (TRL's default 0.1), label_smoothing 0; the sort compares
+    quantiles of the batch, so it wants global batches of many pairs.
 
     Args:
         beta: inverse temperature (> 0).
