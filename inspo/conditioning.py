@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from transformers import PreTrainedTokenizerBase
 
+from inspo.errors import ConfigError
 from inspo.registry import Registry
 
 Sequences = dict[str, tuple[str, ...]]
@@ -63,6 +64,8 @@ class Conditioning:
 
     policy_sequences: ClassVar[Sequences]
     conditioned: ClassVar[bool] = True
+    weight: float = 1.0
+    """Weight w of this view in the loss, ``w * L(this view) + (1 - w) * L(log pi(y|x))`` (1: this view alone)."""
 
     def __init__(self) -> None:
         self.extra_segments: dict[str, list[int]] = {"before": [], "after": []}
@@ -116,6 +119,17 @@ class InSPOConditioning(Conditioning):
         "chosen": ("x", "before", "y_l", "after", "y_w"),
         "rejected": ("x", "before", "y_w", "after", "y_l"),
     }
+
+    def __init__(self, weight: float = 1.0) -> None:
+        """Args:
+            weight: w in ``L = w * L(InSPO view) + (1 - w) * L(standard view)``, in [0, 1]: 1 is InSPO, 0 the standard
+                loss (the knob the paper's invariance argument invites; ``--model.conditioning.weight 0.5``). Below 1
+                the standard view's log pi(y|x) comes from the same packed row, with no extra forward.
+        """
+        super().__init__()
+        if not 0 <= weight <= 1:  # also NaN
+            raise ConfigError(f"conditioning inspo: weight must be in [0, 1], got {weight}")
+        self.weight = weight
 
 
 def make_conditioning(

@@ -72,12 +72,17 @@ def loss_hparams(loss: nn.Module) -> dict[str, Any]:
     """``{"class_path": ..., "init_args": {...}}`` of a loss: its class and the scalar init arguments it keeps.
 
     This is the shape LightningCLI parses back from a checkpoint's saved hyperparameters (``--ckpt_path FILE``).
-    A loss whose init arguments are not scalars (a weighted sum's parts) gives them by ``saved_init_args()``.
+    A loss whose init arguments are not scalars (a weighted sum's parts) gives them by ``saved_init_args()``. The
+    default f-divergence (reverse KL) is left out, so a run records what it did before that option existed and
+    checkpoints from then resume.
     """
     hparams = component_hparams(loss)
     nested = getattr(loss, "saved_init_args", None)
     if callable(nested):
         hparams["init_args"].update(nested())
+    if getattr(loss, "divergence", "reverse_kl") == "reverse_kl":
+        for key in ("divergence", "alpha_divergence_coef"):
+            hparams["init_args"].pop(key, None)
     return hparams
 
 

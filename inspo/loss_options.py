@@ -57,9 +57,17 @@ class LossOptions:
         """The pair forward must sum every response's tail separately (``PairLogps.tail``)."""
         return self.ld_alpha is not None
 
-    def check(self, reference_mode: Any) -> None:
-        """Raise a :class:`ConfigError` if the reference mode cannot give what an option needs."""
+    def check(self, reference_mode: Any, loss: PreferenceLoss) -> None:
+        """Raise a :class:`ConfigError` if the reference mode cannot give what an option needs, or the loss cannot
+        take it."""
+        from inspo.losses.sorted_batch import BatchSortingLoss
         from inspo.reference import CachedReference
+
+        sorting = [p for p in getattr(loss, "parts", [loss]) if isinstance(p, BatchSortingLoss)]
+        if self.use_weighting and sorting:  # TRL refuses this pair too
+            raise ConfigError(f"model.use_weighting weights each pair's loss, but {type(sorting[0]).__name__} sorts "
+                              "the log-ratios across the batch, so its per-position losses belong to no pair: drop "
+                              "one of them")
 
         if self.split_tail and isinstance(reference_mode, CachedReference):
             raise ConfigError("model.ld_alpha splits the reference's log-probs at min(|y_w|, |y_l|), which "

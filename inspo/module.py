@@ -4,7 +4,8 @@ Logged metrics (``inspo.metrics`` explains each): ``{train,val,test}/{loss, rewa
 chosen_reward, rejected_reward, chosen_logp, rejected_logp}`` under the run's conditioning (under InSPO: the
 cross-conditioned model log pi(y_w|x,y_l), log pi(y_l|x,y_w)); under InSPO also ``{val,test}/plain_{loss,
 reward_accuracy, reward_margin, chosen_reward, rejected_reward}``: the run's loss on log pi(y|x) against log
-pi_ref(y|x), the unconditioned model a user deploys (what a standard-conditioning evaluation reports).
+pi_ref(y|x), the unconditioned model a user deploys (what a standard-conditioning evaluation reports). With an
+InSPO mixing weight w < 1 (``--model.conditioning.weight``) ``loss`` is the mixed objective, the rest the InSPO view.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from inspo.layout import LAYOUTS, Layout, SeparateLayout, packed_unsupported_rea
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora
 from inspo.loss_options import LossOptions
-from inspo.losses import LOSSES, PairLogps, PreferenceLoss, WeightedLoss
+from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss, WeightedLoss
 from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics, plain_view
 from inspo.models import BUNDLED_SMOLLM2, disable_dropout, load_causal_lm, load_tokenizer, torch_dtype
 from inspo.optim import OptimConfig, check_precision, keeps_fp32_master, make_optimizer, start_schedules
@@ -159,7 +160,7 @@ class PreferenceModule(LightningModule):
             self.reference_mode.model = reference_model
         self.reference_mode.check(self.loss, lora)
         self.loss_options = LossOptions(use_weighting, ld_alpha)  # applied around the loss in every step
-        self.loss_options.check(self.reference_mode)
+        self.loss_options.check(self.reference_mode, self.loss)
         self.hparams["reference"] = component_hparams(self.reference_mode)  # the resolved mode, as the loss
         self.optim = optim or OptimConfig()
         torch_dtype(dtype)  # checked here too: before any data or weights are read
@@ -184,6 +185,8 @@ class PreferenceModule(LightningModule):
     # ---------------------------------------------------------------- models
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.loss.check_fit(self.trainer)
         if stage == "fit" and not keeps_fp32_master(self.trainer.strategy):  # before any weight is loaded
             check_precision(self.trainer.precision, torch_dtype(self.hparams.dtype), lora=self.lora is not None)
 
@@ -287,7 +290,8 @@ class PreferenceModule(LightningModule):
         (``reads_plain_logps``) or when ``plain`` asks for it (validation and test log the unconditioned view, see
         ``inspo.metrics``); otherwise those targets are skipped.
         """
-        sequences = self.conditioning.sequences(plain=plain or self.loss.reads_plain_logps)
+        mixes = self.conditioning.weight < 1  # the standard view's log pi(y|x) enters the loss
+        sequences = self.conditioning.sequences(plain=plain or mixes or self.loss.reads_plain_logps)
         policy = self.score(self.policy, batch, sequences, conditioned=self.conditioning.conditioned,
                             log_sum_sq=self.loss_options.use_weighting)
         return policy, self.reference_logps(batch)
@@ -295,7 +299,7 @@ class PreferenceModule(LightningModule):
     # ---------------------------------------------------------------- steps
     def _common_step(self, batch: PairBatch, stage: str) -> Tensor | None:
         policy, reference = self.pair_logps(batch, plain=stage in PLAIN_STAGES)
-        out = self.loss_options.apply(self.loss, policy, reference)
+        out = self.mixed_loss(policy, reference)
         loss = out.loss
         if stage == "train" and not torch.isfinite(loss):
             return self._nonfinite_loss(loss, batch)
@@ -305,6 +309,17 @@ class PreferenceModule(LightningModule):
             self._log_metrics(stage, pair_metrics(self.loss_options.apply(self.loss, plain, reference)), len(batch),
                               plain=True)
         return loss
+
+    def mixed_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        """The loss under the run's conditioning, mixed by its ``weight`` w with the standard view's:
+        ``w * L(policy) + (1 - w) * L(plain_view(policy))`` per pair (exactly one of them at w = 1 or 0). Rewards
+        stay those of the run's conditioning, so only the logged ``loss`` is the mixture."""
+        out, w = self.loss_options.apply(self.loss, policy, reference), self.conditioning.weight
+        plain = plain_view(policy) if w < 1 else None
+        if plain is not None:
+            standard = self.loss_options.apply(self.loss, plain, reference).losses
+            out.losses = standard if w == 0 else w * out.losses + (1 - w) * standard
+        return out
 
     def _nonfinite_loss(self, loss: Tensor, batch: PairBatch) -> None:
         """Stop the run, or (``on_nonfinite: skip``) count the batch and return None: Lightning then skips it."""
@@ -340,7 +355,7 @@ class PreferenceModule(LightningModule):
     @override
     def predict_step(self, batch: PairBatch, batch_idx: int) -> dict[str, Tensor]:
         policy, reference = self.pair_logps(batch)
-        out = self.loss_options.apply(self.loss, policy, reference)
+        out = self.mixed_loss(policy, reference)
         return {"rows": torch.tensor(batch.rows), "loss": out.losses, "chosen_reward": out.chosen_rewards,
                 "rejected_reward": out.rejected_rewards}
 

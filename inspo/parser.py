@@ -45,6 +45,14 @@ NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value")
 MOVED = {"model.max_tokens_per_row": "model.layout.max_tokens_per_row (an option of the packed layout: "
                                      "--model.layout packed --model.layout.max_tokens_per_row N)"}
 """Options that moved (an old config file or command line still names them): the key and where it is now."""
+DIVERGENCE_KEYS = ("model.loss.init_args.divergence", "model.loss.divergence")
+"""A loss's f-divergence option: unknown to a loss that has no f-divergence form, refused with the reason."""
+
+
+def not_admitted(key: str) -> str:
+    from inspo.losses.divergence import not_admitted  # the loss registry is imported when parsing, not before
+
+    return not_admitted(key)
 
 
 class InspoArgumentParser(LightningArgumentParser):
@@ -136,6 +144,8 @@ def explain(message: str, parser: LightningArgumentParser) -> str:
             key = ".".join(filter(None, (match.groupdict().get("group"), match["key"])))
             if key in MOVED:
                 return f"option {key!r} moved to {MOVED[key]}"
+            if key in DIVERGENCE_KEYS:
+                return not_admitted(key)
             return f"unknown option {key!r}{suggest(key, names)}"
     match = PARSER_KEY.match(message)
     if match is None:
@@ -148,6 +158,8 @@ def explain(message: str, parser: LightningArgumentParser) -> str:
         infix = "." if cls is None or dataclasses.is_dataclass(cls) else ".init_args."  # how YAML nests it
         fields = _init_names(cls)
         key = f"{parent}{infix}{nested['key']}"
+        if key in DIVERGENCE_KEYS:
+            return not_admitted(key)
         return f"unknown option {key!r}{suggest(key, [f'{parent}{infix}{name}' for name in fields])}"
     inner = INNER_KEY.search(message)
     if inner:  # a field of a nested class (model.optim.lr): name it in full, judge the lines below it

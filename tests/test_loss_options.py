@@ -195,6 +195,12 @@ def test_short_fit_with_each_option(tmp_path, conditioning, options):
     (["--model.reference", "cached", "--model.ld_alpha", "0.5"],
      ("model.ld_alpha splits the reference's log-probs at min(|y_w|, |y_l|), which model.reference cached does not "
      "store: use reference copy, path or adapter")),
+    (["--model.loss", "aot", "--model.use_weighting", "true"],
+     ("model.use_weighting weights each pair's loss, but AOTLoss sorts the log-ratios across the batch, so its "
+      "per-position losses belong to no pair: drop one of them")),
+    (["--model.loss", "[dpo, aot_unpaired]", "--model.use_weighting", "true"],
+     ("model.use_weighting weights each pair's loss, but AOTUnpairedLoss sorts the log-ratios across the batch, so "
+      "its per-position losses belong to no pair: drop one of them")),
 ])
 def test_options_that_cannot_apply_are_refused_in_one_line(capsys, caplog, tmp_path, args, message):
     caplog.set_level(logging.INFO, logger="inspo")  # as tests/test_config_errors.py: log records go to caplog

@@ -16,6 +16,8 @@ from torch.testing import assert_close
 
 from inspo.losses import (
     LOSSES,
+    AOTLoss,
+    AOTUnpairedLoss,
     APODownLoss,
     APOZeroLoss,
     BCOPairLoss,
@@ -158,6 +160,46 @@ def test_sigmoid_norm_golden(inspo: bool) -> None:
     check_golden(SigmoidNormLoss(beta=1.0), inspo, expected, [0.5, -1 / 3], [-1 / 6, 0.25])
 
 
+@CONDITIONINGS
+def test_aot_golden(inspo: bool) -> None:
+    """beta = 1: margins m = policy.chosen - policy.rejected = [-4+6, -9+8] = [2, -1], m_ref = [-5+5.5, -8+8.5]
+    = [0.5, 0.5]; sorted: [-1, 2] and [0.5, 0.5], d = [-1.5, 1.5]; L = [sp(1.5), sp(-1.5)] = [1.701413, 0.201413].
+
+    (DPO pairs them by row instead: h = [1.5, -1.5] gives [sp(-1.5), sp(1.5)]; the mean is the same here only because
+    m_ref is constant.) Rewards, unsorted: [1, -1] and [-0.5, 0.5]. With eps = 0.2: L_j = 0.8 sp(-d_j) + 0.2 sp(d_j):
+    0.8*1.701413 + 0.2*0.201413 = 1.401413 and 0.8*0.201413 + 0.2*1.701413 = 0.501413.
+    """
+    assert_close(torch.tensor([sp(1.5), sp(-1.5)]), torch.tensor([1.701413, 0.201413]), atol=1e-6, rtol=0)
+    check_golden(AOTLoss(beta=1.0), inspo, [sp(1.5), sp(-1.5)], [1.0, -1.0], [-0.5, 0.5])
+    check_golden(AOTLoss(beta=1.0, label_smoothing=0.2), inspo, [1.401413, 0.501413], [1.0, -1.0], [-0.5, 0.5])
+
+
+@CONDITIONINGS
+def test_aot_unpaired_golden(inspo: bool) -> None:
+    """beta = 1: c = [1, -1] sorted [-1, 1]; l = [-0.5, 0.5] sorted [-0.5, 0.5]; d = [-0.5, 0.5];
+    L = [sp(0.5), sp(-0.5)] = [0.974077, 0.474077]. Rewards, unsorted: [1, -1] and [-0.5, 0.5].
+    """
+    assert_close(torch.tensor([sp(0.5), sp(-0.5)]), torch.tensor([0.974077, 0.474077]), atol=1e-6, rtol=0)
+    check_golden(AOTUnpairedLoss(beta=1.0), inspo, [sp(0.5), sp(-0.5)], [1.0, -1.0], [-0.5, 0.5])
+
+
+def test_aot_unpaired_gradient_follows_the_sort() -> None:
+    """Each pair's gradient comes from the sorted position its value lands in, not from its row.
+
+    beta = 1, mean over 2 positions: pair 1's c = 1 sits at position 2 (d = 0.5), pair 2's c = -1 at position 1
+    (d = -0.5); dL/dc = -(1/2) sigma(-d): pair 1: -0.5 sigma(-0.5) = -0.188771, pair 2: -0.5 sigma(0.5) = -0.311230.
+    For l: l = -0.5 (pair 1) at position 1 (d = -0.5): +0.5 sigma(0.5) = 0.311230; pair 2 at position 2: 0.188771.
+    """
+    policy = PairLogps(chosen=torch.tensor([-4.0, -9.0], requires_grad=True),
+                       rejected=torch.tensor([-6.0, -8.0], requires_grad=True),
+                       chosen_tokens=torch.tensor([2.0, 3.0]), rejected_tokens=torch.tensor([3.0, 2.0]))
+    reference = PairLogps(chosen=torch.tensor([-5.0, -8.0]), rejected=torch.tensor([-5.5, -8.5]),
+                          chosen_tokens=torch.tensor([2.0, 3.0]), rejected_tokens=torch.tensor([3.0, 2.0]))
+    AOTUnpairedLoss(beta=1.0)(policy, reference).loss.backward()
+    assert_close(policy.chosen.grad, torch.tensor([-0.188771, -0.311230]), atol=1e-6, rtol=0)
+    assert_close(policy.rejected.grad, torch.tensor([0.311230, 0.188771]), atol=1e-6, rtol=0)
+
+
 def test_trl_name_sigmoid_is_dpo() -> None:
     """TRL's ``loss_type="sigmoid"`` resolves to DPO (an alias, not a second registered loss)."""
     assert type(LOSSES.resolve("sigmoid")) is DPOLoss and "sigmoid" not in LOSSES
@@ -175,6 +217,8 @@ def test_trl_name_sigmoid_is_dpo() -> None:
         (EXOPairLoss, {"label_smoothing": 0.5}, "label_smoothing"),
         (DiscoPOPLoss, {"tau": 0.0}, "tau"),
         (SigmoidNormLoss, {"beta": 0.0}, "beta"),
+        (AOTLoss, {"beta": 0.0}, "beta"),
+        (AOTUnpairedLoss, {"label_smoothing": 0.5}, "label_smoothing"),
     ],
 )
 def test_bad_hyperparameters_raise(cls: type[PreferenceLoss], kwargs: dict, match: str) -> None:

@@ -46,6 +46,11 @@ CASES: dict[str, tuple[str, dict[str, Any], str, dict[str, Any]]] = {
     "discopop tau 1": ("discopop", {"beta": 0.3, "tau": 1.0}, "discopop", {"discopop_tau": 1.0}),
     "sigmoid_norm": ("sigmoid_norm", {"beta": 2.0}, "sigmoid_norm", {}),
     "sft": ("sft", {}, "sft", {}),
+    "aot": ("aot", {"beta": 0.3}, "aot", {}),
+    "aot eps 0.2": ("aot", {"beta": 0.3, "label_smoothing": 0.2}, "aot", {"label_smoothing": 0.2}),
+    "aot_unpaired": ("aot_unpaired", {"beta": 0.3}, "aot_unpaired", {}),
+    "aot_unpaired eps 0.2": ("aot_unpaired", {"beta": 0.3, "label_smoothing": 0.2}, "aot_unpaired",
+                             {"label_smoothing": 0.2}),
 }
 # TRL logs beta * summed log-ratio as the rewards of every loss; ours follow the optimised per-token form here
 # (sft, which has no reference: the average log-prob log pi(y|x)/|y|).
@@ -101,7 +106,9 @@ def trl_compute_loss(loss_type: str | list[str], policy: torch.Tensor, reference
     trainer.__dict__.update(
         loss_types=loss_types, loss_weights=loss_weights or [1.0] * len(loss_types), beta=beta,
         label_smoothing=attributes.get("label_smoothing", 0.0), ld_alpha=attributes.get("ld_alpha"),
-        f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, use_weighting=attributes.get("use_weighting", False),
+        f_divergence_type=attributes.get("f_divergence_type", "reverse_kl"),
+        f_alpha_divergence_coef=attributes.get("f_alpha_divergence_coef", 1.0),
+        use_weighting=attributes.get("use_weighting", False),
         precompute_ref_logps=False, aux_loss_enabled=False, _metrics=metrics, _total_train_tokens=0, _tp_size=1,
         accelerator=_Accelerator(), ref_model=_LogProbModel(reference), model=model,
         args=SimpleNamespace(discopop_tau=attributes.get("discopop_tau", 0.05), gradient_checkpointing_kwargs=None))
@@ -164,9 +171,9 @@ def test_loss_gradients_and_rewards_match_trl(case: str, seed: int) -> None:
 
 
 def test_every_trl_pairwise_loss_type_is_covered() -> None:
-    """TRL 1.16's pairwise loss types all have a parity case, except the batch-sorting AOT ones (not yet here); a new
-    TRL name must be added to CASES (or to this list, with a reason)."""
-    not_yet = {"aot", "aot_unpaired"}
+    """TRL 1.16's pairwise loss types all have a parity case; a new TRL name must be added to CASES (or to this
+    list, with a reason)."""
+    not_yet: set[str] = set()
     trl_types = {"sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"}
     from trl.trainer.dpo_config import DPOConfig
@@ -324,3 +331,48 @@ def test_rpo_config_matches_trl_sigmoid_plus_sft() -> None:
     policy, reference, mask = per_token_batch(3)
     theirs, _ = trl_compute_loss(["sigmoid", "sft"], policy, reference, mask, 0.1, loss_weights=[1.0, 1.0])
     assert_close(ours(loss, policy, reference, mask).loss, theirs.float(), atol=2e-6, rtol=2e-6)
+
+
+# TRL 1.16 applies f_divergence_type to these loss types (and to "sft", which does not read it); ours: the same set.
+DIVERGENCE_CASES = ["dpo", "hinge", "ipo", "robust", "exo_pair eps 0.2", "discopop tau 1", "sigmoid_norm"]
+DIVERGENCE_SETTINGS = {  # ours (divergence, alpha_divergence_coef) -> TRL (f_divergence_type, f_alpha_divergence_coef)
+    "forward_kl": ("forward_kl", 0.5, "forward_kl", 1.0),
+    "js_divergence": ("js_divergence", 0.5, "js_divergence", 1.0),
+    "alpha 0.5": ("alpha_divergence", 0.5, "alpha_divergence", 0.5),
+    "alpha 0.2": ("alpha_divergence", 0.2, "alpha_divergence", 0.2),
+}
+
+
+@pytest.mark.parametrize("case", DIVERGENCE_CASES)
+@pytest.mark.parametrize("setting", list(DIVERGENCE_SETTINGS))
+def test_f_divergences_match_trl(case: str, setting: str) -> None:
+    """Every f-divergence (arXiv 2309.16240) on every loss TRL applies it to: the loss and its gradient."""
+    name, init_args, loss_type, attributes = CASES[case]
+    divergence, coef, trl_type, trl_coef = DIVERGENCE_SETTINGS[setting]
+    loss = LOSSES.resolve({"class_path": name, "init_args": {**init_args, "divergence": divergence,
+                                                             "alpha_divergence_coef": coef}})
+    policy, reference, mask = per_token_batch(0)
+    theirs, _ = trl_compute_loss(loss_type, policy, reference, mask, init_args["beta"], **attributes,
+                                 f_divergence_type=trl_type, f_alpha_divergence_coef=trl_coef)
+    (trl_grad,) = torch.autograd.grad(theirs, policy)
+    out = ours(loss, policy, reference, mask)
+    (our_grad,) = torch.autograd.grad(out.loss, policy)
+    reverse = ours(LOSSES.resolve({"class_path": name, "init_args": init_args}), policy, reference, mask)
+    assert torch.isfinite(theirs) and not torch.allclose(out.loss, reverse.loss)  # the divergence changed the loss
+    assert_close(out.loss, theirs.float(), atol=2e-6, rtol=2e-6)
+    assert_close(our_grad, trl_grad, atol=2e-7, rtol=1e-5)
+
+
+def test_the_losses_taking_a_divergence_are_trls() -> None:
+    """TRL 1.16 refuses a non-reverse-KL divergence outside its list (read from its source); ours is the same list
+    (``sigmoid`` = ``dpo``; TRL's ``sft`` reads no log-ratio, so the option would do nothing there)."""
+    import inspect
+    import re
+
+    from trl.trainer.dpo_trainer import DPOTrainer
+
+    listed = re.search(r"f_divergence_loss_types = \{([^}]*)\}", inspect.getsource(DPOTrainer.__init__))
+    assert listed is not None
+    trl_takers = {LOSSES.canonical(n.strip().strip('"')) for n in listed[1].split(",")} - {"sft"}
+    ours_takers = {name for name, cls in LOSSES.items() if "divergence" in inspect.signature(cls).parameters}
+    assert ours_takers == trl_takers == {LOSSES.canonical(CASES[case][0]) for case in DIVERGENCE_CASES}

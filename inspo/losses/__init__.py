@@ -1,5 +1,7 @@
 """DPO-family preference losses. Importing this package registers every loss in :data:`LOSSES`."""
 
+from inspo.losses.aot import AOTLoss
+from inspo.losses.aot_unpaired import AOTUnpairedLoss
 from inspo.losses.apo_down import APODownLoss
 from inspo.losses.apo_zero import APOZeroLoss
 from inspo.losses.base import LOSSES, LossOutput, PairLogps, PreferenceLoss, logratios, register_loss, sft_nll
@@ -22,6 +24,8 @@ from inspo.losses.weighted import WeightedLoss
 
 __all__ = [
     "LOSSES",
+    "AOTLoss",
+    "AOTUnpairedLoss",
     "APODownLoss",
     "APOZeroLoss",
     "BCOPairLoss",

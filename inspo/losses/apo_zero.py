@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
 
 
 @register_loss("apo_zero")
@@ -31,13 +30,10 @@ class APOZeroLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"{type(self).__name__}: beta must be > 0, got {beta}")
-        self.beta = beta
+        self.beta = self.check_beta(beta)
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         chosen, rejected = self.beta * chosen_ratio, self.beta * rejected_ratio
         return LossOutput(self.anchored(chosen, rejected), chosen.detach(), rejected.detach())
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
 from inspo.errors import ConfigError
+from inspo.losses.divergence import check_divergence, f_score
 from inspo.registry import Registry
 
 
@@ -93,6 +94,11 @@ class PreferenceLoss(nn.Module):
     requires_reference: ClassVar[bool] = True
     reads_plain_logps: bool = False
     """Set on the class when the loss's own term reads log pi(y|x); an instance with ``sft_weight > 0`` reads it too."""
+    divergence: str = "reverse_kl"
+    """The f-divergence of the constraint (:mod:`inspo.losses.divergence`). A loss that admits another one takes
+    ``divergence`` and ``alpha_divergence_coef`` init arguments, calls :meth:`set_divergence` and reads
+    :meth:`scores`; the others keep reverse KL and have no such argument."""
+    alpha_divergence_coef: float = 0.5
 
     def __init__(self, sft_weight: float = 0.0) -> None:
         super().__init__()
@@ -118,6 +124,31 @@ class PreferenceLoss(nn.Module):
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         raise NotImplementedError
+
+    def check_fit(self, trainer: Any) -> None:
+        """Refuse, in one ConfigError line, a trainer setting this loss cannot honour; called at fit start (the
+        batch-sorting AOT losses refuse gradient accumulation). Default: every setting is fine."""
+
+    def set_divergence(self, divergence: str, alpha_divergence_coef: float) -> None:
+        """Check and keep the f-divergence options (:mod:`inspo.losses.divergence`)."""
+        check_divergence(type(self).__name__, divergence, alpha_divergence_coef)
+        self.divergence, self.alpha_divergence_coef = divergence, alpha_divergence_coef
+
+    def scores(self, chosen_ratio: Tensor, rejected_ratio: Tensor) -> tuple[Tensor, Tensor]:
+        """Each response's f'(pi/pi_ref) under :attr:`divergence`: the log-ratios themselves for reverse KL (DPO)."""
+        coef = self.alpha_divergence_coef
+        return f_score(chosen_ratio, self.divergence, coef), f_score(rejected_ratio, self.divergence, coef)
+
+    def check_beta(self, beta: float) -> float:
+        """``beta`` if it is > 0, else a ConfigError naming the loss class (NaN is refused too)."""
+        if not beta > 0:
+            raise ConfigError(f"{type(self).__name__}: beta must be > 0, got {beta}")
+        return beta
+
+    def log_ratios(self, policy: PairLogps, reference: PairLogps | None) -> tuple[Tensor, Tensor]:
+        """:func:`logratios` of a loss that requires a reference (``forward`` has checked it is given)."""
+        assert reference is not None, f"{type(self).__name__} requires reference log-probs"
+        return logratios(policy, reference)
 
 
 def sft_nll(policy: PairLogps) -> Tensor:

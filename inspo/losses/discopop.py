@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.divergence import Divergence
 
 
 @register_loss("discopop")
@@ -31,20 +32,22 @@ class DiscoPOPLoss(PreferenceLoss):
         beta: inverse temperature of the implicit reward (> 0).
         tau: temperature of the modulation between the two components (> 0).
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+        divergence: the f-divergence of the constraint (``inspo.losses.divergence``); reverse_kl is the form above.
+        alpha_divergence_coef: TRL's ``f_alpha_divergence_coef`` c of ``alpha_divergence`` (c -> 1: reverse KL).
     """
 
-    def __init__(self, beta: float = 0.1, tau: float = 0.05, sft_weight: float = 0.0) -> None:
+    def __init__(self, beta: float = 0.1, tau: float = 0.05, sft_weight: float = 0.0,
+                 divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"DiscoPOPLoss: beta must be > 0, got {beta}")
+        self.set_divergence(divergence, alpha_divergence_coef)
+        self.beta = self.check_beta(beta)
         if not tau > 0:
             raise ConfigError(f"DiscoPOPLoss: tau must be > 0, got {tau}")
-        self.beta = beta
         self.tau = tau
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
-        z = self.beta * (chosen_ratio - rejected_ratio)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
+        chosen_score, rejected_score = self.scores(chosen_ratio, rejected_ratio)
+        z = self.beta * (chosen_score - rejected_score)
         losses = -torch.sigmoid(-z / self.tau) * F.logsigmoid(z) + torch.exp(F.logsigmoid(z / self.tau) - z)
         return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())

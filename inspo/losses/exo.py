@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.divergence import Divergence
 
 
 @register_loss("exo_pair")
@@ -33,21 +34,23 @@ class EXOPairLoss(PreferenceLoss):
         beta: inverse temperature of the implicit reward (> 0).
         label_smoothing: probability eps of the smoothed label on y_l (0 < eps < 0.5).
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+        divergence: the f-divergence of the constraint (``inspo.losses.divergence``); reverse_kl is the form above.
+        alpha_divergence_coef: TRL's ``f_alpha_divergence_coef`` c of ``alpha_divergence`` (c -> 1: reverse KL).
     """
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, sft_weight: float = 0.0) -> None:
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, sft_weight: float = 0.0,
+                 divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"EXOPairLoss: beta must be > 0, got {beta}")
+        self.set_divergence(divergence, alpha_divergence_coef)
+        self.beta = self.check_beta(beta)
         if not 0 < label_smoothing < 0.5:
             raise ConfigError(f"EXOPairLoss: label_smoothing must be in (0, 0.5), got {label_smoothing}")
-        self.beta = beta
         self.label_smoothing = label_smoothing
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
-        logits = self.beta * (chosen_ratio - rejected_ratio)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
+        chosen_score, rejected_score = self.scores(chosen_ratio, rejected_ratio)
+        logits = self.beta * (chosen_score - rejected_score)
         eps = self.label_smoothing
         # q log q via logsigmoid: finite at any gap (q -> 0 gives 0 * (large negative), never 0 * -inf)
         losses = (torch.sigmoid(logits) * (F.logsigmoid(logits) - math.log1p(-eps))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.divergence import Divergence
 
 
 @register_loss("hinge")
@@ -27,18 +27,20 @@ class HingeLoss(PreferenceLoss):
     Args:
         beta: inverse margin (> 0); pairs stop contributing once h >= 1 / beta.
         sft_weight: weight of the chosen-response NLL term (SLiC-HF's regulariser; see :class:`PreferenceLoss`).
+        divergence: the f-divergence of the constraint (``inspo.losses.divergence``); reverse_kl is the form above.
+        alpha_divergence_coef: TRL's ``f_alpha_divergence_coef`` c of ``alpha_divergence`` (c -> 1: reverse KL).
     """
 
-    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
+    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0,
+                 divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"HingeLoss: beta must be > 0, got {beta}")
-        self.beta = beta
+        self.set_divergence(divergence, alpha_divergence_coef)
+        self.beta = self.check_beta(beta)
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
-        losses = F.relu(1 - self.beta * (chosen_ratio - rejected_ratio))
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
+        chosen_score, rejected_score = self.scores(chosen_ratio, rejected_ratio)
+        losses = F.relu(1 - self.beta * (chosen_score - rejected_score))
         return LossOutput(
             losses=losses,
             chosen_rewards=(self.beta * chosen_ratio).detach(),

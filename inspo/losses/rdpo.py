@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
 
 
 @register_loss("rdpo")
@@ -40,16 +40,13 @@ class RDPOLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, alpha: float = 0.01, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"RDPOLoss: beta must be > 0, got {beta}")
+        self.beta = self.check_beta(beta)
         if not alpha >= 0:
             raise ConfigError(f"RDPOLoss: alpha must be >= 0, got {alpha}")
-        self.beta = beta
         self.alpha = alpha
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         length_gap = policy.chosen_tokens.float() - policy.rejected_tokens.float()
         losses = -F.logsigmoid(self.beta * (chosen_ratio - rejected_ratio) + self.alpha * length_gap)
         return LossOutput(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.divergence import Divergence
 
 
 @register_loss("robust")
@@ -29,21 +30,23 @@ class RobustDPOLoss(PreferenceLoss):
         beta: inverse temperature of the implicit reward (> 0).
         label_smoothing: assumed label flip rate eps (0 <= eps < 0.5; eps = 0 is DPO).
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+        divergence: the f-divergence of the constraint (``inspo.losses.divergence``); reverse_kl is the form above.
+        alpha_divergence_coef: TRL's ``f_alpha_divergence_coef`` c of ``alpha_divergence`` (c -> 1: reverse KL).
     """
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, sft_weight: float = 0.0) -> None:
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, sft_weight: float = 0.0,
+                 divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"RobustDPOLoss: beta must be > 0, got {beta}")
+        self.set_divergence(divergence, alpha_divergence_coef)
+        self.beta = self.check_beta(beta)
         if not 0 <= label_smoothing < 0.5:
             raise ConfigError(f"RobustDPOLoss: label_smoothing must be in [0, 0.5), got {label_smoothing}")
-        self.beta = beta
         self.label_smoothing = label_smoothing
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
-        logits = self.beta * (chosen_ratio - rejected_ratio)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
+        chosen_score, rejected_score = self.scores(chosen_ratio, rejected_ratio)
+        logits = self.beta * (chosen_score - rejected_score)
         eps = self.label_smoothing
         losses = (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)
         return LossOutput(

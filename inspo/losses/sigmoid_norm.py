@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.divergence import Divergence
 
 
 @register_loss("sigmoid_norm")
@@ -28,19 +28,21 @@ class SigmoidNormLoss(PreferenceLoss):
     Args:
         beta: inverse temperature of the per-token implicit reward (> 0).
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+        divergence: the f-divergence of the constraint (``inspo.losses.divergence``); reverse_kl is the form above.
+        alpha_divergence_coef: TRL's ``f_alpha_divergence_coef`` c of ``alpha_divergence`` (c -> 1: reverse KL).
     """
 
-    def __init__(self, beta: float = 5.0, sft_weight: float = 0.0) -> None:
+    def __init__(self, beta: float = 5.0, sft_weight: float = 0.0,
+                 divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"SigmoidNormLoss: beta must be > 0, got {beta}")
-        self.beta = beta
+        self.set_divergence(divergence, alpha_divergence_coef)
+        self.beta = self.check_beta(beta)
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
+        chosen_score, rejected_score = self.scores(chosen_ratio, rejected_ratio)
         # token counts are >= 1: data validation never keeps an empty response
-        chosen = self.beta * chosen_ratio / policy.chosen_tokens.float()
-        rejected = self.beta * rejected_ratio / policy.rejected_tokens.float()
-        losses = -F.logsigmoid(chosen - rejected)
+        chosen_tokens, rejected_tokens = policy.chosen_tokens.float(), policy.rejected_tokens.float()
+        chosen, rejected = self.beta * chosen_ratio / chosen_tokens, self.beta * rejected_ratio / rejected_tokens
+        losses = -F.logsigmoid(self.beta * (chosen_score / chosen_tokens - rejected_score / rejected_tokens))
         return LossOutput(losses=losses, chosen_rewards=chosen.detach(), rejected_rewards=rejected.detach())

@@ -34,11 +34,9 @@ class SimPOLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 2.0, gamma: float = 1.0, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"SimPOLoss: beta must be > 0, got {beta}")
+        self.beta = self.check_beta(beta)
         if not gamma >= 0:
             raise ConfigError(f"SimPOLoss: gamma (target margin) must be >= 0, got {gamma}")
-        self.beta = beta
         self.gamma = gamma
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
 
 
 @register_loss("sppo_hard")
@@ -32,13 +31,10 @@ class SPPOHardLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
         super().__init__(sft_weight=sft_weight)
-        if not beta > 0:
-            raise ConfigError(f"SPPOHardLoss: beta must be > 0, got {beta}")
-        self.beta = beta
+        self.beta = self.check_beta(beta)
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        assert reference is not None  # checked by PreferenceLoss.forward
-        chosen_ratio, rejected_ratio = logratios(policy, reference)
+        chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         target = 1 / (2 * self.beta)
         losses = (chosen_ratio - target) ** 2 + (rejected_ratio + target) ** 2
         return LossOutput(
