@@ -159,6 +159,10 @@ class PreferenceModule(LightningModule):
                         "%s", self.reference_mode.name, reference_model)
             self.reference_mode.model = reference_model
         self.reference_mode.check(self.loss, lora)
+        if not self.loss.requires_reference and self.reference_mode.name != "none":
+            raise ConfigError(f"model.loss {LOSSES.name_of(type(self.loss)) or type(self.loss).__name__} reads no "
+                              f"reference log-probs, so model.reference {self.reference_mode.name} would only cost "
+                              "memory and time: leave model.reference at auto (none for this loss) or set it to none")
         self.loss_options = LossOptions(use_weighting, ld_alpha)  # applied around the loss in every step
         self.loss_options.check(self.reference_mode, self.loss)
         self.hparams["reference"] = component_hparams(self.reference_mode)  # the resolved mode, as the loss

@@ -39,7 +39,13 @@ CASES = [
      "unknown model.dtype 'bf17'; choose one of: bf16, bfloat16, float16, float32, fp16, fp32"),
     (["--model.reference", "none"],
      ("loss DPOLoss needs a reference model; set model.reference to copy or path (or choose a reference-free loss: "
-      "simpo, orpo)")),
+      "orpo, sft, simpo)")),
+    (["--model.loss", "simpo", "--model.reference", "copy"],
+     ("model.loss simpo reads no reference log-probs, so model.reference copy would only cost memory and time: leave "
+      "model.reference at auto (none for this loss) or set it to none")),
+    (["--model.loss", "[simpo, sft]", "--model.reference", "cached"],
+     ("model.loss WeightedLoss reads no reference log-probs, so model.reference cached would only cost memory and "
+      "time: leave model.reference at auto (none for this loss) or set it to none")),
     (["--data.read.max_prompt_length", "300"],
      ("data.read.max_prompt_length (300) must be at most data.read.max_length - 2 (254): each response needs at "
       "least one token")),

@@ -202,5 +202,8 @@ class NoReference(ReferenceMode):
             raise ConfigError(f"{SYNC} (TR-DPO) moves a reference towards the policy and 'none' has no reference: "
                               "use model.reference copy, path or adapter")
         if loss.requires_reference:
+            from inspo.losses import LOSSES
+
+            free = ", ".join(sorted(name for name, cls in LOSSES.items() if not cls.requires_reference))
             raise ConfigError(f"loss {type(loss).__name__} needs a reference model; set model.reference to copy or "
-                              "path (or choose a reference-free loss: simpo, orpo)")
+                              f"path (or choose a reference-free loss: {free})")
