@@ -1,7 +1,7 @@
 """Every registered loss name trains (issue 16: ``inspo fit --config configs/tiny.yaml --model.loss NAME``).
 
 For each name of the LOSSES registry, aliases included (so a loss added later is covered by itself), under both
-conditionings: the CLI's own parser builds the model, data and trainer of that command in-process (2 optimizer steps
+conditionings (the packed and separate layouts alternating over the names): the CLI's own parser builds the model, data and trainer of that command in-process (2 optimizer steps
 of batch 2, no validation, samples, checkpoints or export, to keep the 40 fits cheap), the fit runs, and every loss
 is finite and every trained tensor of the policy changed. One name also runs as a real ``inspo`` subprocess.
 """
@@ -23,6 +23,7 @@ from tests.fit_runs import losses, run_fit, tail
 from tests.helpers import TINY_YAML
 
 NAMES = sorted([*LOSSES, *LOSSES.aliases])
+LAYOUT = {name: ("packed", "separate")[i % 2] for i, name in enumerate(NAMES)}  # both layouts, at no extra cost
 QUICK = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--samples.every_n_steps", "0",
          "--model.export_dir", "null", "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar",
          "false", "--data.loader.batch_size", "2", "--data.read.max_pairs", "4"]
@@ -69,7 +70,7 @@ def test_every_loss_name_trains(tmp_path: Path, name: str, conditioning: str) ->
     cli = InspoCLI(PreferenceModule, PreferenceDataModule, run=False,
                    args=["--config", str(TINY_YAML), "--trainer.default_root_dir", str(tmp_path),
                          "--trainer.logger.init_args.save_dir", str(tmp_path), "--model.loss", name,
-                         "--model.conditioning", conditioning, *QUICK])
+                         "--model.conditioning", conditioning, "--model.layout", LAYOUT[name], *QUICK])
     assert type(cli.model.loss) is LOSSES.lookup(name)
     watch = Watch()
     cli.trainer.callbacks.append(watch)
