@@ -7,12 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss, sft_nll
 
-# Largest average log-prob fed to the log-odds. In exact arithmetic m <= 0, but a response the policy predicts
-# with probability ~1 gives m == 0 (or a rounding-positive m) and 1 - exp(m) == 0: the log-odds would be +inf and
-# its gradient 1 / (1 - exp(m)) would be inf/NaN. At -1e-6 the log-odds is capped near 13.8 and the gradient
-# near 1e6, both finite in fp32; no real per-token probability above 1 - 1e-6 is distinguishable anyway.
+# Largest average log-prob fed to the log-odds: at m == 0 (p ~ 1, or rounding) 1 - exp(m) == 0 and the log-odds and
+# its gradient are inf/NaN; at -1e-6 they are capped near 13.8 and 1e6, finite in fp32.
 MAX_MEAN_LOGP = -1e-6
 
 
@@ -26,20 +24,17 @@ def log_odds(mean_logp: Tensor) -> Tensor:
 class ORPOLoss(PreferenceLoss):
     """Odds Ratio Preference Optimization.
 
-    Paper: "ORPO: Monolithic Preference Optimization without Reference Model", Hong, Lee, Thorne,
-    arXiv 2403.07691 (2024).
+    Paper: "ORPO: Monolithic Preference Optimization without Reference Model", Hong, Lee, Thorne, arXiv 2403.07691.
 
     With average log-probs ``m_w = policy.chosen / chosen_tokens`` and ``m_l = policy.rejected / rejected_tokens``
     and ``logodds(m) = m - log(1 - exp(m))``::
 
         L = -policy.chosen_plain / chosen_tokens + lam * ( -log sigma( logodds(m_w) - logodds(m_l) ) )
 
-    The NLL term always uses the unconditioned log pi(y_w | x) (``chosen_plain``), also under InSPO, because the
-    model must learn to generate y_w from x alone; the odds-ratio term uses the run's conditioning (a_w, a_l
-    under InSPO). Rewards (for logging): ``lam * m``, the scaled average log-prob, as in TRL; the log-odds
-    themselves are part of the loss, not of the reported rewards.
-
-    Typical hyperparameters: lam 0.1 (the paper's 0.1-0.25 range; larger lam pushes rejected down harder).
+    The NLL term (:func:`sft_nll`) always uses the unconditioned log pi(y_w | x), also under InSPO: the model must
+    learn to generate y_w from x alone; the odds-ratio term uses the run's conditioning (a_w, a_l under InSPO).
+    Rewards (logged): ``lam * m``, the scaled average log-prob, as in TRL. Typical hyperparameters: lam 0.1 (the
+    paper's 0.1-0.25 range; larger lam pushes rejected down harder).
 
     Args:
         lam: weight of the odds-ratio term (>= 0; 0 is plain SFT on y_w).
@@ -58,10 +53,7 @@ class ORPOLoss(PreferenceLoss):
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_mean = policy.chosen.float() / policy.chosen_tokens.float()
         rejected_mean = policy.rejected.float() / policy.rejected_tokens.float()
-        nll = -policy.chosen_plain.float() / policy.chosen_tokens.float()
         odds_ratio_loss = -F.logsigmoid(log_odds(chosen_mean) - log_odds(rejected_mean))
-        return LossOutput(
-            losses=nll + self.lam * odds_ratio_loss,
-            chosen_rewards=(self.lam * chosen_mean).detach(),
-            rejected_rewards=(self.lam * rejected_mean).detach(),
-        )
+        return LossOutput(losses=sft_nll(policy) + self.lam * odds_ratio_loss,
+                          chosen_rewards=(self.lam * chosen_mean).detach(),
+                          rejected_rewards=(self.lam * rejected_mean).detach())
