@@ -11,8 +11,8 @@ class AOTUnpairedLoss(BatchSortingLoss):
     """Alignment via Optimal Transport, unpaired form; TRL ``loss_type="aot_unpaired"``.
 
     Paper: "Distributional Preference Alignment of LLMs via Optimal Transport", Melnyk, Mroueh, Belgodere et al.,
-    arXiv 2406.05882 (2024), the unpaired AOT objective: the distribution of chosen rewards should dominate that of rejected rewards, whichever pair they came from. Matches
-    TRL 1.16 ``trl/trainer/dpo_trainer.py`` (``DPOTrainer._compute_loss``). With ``c = policy.chosen -
+    arXiv 2406.05882 (2024), the unpaired AOT objective: the distribution of chosen rewards should dominate that of
+    rejected rewards, whichever pair they came from. Matches TRL 1.16 ``trl/trainer/dpo_trainer.py`` (``DPOTrainer._compute_loss``). With ``c = policy.chosen -
     reference.chosen`` and ``l = policy.rejected - reference.rejected``, each sorted over the batch::
 
         L_j = -(1 - eps) * log sigma(beta * d_j) - eps * log sigma(-beta * d_j),  d = sort(c) - sort(l)
@@ -21,17 +21,9 @@ class AOTUnpairedLoss(BatchSortingLoss):
     is not used, so it also fits unpaired data (here it still reads both responses of every pair). Rewards:
     ``beta * (policy - reference)`` per pair, unsorted (as TRL logs them).
 
-    The batch matters (``inspo.losses.sorted_batch``): ``trainer.accumulate_grad_batches > 1`` is refused at fit
-    start; under DDP / FSDP the log-ratios of all ranks are gathered, so the sort is over the global batch, and the
-    gradients are those of the global loss.
-
-    Typical hyperparameters: beta 0.01-0.1 as for DPO (TRL's default 0.1), label_smoothing 0; the sort compares
-    quantiles of the batch, so it wants global batches of many pairs.
-
-    Args:
-        beta: inverse temperature (> 0).
-        label_smoothing: conservative label smoothing eps (0 <= eps < 0.5).
-        sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
+    The batch, typical hyperparameters and arguments are as for :class:`~inspo.losses.aot.AOTLoss`:
+    ``trainer.accumulate_grad_batches > 1`` is refused, under DDP / FSDP the sort is over the global batch; beta
+    0.01-0.1, label_smoothing 0 (``label_smoothing`` eps, 0 <= eps < 0.5), ``sft_weight`` as in every loss.
     """
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
