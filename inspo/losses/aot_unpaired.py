@@ -13,7 +13,8 @@ class AOTUnpairedLoss(BatchSortingLoss):
     Paper: "Distributional Preference Alignment of LLMs via Optimal Transport", Melnyk, Mroueh, Belgodere et al.,
     arXiv 2406.05882 (2024), the unpaired AOT objective: the distribution of chosen rewards should dominate that of
     rejected rewards, whichever pair they came from. Matches TRL 1.16 ``trl/trainer/dpo_trainer.py``
-    (``DPOTrainer._compute_loss``). With ``c = policy.chosen - reference.chosen`` and ``l = policy.rejected - reference.rejected``, each sorted over the batch::
+    (``DPOTrainer._compute_loss``). With ``c = policy.chosen - reference.chosen`` and
+    ``l = policy.rejected - reference.rejected``, each sorted over the batch::
 
         L_j = -(1 - eps) * log sigma(beta * d_j) - eps * log sigma(-beta * d_j),  d = sort(c) - sort(l)
 
