@@ -9,7 +9,7 @@ from inspo.conditioning import REFERENCE_SEQUENCES, InSPOConditioning, Reflectio
 from inspo.errors import ConfigError
 from inspo.layout import PackedLayout
 from inspo.logprobs import target_logps, token_logps
-from inspo.prefix_attention import PREFIX_ATTENTION, PrefixLayout, PrefixRows, prefix_attention_forward, register
+from inspo.prefix_attention import PrefixLayout, PrefixRows, prefix_attention_forward, register
 from tests.helpers import expected, random_pairs, tiny_model
 
 LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (1, 1, 1), (9, 4, 3)]
@@ -17,7 +17,7 @@ LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (1, 1, 1), (9, 4, 3)]
 
 def prefix_model(seed: int = 0) -> torch.nn.Module:
     model = tiny_model("sdpa", seed=seed)
-    model.config._attn_implementation = register()
+    model.config._attn_implementation = register()  # prefix rows would switch it themselves (test_prefix_selection)
     return model
 
 
@@ -88,13 +88,15 @@ def test_chains_of_equal_shape_are_one_call():
     assert sorted(rows.plan.query_index.tolist()) == list(range(36))
 
 
-def test_prefix_rows_refuse_another_attention(tokenizer):
-    """Prefix rows under plain sdpa would attend across branches: a clear error instead; the attention function
-    without a plan (a model set to it, fed ordinary rows) says what it needs."""
+def test_prefix_rows_refuse_an_attention_they_cannot_wrap(tokenizer):
+    """Prefix rows under flex_attention (or any implementation the path cannot stand in for) would attend across
+    branches: a clear error instead; the attention function without a plan says what it needs."""
     rows = PrefixLayout().build([{"x": [1, 2], "y_w": [3], "y_l": [4]}], REFERENCE_SEQUENCES, 0)
     assert isinstance(rows, PrefixRows)
-    with pytest.raises(ConfigError, match=PREFIX_ATTENTION):
-        target_logps(tiny_model("sdpa"), rows)
+    model = tiny_model("sdpa")
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(ConfigError, match="prefix layout need attention sdpa, eager or flash-attention"):
+        target_logps(model, rows)
     q = torch.zeros(1, 2, 3, 4)
     with pytest.raises(ConfigError, match="PrefixLayout"):
         prefix_attention_forward(None, q, q, q, None)
