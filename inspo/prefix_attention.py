@@ -165,6 +165,10 @@ def prefix_attention_forward(module: nn.Module, query: Tensor, key: Tensor, valu
     window = sliding_window if sliding_window is not None else getattr(module, "sliding_window", None)
     rows, heads, length, dim = query.shape
     kv_heads = key.shape[1]
+    device = query.device.type
+    if torch.is_autocast_enabled(device):  # as autocast casts sdpa's inputs; the lower-right bias checks them first
+        dtype = torch.get_autocast_dtype(device)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     flat_q = query.transpose(1, 2).reshape(rows * length, heads, dim)
     flat_k = key.transpose(1, 2).reshape(rows * length, kv_heads, dim)
     flat_v = value.transpose(1, 2).reshape(rows * length, kv_heads, dim)
@@ -182,7 +186,7 @@ def prefix_attention_forward(module: nn.Module, query: Tensor, key: Tensor, valu
             mask = window_mask(g.q_len, g.k_len, window, q.device) if banded else causal_lower_right(g.q_len, g.k_len)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
         outputs.append(out.transpose(1, 2).reshape(g.count * g.q_len, heads, dim))
-    flat = flat_q.new_zeros(rows * length, heads, dim)
+    flat = flat_q.new_zeros(rows * length, heads, dim, dtype=outputs[0].dtype if outputs else query.dtype)
     if outputs:
         flat = flat.index_copy(0, prefix_plan.query_index, torch.cat(outputs))
     return flat.view(rows, length, heads, dim), None

@@ -94,3 +94,21 @@ def test_start_up_check_covers_the_prefix_path(tokenizer):
     result = check_exactness(model, lambda rows, full: target_logps(model, rows, full_logits=full), segments,
                              cond.sequences(plain=True), PrefixLayout(), tokenizer.pad_token_id, torch.float32)
     assert result.packed_gap is not None and result.packed_gap <= 1e-5 and result.packed_exact
+
+
+def test_prefix_path_under_bf16_autocast(tokenizer):
+    """bf16-mixed training (fp32 weights, CPU autocast): transformers hands the attention fp32 queries and keys but
+    bf16 values; the prefix path casts as autocast would (the old code raised a dtype error) and stays within bf16
+    rounding of separate rows (0.05 nats per token, inspo.checks' bf16 tolerance)."""
+    from inspo.checks import TOLERANCE
+
+    cond = make_conditioning("inspo", tokenizer)
+    segments = [cond.segments(*p) for p in random_pairs(4, LENGTHS)]
+    sequences = cond.sequences(plain=True)
+    model = tiny_model("sdpa")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = target_logps(model, PrefixLayout(30).build(segments, sequences, tokenizer.pad_token_id))
+        want = target_logps(model, SeparateLayout().build(segments, sequences, tokenizer.pad_token_id))
+    tokens = sum(len(segments[0][k[-1]]) for k in sequences.values())
+    assert got.dtype == torch.float32
+    assert (got[0] - want[0]).abs().sum().item() / tokens <= TOLERANCE[torch.bfloat16]
