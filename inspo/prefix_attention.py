@@ -36,13 +36,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention.bias import causal_lower_right
 
 from inspo.errors import ConfigError
 from inspo.layout import Layout, ModelRows, PackedLayout, RowBuilder, SeparateLayout, Span, packed_unsupported_reason
 from inspo.mixers import non_attention_mixer
+from inspo.prefix_kernels import chain_attention
 
 log = logging.getLogger("inspo")
 
@@ -177,26 +176,12 @@ def prefix_attention_forward(module: nn.Module, query: Tensor, key: Tensor, valu
         q = flat_q.index_select(0, g.query_index).view(g.count, g.q_len, heads, dim).transpose(1, 2)
         k = flat_k.index_select(0, g.key_index).view(g.count, g.k_len, kv_heads, dim).transpose(1, 2)
         v = flat_v.index_select(0, g.key_index).view(g.count, g.k_len, kv_heads, dim).transpose(1, 2)
-        banded = window is not None and window < g.k_len
-        if g.q_len == g.k_len and not banded:  # no ancestors: plain causal attention, GQA handled by the kernel
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scaling,
-                                                 enable_gqa=kv_heads != heads)
-        else:  # the lower-right causal bias does not take enable_gqa on every path: repeat the kv heads
-            k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
-            mask = window_mask(g.q_len, g.k_len, window, q.device) if banded else causal_lower_right(g.q_len, g.k_len)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
+        out = chain_attention(q, k, v, window, dropout, scaling)
         outputs.append(out.transpose(1, 2).reshape(g.count * g.q_len, heads, dim))
     flat = flat_q.new_zeros(rows * length, heads, dim, dtype=outputs[0].dtype if outputs else query.dtype)
     if outputs:
         flat = flat.index_copy(0, prefix_plan.query_index, torch.cat(outputs))
     return flat.view(rows, length, heads, dim), None
-
-
-def window_mask(q_len: int, k_len: int, window: int, device: torch.device) -> Tensor:
-    """[q_len, k_len] bool: query i (key position k_len - q_len + i) sees keys j with pos - window < j <= pos."""
-    position = torch.arange(k_len - q_len, k_len, device=device).unsqueeze(1)
-    keys = torch.arange(k_len, device=device)
-    return (keys <= position) & (keys > position - window)
 
 
 def _wrapped(base: str) -> Any:

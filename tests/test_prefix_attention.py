@@ -100,3 +100,28 @@ def test_prefix_rows_refuse_an_attention_they_cannot_wrap(tokenizer):
     q = torch.zeros(1, 2, 3, 4)
     with pytest.raises(ConfigError, match="PrefixLayout"):
         prefix_attention_forward(None, q, q, q, None)
+
+
+@pytest.mark.parametrize(("ancestors", "own"), [(5, 7), (1, 1), (40, 3)])
+def test_split_chain_attention_equals_the_lower_right_mask(ancestors, own):
+    """The CPU path of a chain with ancestors (two flash calls merged by log-sum-exp, and their backward given the
+    merged output) equals sdpa under the lower-right causal mask, outputs and gradients (fp64, GQA 4 -> 2 heads; the
+    kernel's log-sum-exp is fp32 even for fp64 inputs, hence 1e-6 and not 1e-12)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    from inspo import prefix_kernels
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, own, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(3, 2, ancestors + own, 8, generator=g, dtype=torch.float64, requires_grad=True)
+            for _ in range(2))
+    weights = torch.randn(3, 4, own, 8, generator=g, dtype=torch.float64)
+    got = prefix_kernels.chain_attention(q, k, v, window=None, dropout=0.0, scale=None)
+    got_grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    rk, rv = (t.repeat_interleave(2, dim=1) for t in (k, v))
+    want = torch.nn.functional.scaled_dot_product_attention(q, rk, rv, attn_mask=causal_lower_right(own, ancestors + own))
+    want_grads = torch.autograd.grad((want * weights).sum(), (q, k, v))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert got.grad_fn.name().startswith("SplitChainAttention")  # the split path ran, not the masked one
