@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from inspo.conditioning import Sequences
-from inspo.layout import Layout, ModelRows, SeparateLayout
+from inspo.layout import Layout, ModelRows, PackedLayout, SeparateLayout
 
 log = logging.getLogger("inspo")
 
@@ -108,7 +108,8 @@ def check_exactness(
     with checking(model):
         ours = score(separate, False).float()
         theirs = score(separate, True).float()
-        packed = score(layout.build(pair, sequences, pad_id, device), False).float() if layout.needs_4d_mask else None
+        shared = isinstance(layout, PackedLayout)  # the dense-mask and the prefix-attention paths alike
+        packed = score(layout.build(pair, sequences, pad_id, device), False).float() if shared else None
 
     def gap(a: Tensor, b: Tensor) -> float:
         # Over all targets, per token: a transform or a leak moves many tokens; one rounding flip moves one.

@@ -45,15 +45,16 @@ CAMEL_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 ATTENTION_NAME = re.compile(r"attention|attn", re.IGNORECASE)
 
 
-def non_attention_mixer(model_or_config: Any) -> str | None:
+def non_attention_mixer(model_or_config: Any, sliding_ok: bool = False) -> str | None:
     """Why some token mixer of this model is not masked full attention, or None if every one is.
 
     Args:
         model_or_config: an instantiated model (config and modules are inspected) or an HF config (config only).
+        sliding_ok: sliding-window attention layers count as attention (``inspo.prefix_attention`` bands them).
     """
     config = getattr(model_or_config, "config", model_or_config)
     for cfg in _configs(config):
-        reason = _config_reason(cfg)
+        reason = _config_reason(cfg, EXACT_LAYER_TYPES | ({"sliding_attention"} if sliding_ok else set()))
         if reason is not None:
             return reason
     if isinstance(model_or_config, nn.Module):
@@ -78,12 +79,12 @@ def _field(config: Any, name: str) -> Any:
         return None
 
 
-def _config_reason(config: Any) -> str | None:
+def _config_reason(config: Any, exact: frozenset[str] = EXACT_LAYER_TYPES) -> str | None:
     for field in LAYER_TYPE_FIELDS:
         types = _field(config, field)
         if isinstance(types, (list, tuple)):
             for i, kind in enumerate(types):
-                if isinstance(kind, str) and kind not in EXACT_LAYER_TYPES:
+                if isinstance(kind, str) and kind not in exact:
                     return f"layer {i} is {kind!r} ({field}), not masked full attention"
     pattern = _field(config, "hybrid_override_pattern")
     if isinstance(pattern, str):

@@ -28,7 +28,7 @@ from inspo.distributed import LogpScorer, full_state_dict, is_sharded, shard_mod
 from inspo.errors import ConfigError
 from inspo.guards import NonFiniteLossError, OnNonFinite, check_on_nonfinite, nonfinite_message, skip_allowed
 from inspo.hparams import component_hparams, loss_hparams, resume_mismatch
-from inspo.layout import LAYOUTS, Layout, SeparateLayout, packed_unsupported_reason
+from inspo.layout import LAYOUTS, Layout, SeparateLayout
 from inspo.logprobs import target_logps
 from inspo.lora import LoraSettings, adapter_state_keys, apply_lora
 from inspo.loss_options import LossOptions
@@ -36,6 +36,7 @@ from inspo.losses import LOSSES, LossOutput, PairLogps, PreferenceLoss, Weighted
 from inspo.metrics import PLAIN_STAGES, PROGRESS_BAR, make_metrics, pair_metrics, plain_view
 from inspo.models import BUNDLED_SMOLLM2, disable_dropout, load_causal_lm, load_tokenizer, torch_dtype
 from inspo.optim import OptimConfig, check_precision, keeps_fp32_master, make_optimizer, start_schedules
+from inspo.prefix_attention import choose_layout
 from inspo.reference import CachedReference, PathReference, ReferenceData, ReferenceMode, resolve_reference
 from inspo.run_folder import HF_MODEL
 from inspo.scoring import score_pairs
@@ -206,10 +207,7 @@ class PreferenceModule(LightningModule):
                 "load_in_4bit": self.lora is not None and self.lora.load_in_4bit}
         self.policy = load_causal_lm(hp.model, random_init=hp.random_init, **load)
         self.reference = self.reference_mode.build(self.policy, partial(load_causal_lm, **load))
-        reason = packed_unsupported_reason(self.policy) if self.layout.needs_4d_mask else None
-        if reason is not None:
-            log.warning("inspo: layout %r is not exact here (%s): using layout 'separate'", self.layout.name, reason)
-            self.layout = SeparateLayout()
+        self.layout = choose_layout(self.layout, self.policy)  # packed: prefix attention where exact (issue 15)
         for m in (self.policy, self.reference):
             if m is not None and hp.disable_dropout:
                 disable_dropout(m)

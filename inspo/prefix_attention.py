@@ -1,4 +1,4 @@
-"""Prefix attention: packed pairs attended span by span, with no dense [T, T] mask (issue 15; opt-in for now).
+"""Prefix attention: packed pairs attended span by span, with no dense [T, T] mask (issue 15).
 
 The packed layout (``inspo.layout.PackedLayout``) places every node of a pair's prefix tree once in a row, e.g.
 InSPO's ``[x | y_l, y_w | y_w, y_l]``, and isolates the branches with a dense 4D mask. Under sdpa that mask costs
@@ -14,26 +14,43 @@ plain causal attention. InSPO is two calls per pair: causal over ``[x, y_l, y_w]
 shape (across pairs and rows) are stacked into one call. Only the tiles a pair needs are computed, and nothing is
 masked beyond causality, so flash kernels apply (torch's lower-right causal bias dispatches to flash on CUDA).
 
-Use: ``register()`` adds the attention function to transformers (name :data:`PREFIX_ATTENTION`); set the model's
-``config._attn_implementation`` to it and build rows with :class:`PrefixLayout`; ``inspo.logprobs`` passes the
-rows' plan to the attention function through the model's keyword arguments.
+Selection (:func:`choose_layout`): the ``packed`` layout becomes :class:`PrefixLayout` wherever this is exact:
+the model's attention is sdpa, eager or flash-attention (the chains run through torch's sdpa kernels, which use
+their own flash kernel on CUDA), also with a sliding window (a band on each chain's keys: a chain's keys are the
+positions 0..k-1 of the separate sequence); not for hybrid models (a recurrent state would need the prompt's state,
+not its keys) or attention with soft-capping or sinks. There the dense-mask path is kept or ``separate`` used, with
+one log line; ``inspo.checks`` compares the chosen path with separate rows on the first batch of every model.
+
+Registration: the first prefix rows a model sees switch its ``config._attn_implementation`` from ``BASE`` to
+``inspo_prefix_BASE`` (:func:`use_prefix_attention`), registered in transformers' ``AttentionInterface`` and
+``AttentionMaskInterface`` under that new name only, so nothing changes for other models. The function follows
+the rows' plan when given one (``inspo.logprobs`` passes it through the model's keyword arguments) and otherwise
+runs ``BASE`` itself with ``BASE``'s masks: generation, separate rows and the model's own forward are unchanged.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention.bias import causal_lower_right
 
 from inspo.errors import ConfigError
-from inspo.layout import ModelRows, PackedLayout, RowBuilder, Span
+from inspo.layout import Layout, ModelRows, PackedLayout, RowBuilder, SeparateLayout, Span, packed_unsupported_reason
+from inspo.mixers import non_attention_mixer
+from inspo.prefix_kernels import chain_attention
 
-PREFIX_ATTENTION = "inspo_prefix"
-"""The name the attention function is registered under in transformers' ``AttentionInterface``."""
+log = logging.getLogger("inspo")
+
+PREFIX = "inspo_prefix_"
+"""Prefix of the names the attention function is registered under: ``inspo_prefix_sdpa`` wraps ``sdpa``, etc."""
+BASES = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+"""Attention implementations the prefix path can stand in for (it computes with torch's sdpa kernels)."""
+PREFIX_ATTENTION = PREFIX + "sdpa"
+"""The name for models computing with sdpa (the default)."""
 
 
 @dataclass(frozen=True)
@@ -82,12 +99,11 @@ class PrefixRows(ModelRows):
 
     def model_inputs(self, model: nn.Module) -> dict[str, Any]:
         """Keyword arguments for the model body; the plan reaches :func:`prefix_attention_forward` through them."""
-        impl = getattr(model.config, "_attn_implementation", None)
-        if impl != PREFIX_ATTENTION:
-            raise ConfigError(f"rows of the prefix layout need the model's attention implementation "
-                              f"{PREFIX_ATTENTION!r} (inspo.prefix_attention.register()), not {impl!r}")
-        # transformers builds no mask for an attention function it has no mask function for: None is passed on.
-        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "attention_mask": None,
+        use_prefix_attention(model)
+        # A 4D mask is taken as given (transformers builds no [T, T] mask); it is never read: the plan says who sees
+        # whom. All False, so that a kernel reading it by mistake would produce NaN, not a silent leak.
+        unread = torch.zeros((self.input_ids.shape[0], 1, 1, 1), dtype=torch.bool, device=self.input_ids.device)
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "attention_mask": unread,
                 "prefix_plan": self.plan}
 
 
@@ -99,6 +115,10 @@ class PrefixLayout(PackedLayout):
     """
 
     needs_4d_mask = False  # the attention mask is the padding mask; the plan says who sees whom
+
+    @property
+    def name(self) -> str:
+        return "packed"  # the packed layout's rows, attended without its mask
 
     def finish(self, rows: RowBuilder, model_rows: ModelRows) -> PrefixRows:
         plan = PrefixPlan.from_chains(chains(rows.spans), model_rows.input_ids.shape[1], model_rows.input_ids.device)
@@ -128,16 +148,26 @@ def chains(spans: list[Span]) -> list[tuple[int, int, int, list[tuple[int, int]]
 
 def prefix_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
                              attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                             prefix_plan: PrefixPlan | None = None, **kwargs: Any) -> tuple[Tensor, None]:
+                             prefix_plan: PrefixPlan | None = None, sliding_window: int | None = None,
+                             **kwargs: Any) -> tuple[Tensor, None]:
     """Attention for packed rows following ``prefix_plan`` (transformers' attention-function signature).
 
     ``query`` is [R, H, T, D], ``key``/``value`` [R, Hkv, T, D]; returns [R, T, H, D]. Padding positions, which no
-    chain holds, get a zero output (they are never read as targets).
+    chain holds, get a zero output (they are never read as targets). ``sliding_window`` (passed by the attention
+    modules of sliding-window families): query position p sees key positions (p - window, p], as transformers'
+    masks; a chain's keys sit at positions 0..k-1, so the window is a band on the lower-right causal mask.
     """
     if prefix_plan is None:
-        raise ConfigError(f"attention {PREFIX_ATTENTION!r} needs rows built by inspo.prefix_attention.PrefixLayout")
+        raise ConfigError(f"attention {PREFIX}* needs rows built by inspo.prefix_attention.PrefixLayout")
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise ConfigError("the prefix attention path does not do attention soft-capping or sinks: use layout separate")
+    window = sliding_window if sliding_window is not None else getattr(module, "sliding_window", None)
     rows, heads, length, dim = query.shape
     kv_heads = key.shape[1]
+    device = query.device.type
+    if torch.is_autocast_enabled(device):  # as autocast casts sdpa's inputs; the lower-right bias checks them first
+        dtype = torch.get_autocast_dtype(device)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     flat_q = query.transpose(1, 2).reshape(rows * length, heads, dim)
     flat_k = key.transpose(1, 2).reshape(rows * length, kv_heads, dim)
     flat_v = value.transpose(1, 2).reshape(rows * length, kv_heads, dim)
@@ -146,23 +176,90 @@ def prefix_attention_forward(module: nn.Module, query: Tensor, key: Tensor, valu
         q = flat_q.index_select(0, g.query_index).view(g.count, g.q_len, heads, dim).transpose(1, 2)
         k = flat_k.index_select(0, g.key_index).view(g.count, g.k_len, kv_heads, dim).transpose(1, 2)
         v = flat_v.index_select(0, g.key_index).view(g.count, g.k_len, kv_heads, dim).transpose(1, 2)
-        if g.q_len == g.k_len:  # no ancestors: plain causal attention, GQA handled by the kernel
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scaling,
-                                                 enable_gqa=kv_heads != heads)
-        else:  # the lower-right causal bias does not take enable_gqa on every path: repeat the kv heads
-            k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(g.q_len, g.k_len),
-                                                 dropout_p=dropout, scale=scaling)
+        out = chain_attention(q, k, v, window, dropout, scaling)
         outputs.append(out.transpose(1, 2).reshape(g.count * g.q_len, heads, dim))
-    flat = flat_q.new_zeros(rows * length, heads, dim)
+    flat = flat_q.new_zeros(rows * length, heads, dim, dtype=outputs[0].dtype if outputs else query.dtype)
     if outputs:
         flat = flat.index_copy(0, prefix_plan.query_index, torch.cat(outputs))
     return flat.view(rows, length, heads, dim), None
 
 
-def register() -> str:
-    """Register :func:`prefix_attention_forward` with transformers (idempotent); returns its name."""
-    from transformers import AttentionInterface
+def _wrapped(base: str) -> Any:
+    """The attention function registered as ``inspo_prefix_<base>``: the plan if given, else ``base`` itself."""
 
-    AttentionInterface.register(PREFIX_ATTENTION, prefix_attention_forward)
-    return PREFIX_ATTENTION
+    def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                  **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        if kwargs.get("prefix_plan") is not None:
+            return prefix_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        from transformers import AttentionInterface
+
+        if base == "eager":  # each family has its own eager function, next to its attention module
+            function = sys.modules[type(module).__module__].eager_attention_forward
+        else:
+            function = AttentionInterface._global_mapping[base]
+        config, name = module.config, module.config._attn_implementation_internal
+        config._attn_implementation_internal = base  # flash kernels are looked up by the config's name
+        try:
+            return function(module, query, key, value, attention_mask, **kwargs)
+        finally:
+            config._attn_implementation_internal = name
+
+    attention.__name__ = f"{PREFIX}{base}"
+    return attention
+
+
+def register(base: str = "sdpa") -> str:
+    """Register ``inspo_prefix_<base>`` with transformers' attention and mask interfaces (idempotent); its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    if base not in BASES:
+        raise ConfigError(f"the prefix attention path cannot stand in for attention {base!r} (it can for {BASES})")
+    name = PREFIX + base
+    if name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, _wrapped(base))
+        AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[base])
+    return name
+
+
+def use_prefix_attention(model: nn.Module) -> str:
+    """Switch ``model`` (idempotent) to the prefix attention function wrapping its current attention; its name."""
+    config = model.config
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl.startswith(PREFIX):
+        return impl
+    if impl not in BASES:
+        raise ConfigError(f"rows of the prefix layout need attention sdpa, eager or flash-attention, not {impl!r}")
+    config._attn_implementation = register(impl)  # the setter passes it on to sub-configs
+    return config._attn_implementation
+
+
+def prefix_unsupported_reason(model: Any) -> str | None:
+    """Why the prefix path would not be exact for this model (its config and modules), or None if it is."""
+    config = getattr(model, "config", model)
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl.removeprefix(PREFIX) not in BASES:
+        return f"attention implementation {impl!r} is not one the prefix path stands in for ({', '.join(BASES)})"
+    if getattr(config, "attn_logit_softcapping", None):
+        return "the model soft-caps attention logits, which sdpa kernels do not"
+    if isinstance(model, nn.Module) and any(hasattr(m, "sinks") for m in model.modules()):
+        return "the model's attention has sinks, which sdpa kernels do not take"
+    return non_attention_mixer(model, sliding_ok=True)
+
+
+def choose_layout(layout: Layout, model: nn.Module) -> Layout:
+    """The layout a run scores with: ``packed`` becomes :class:`PrefixLayout` where that is exact, else the dense
+    mask is kept where that is exact, else ``separate``; each fallback in one log line."""
+    prefix_reason = None
+    if type(layout) is PackedLayout:  # a subclass keeps its own rows
+        prefix_reason = prefix_unsupported_reason(model)
+        if prefix_reason is None:
+            return PrefixLayout(layout.max_tokens_per_row)
+    reason = packed_unsupported_reason(model) if layout.needs_4d_mask else None
+    if reason is not None:
+        why = reason if prefix_reason is None else f"prefix attention: {prefix_reason}; a 4D mask: {reason}"
+        log.warning("inspo: layout %r is not exact here (%s): using layout 'separate'", layout.name, why)
+        return SeparateLayout()
+    if prefix_reason is not None:
+        log.info("inspo: prefix attention not used (%s): packed rows with a 4D mask", prefix_reason)
+    return layout

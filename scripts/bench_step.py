@@ -124,14 +124,14 @@ def serve_ours(args: argparse.Namespace, variant: str) -> None:
         if not wait_for_step():
             break
         sync(device)
-        start = time.perf_counter()
+        start = CLOCK[0]()
         loss = module.loss(*module.pair_logps(batch)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.policy.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync(device)
-        report("TIME", time.perf_counter() - start)
+        report("TIME", CLOCK[0]() - start)
     wait_for_step()
     report("RESULT", {"peak_memory_bytes": peak_memory(device), "row_tokens_per_step": row_tokens})
 
@@ -159,11 +159,11 @@ def serve_trl(args: argparse.Namespace) -> None:
         def on_step_begin(self, *_: Any, **__: Any) -> None:
             wait_for_step()
             sync(device)
-            self.start = time.perf_counter()
+            self.start = CLOCK[0]()
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
             sync(device)
-            report("TIME", time.perf_counter() - self.start)
+            report("TIME", CLOCK[0]() - self.start)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pairs = make_pairs(args.batch_size * (args.warmup + args.steps), args.prompt, args.chosen, args.rejected)
@@ -185,9 +185,15 @@ def serve_trl(args: argparse.Namespace) -> None:
     report("RESULT", {"peak_memory_bytes": peak_memory(device), "row_tokens_per_step": row_tokens})
 
 
+CLOCK = [time.perf_counter]
+"""How a worker times a step: wall time, or with ``--clock cpu`` its own CPU time (one thread on a shared machine:
+wall time mostly measures the other jobs)."""
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
+    CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -250,6 +256,9 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict
             "inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo"),
             "inspo_packed_over_inspo_separate": ratio("inspo_separate_live", "inspo_packed_live"),
             "inspo_packed_over_inspo_separate_cached": ratio("inspo_separate_cached", "inspo_packed_cached"),
+            "standard_packed_cached_over_trl_dpo": ratio("standard_packed_cached", "trl_dpo"),
+            "inspo_packed_model_tokens_per_s_over_separate": ratio("inspo_packed_live", "inspo_separate_live",
+                                                                   "model_tokens_per_s"),
             "peak_mem_inspo_packed_over_trl_dpo": ratio("inspo_packed_live", "trl_dpo", "peak_memory_mib"),
             "peak_mem_inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo", "peak_memory_mib"),
         },
@@ -269,6 +278,7 @@ def benchmark(args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
     extra += ["--model-size", args.model_size] if args.model_size else []
     extra += ["--bf16"] if args.bf16 else []
     extra += ["--threads", str(args.threads)] if args.threads else []
+    extra += ["--clock", args.clock]
     extra += ["--max-tokens-per-row", str(args.max_tokens_per_row)] if args.max_tokens_per_row else []
     cached = [v for v in variants if v.endswith("_cached")]
     build = None  # the key holds no layout or conditioning: one cache serves every cached variant (not timed)
@@ -298,7 +308,7 @@ def benchmark(args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
                     "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
                     "model": f"random-init {args.model_size}" if args.model_size else MODEL,
                     "dtype": "bf16" if args.bf16 else "fp32", "max_tokens_per_row": args.max_tokens_per_row,
-                    "threads": args.threads}
+                    "threads": args.threads, "clock": args.clock}
     return out
 
 
@@ -339,6 +349,8 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="scaling run instead of the variant comparison")
     parser.add_argument("--scaling-tokens", type=int, nargs="+", default=[256, 512, 1024, 2048])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="step time: wall clock, or each worker's own CPU time (with --threads 1 on a shared machine)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

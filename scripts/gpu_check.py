@@ -6,7 +6,8 @@
 1. Exactness. Target log-probs of random pairs (several pairs per packed row, padding, uneven lengths) under each
    attention path, against separate causal rows under sdpa in the same dtype (fp32 and bf16): packed rows with the
    dense 4D mask under sdpa and eager, under flex_attention with ``inspo.layout.to_block_mask`` (CUDA only: a CPU
-   compile takes minutes), and the prefix path of ``inspo.prefix_attention`` where present. Conditionings:
+   compile takes minutes), and the prefix path of ``inspo.prefix_attention`` (the packed layout's default)
+   standing in for sdpa, for eager and, with flash-attn installed on CUDA, for flash_attention_2. Conditionings:
    standard, InSPO, InSPO with a reflection template. In fp32 it also compares one weight gradient (backward).
 2. Timing. One training step as ``PreferenceModule`` takes it (layout build, policy forward with grad, reference
    forward without, DPO loss, backward; no optimizer step, the same for every variant) for InSPO and standard
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -73,8 +75,12 @@ def paths(device: str) -> dict[str, tuple[Any, str]]:
            "packed_sdpa": (PackedLayout, "sdpa"), "packed_eager": (PackedLayout, "eager")}
     if device == "cuda":
         out["packed_flex"] = (PackedLayout, "flex_attention")
-    if prefix_attention is not None:
-        out["packed_prefix"] = (prefix_attention.PrefixLayout, prefix_attention.register())
+    if prefix_attention is not None:  # the packed layout's default wherever exact: standing in for sdpa or eager
+        out["packed_prefix"] = (prefix_attention.PrefixLayout, prefix_attention.register("sdpa"))
+        if hasattr(prefix_attention, "BASES"):
+            out["packed_prefix_eager"] = (prefix_attention.PrefixLayout, prefix_attention.register("eager"))
+        if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+            out["packed_prefix_fa2"] = (prefix_attention.PrefixLayout, prefix_attention.register("flash_attention_2"))
     return out
 
 
@@ -268,10 +274,6 @@ def time_variant(step: Any, args: argparse.Namespace, n_params: int, pairs: int)
     return out
 
 
-def path_of(variant: str) -> str:
-    return variant.split(":")[1]
-
-
 def timing(policy: torch.nn.Module, args: argparse.Namespace, result: dict, save: Any, start: float) -> None:
     reference = copy.deepcopy(policy).requires_grad_(False).eval()
     policy.train()
@@ -295,7 +297,7 @@ def timing(policy: torch.nn.Module, args: argparse.Namespace, result: dict, save
         batch = args.batch_per_length.get(length, 2)
         p = length // 2
         record.setdefault("shape", {"P": p, "W": length // 4, "L": length // 4, "pairs_per_step": batch})
-        reserve = 60 if path_of(variant) == "packed_flex" else 0  # a first flex step compiles its kernels
+        reserve = 60 if variant.endswith(":packed_flex") else 0  # a first flex step compiles its kernels
         if time.monotonic() - start > args.budget_s - reserve:
             record[variant] = {"skipped": f"time budget of {args.budget_s} s (less {reserve} s for compiling) spent"}
             save()

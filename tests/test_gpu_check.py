@@ -42,7 +42,8 @@ def smoke(tmp_path_factory) -> dict:
 
 
 def test_every_path_is_exact_on_cpu(smoke):
-    """Every CPU path (eager, packed sdpa/eager, and the prefix path when present) matches separate rows.
+    """Every CPU path (eager, packed sdpa/eager, and the prefix path, the packed default, standing in for sdpa and
+    for eager) matches separate rows.
 
     fp32: within 1e-5 per token log-prob, and the q_proj gradient within 1e-4 relative; bf16: within the stated
     tolerance. Each of the three cases (standard, InSPO, InSPO with a reflection template) is checked per path.
@@ -50,7 +51,7 @@ def test_every_path_is_exact_on_cpu(smoke):
     exact = smoke["exactness"]
     expected_paths = {"separate_eager", "packed_sdpa", "packed_eager"}
     if (ROOT / "inspo" / "prefix_attention.py").exists():
-        expected_paths.add("packed_prefix")
+        expected_paths |= {"packed_prefix", "packed_prefix_eager"}
     assert set(smoke["meta"]["paths"]) == expected_paths | {"separate_sdpa"}  # no flex on CPU
     for dtype in ("fp32", "bf16"):
         assert "errors" not in exact[dtype]

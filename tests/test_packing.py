@@ -78,26 +78,34 @@ def test_packed_unsupported_reason():
     assert packed_unsupported_reason(qwen_like) is None
 
 
-def test_module_falls_back_to_separate_with_one_log_line(monkeypatch, caplog):
-    """A policy whose attention cannot take a 4D mask (flash-attention) gets the separate layout, said once."""
+@pytest.mark.parametrize(("impl", "window", "want"), [
+    ("flash_attention_2", None, "PrefixLayout"),  # prefix attention: flash-attention gets prefix sharing now
+    ("flex_attention", None, "PackedLayout"),  # flex keeps its BlockMask over the dense mask, said in one line
+    ("flex_attention", 4096, "SeparateLayout"),  # a dense mask would drop the window: separate, said in one line
+])
+def test_module_picks_the_packed_path_or_falls_back_with_one_log_line(monkeypatch, caplog, impl, window, want):
+    """The packed layout uses prefix attention where it is exact; else the dense mask where that is, else separate."""
     import inspo.module as module_file
     from inspo.module import PreferenceModule
 
     load = module_file.load_causal_lm
 
-    def load_flash(*args, **kwargs):
+    def load_as(*args, **kwargs):
         model = load(*args, **kwargs)
-        model.config._attn_implementation = "flash_attention_2"  # as loaded with flash-attn installed
+        model.config._attn_implementation = impl  # as loaded with flash-attn installed, or asked for flex
+        model.config.sliding_window = window
         return model
 
-    monkeypatch.setattr(module_file, "load_causal_lm", load_flash)
+    monkeypatch.setattr(module_file, "load_causal_lm", load_as)
     module = PreferenceModule(random_init=TINY_CONFIG)  # packed is the default
     assert module.layout.name == "packed"
     with caplog.at_level(logging.INFO, logger="inspo"):
         module.configure_model()
-    assert module.layout.name == "separate"
-    lines = [r.getMessage() for r in caplog.records if "layout" in r.getMessage()]
-    assert len(lines) == 1 and "flash_attention_2" in lines[0] and "separate" in lines[0]
+    assert type(module.layout).__name__ == want
+    lines = [r.getMessage() for r in caplog.records if "layout" in r.getMessage() or "prefix" in r.getMessage()]
+    assert len(lines) == (want != "PrefixLayout"), lines
+    if lines:
+        assert impl in lines[0] and ("separate" in lines[0]) == (want == "SeparateLayout")
 
 
 def test_a_checkpoint_saved_with_the_old_max_tokens_per_row_still_loads(tmp_path):
@@ -114,5 +122,5 @@ def test_a_checkpoint_saved_with_the_old_max_tokens_per_row_still_loads(tmp_path
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": saved,
                 "pytorch-lightning_version": lightning.__version__}, path)
     loaded = PreferenceModule.load_from_checkpoint(path)
-    assert type(loaded.layout) is PackedLayout and loaded.policy is not None
+    assert isinstance(loaded.layout, PackedLayout) and loaded.policy is not None  # prefix attention here
     PreferenceModule(random_init=TINY_CONFIG, layout=PackedLayout(64)).check_resumable({"hyper_parameters": saved})

@@ -9,7 +9,7 @@ from inspo.conditioning import REFERENCE_SEQUENCES, InSPOConditioning, Reflectio
 from inspo.errors import ConfigError
 from inspo.layout import PackedLayout
 from inspo.logprobs import target_logps, token_logps
-from inspo.prefix_attention import PREFIX_ATTENTION, PrefixLayout, PrefixRows, prefix_attention_forward, register
+from inspo.prefix_attention import PrefixLayout, PrefixRows, prefix_attention_forward, register
 from tests.helpers import expected, random_pairs, tiny_model
 
 LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (1, 1, 1), (9, 4, 3)]
@@ -17,7 +17,7 @@ LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (1, 1, 1), (9, 4, 3)]
 
 def prefix_model(seed: int = 0) -> torch.nn.Module:
     model = tiny_model("sdpa", seed=seed)
-    model.config._attn_implementation = register()
+    model.config._attn_implementation = register()  # prefix rows would switch it themselves (test_prefix_selection)
     return model
 
 
@@ -88,13 +88,40 @@ def test_chains_of_equal_shape_are_one_call():
     assert sorted(rows.plan.query_index.tolist()) == list(range(36))
 
 
-def test_prefix_rows_refuse_another_attention(tokenizer):
-    """Prefix rows under plain sdpa would attend across branches: a clear error instead; the attention function
-    without a plan (a model set to it, fed ordinary rows) says what it needs."""
+def test_prefix_rows_refuse_an_attention_they_cannot_wrap(tokenizer):
+    """Prefix rows under flex_attention (or any implementation the path cannot stand in for) would attend across
+    branches: a clear error instead; the attention function without a plan says what it needs."""
     rows = PrefixLayout().build([{"x": [1, 2], "y_w": [3], "y_l": [4]}], REFERENCE_SEQUENCES, 0)
     assert isinstance(rows, PrefixRows)
-    with pytest.raises(ConfigError, match=PREFIX_ATTENTION):
-        target_logps(tiny_model("sdpa"), rows)
+    model = tiny_model("sdpa")
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(ConfigError, match="prefix layout need attention sdpa, eager or flash-attention"):
+        target_logps(model, rows)
     q = torch.zeros(1, 2, 3, 4)
     with pytest.raises(ConfigError, match="PrefixLayout"):
         prefix_attention_forward(None, q, q, q, None)
+
+
+@pytest.mark.parametrize(("ancestors", "own"), [(5, 7), (1, 1), (40, 3)])
+def test_split_chain_attention_equals_the_lower_right_mask(ancestors, own):
+    """The CPU path of a chain with ancestors (two flash calls merged by log-sum-exp, and their backward given the
+    merged output) equals sdpa under the lower-right causal mask, outputs and gradients (fp64, GQA 4 -> 2 heads; the
+    kernel's log-sum-exp is fp32 even for fp64 inputs, hence 1e-6 and not 1e-12)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    from inspo import prefix_kernels
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, own, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(3, 2, ancestors + own, 8, generator=g, dtype=torch.float64, requires_grad=True)
+            for _ in range(2))
+    weights = torch.randn(3, 4, own, 8, generator=g, dtype=torch.float64)
+    got = prefix_kernels.chain_attention(q, k, v, window=None, dropout=0.0, scale=None)
+    got_grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    rk, rv = (t.repeat_interleave(2, dim=1) for t in (k, v))
+    want = torch.nn.functional.scaled_dot_product_attention(q, rk, rv, attn_mask=causal_lower_right(own, ancestors + own))
+    want_grads = torch.autograd.grad((want * weights).sum(), (q, k, v))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert got.grad_fn.name().startswith("SplitChainAttention")  # the split path ran, not the masked one
