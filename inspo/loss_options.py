@@ -21,7 +21,8 @@ without a flag of its own. Off (the default), the module scores and calls the lo
   c_t = (x, y_alt, y_<t), the distributions the loss reads) before LD-DPO's weighting, as TRL does.
 
 The logged ``chosen_logp`` / ``rejected_logp`` stay the full log-probs; rewards and loss are the options'. A loss that
-sorts pairs across the batch (TRL's ``aot``) would misalign WPO's per-pair weights: TRL refuses that combination.
+sorts pairs across the batch (``aot``, ``aot_unpaired``) would misalign WPO's per-pair weights: refused here, as
+in TRL.
 """
 
 from __future__ import annotations
