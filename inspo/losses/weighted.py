@@ -10,6 +10,7 @@ from torch import nn
 from inspo.errors import ConfigError
 from inspo.hparams import loss_hparams
 from inspo.losses.base import LOSSES, LossOutput, PairLogps, PreferenceLoss
+from inspo.losses.divergence import not_admitted
 
 
 class WeightedLoss(PreferenceLoss):
@@ -42,6 +43,10 @@ class WeightedLoss(PreferenceLoss):
         parts = []
         for i, part in enumerate(losses):
             if isinstance(part, dict) and "class_path" not in part:  # e.g. --model.loss.beta after a list
+                divergence = [key for key in ("divergence", "alpha_divergence_coef") if key in part]
+                if divergence:  # a single loss without an f-divergence form, which the parser then read as a list
+                    raise ConfigError(f"{not_admitted(f'model.loss.init_args.{divergence[0]}')}; `inspo fit --help` "
+                                      "lists every option")
                 raise ConfigError(f"model.loss[{i}]: {part!r} names no loss; a listed loss takes its arguments in the "
                                   "list: [{class_path: dpo, init_args: {beta: 0.2}}, sft]")
             try:
