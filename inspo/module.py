@@ -60,7 +60,9 @@ def resolve_loss(loss: PreferenceLoss | str | dict[str, Any] | list[Any],
 
 def _loss_name(loss: Any) -> str:
     """``dpo``, ``inspo.losses.DPOLoss`` or ``DPOLoss``: a single loss as the user gave it, for messages."""
-    return loss if isinstance(loss, str) else str(loss.get("class_path")) if isinstance(loss, dict) else type(loss).__name__
+    if isinstance(loss, dict):
+        return str(loss.get("class_path"))
+    return loss if isinstance(loss, str) else type(loss).__name__
 
 
 class PreferenceModule(LightningModule):
