@@ -64,22 +64,19 @@ def code_commit() -> str:
     return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def val_curve(folder: Path, every: int | None = None, steps: int | None = None) -> list[dict[str, float]]:
+def val_curve(folder: Path, fit: bool = False) -> list[dict[str, float]]:
     """Every validation row of a run's CSV log, in order: ``{"step", "val/...": value}``.
 
-    With ``every`` (the run's validation interval) the k-th row is put at optimizer step min(k * every, steps):
-    Lightning logs a validation inside training at the step count before the one that triggered it, which would
-    shift the curve by one step against the step-0 validation of the untrained model.
+    With ``fit`` (a training run's log) a row's step is the logged step plus one, the optimizer step it follows:
+    Lightning logs a validation inside training at the step count before the one that triggered it, and the full
+    sanity check before step 1 (``num_sanity_val_steps: -1``, logged by our monitor) at step -1.
     """
     rows = []
     for path in sorted(folder.glob("inspo/version_*/metrics.csv")):
         for row in csv.DictReader(path.open()):
             values = {k: float(v) for k, v in row.items() if k.startswith("val/") and v not in ("", None)}
             if values:
-                step = int(float(row.get("step") or 0))
-                if every:
-                    step = min((len(rows) + 1) * every, steps or (len(rows) + 1) * every)
-                rows.append({"step": step, **values})
+                rows.append({"step": int(float(row.get("step") or 0)) + (1 if fit else 0), **values})
     return rows
 
 
@@ -116,8 +113,8 @@ class Driver:
         command = [sys.executable, "-m", "inspo.eval.suite", "--model", model, "--out", str(out), "--threads",
                    str(a.threads), "--own", str(a.own), "--ifeval", str(a.ifeval), "--ifbench", str(a.ifbench),
                    "--max-new-tokens", str(a.max_new_tokens), "--dtype", a.dtype, "--batch-size",
-                   str(a.eval_batch_size), "--external-batch-size", str(a.external_batch_size), "--device",
-                   a.eval_device]
+                   str(a.eval_batch_size), "--external-batch-size", str(a.external_batch_size), "--batch-tokens",
+                   str(a.batch_tokens), "--device", a.eval_device]
         out.parent.mkdir(parents=True, exist_ok=True)
         table.run_logged(command, out.with_suffix(".log"), table.job_env(self.args), f"evaluating {model}")
         return json.loads(out.read_text())
@@ -141,7 +138,7 @@ class Driver:
         folder.mkdir(parents=True)
         commit, start = self.commit, time.time()
         model = self.fit(loss, conditioning, seed, lr, folder)
-        curve = val_curve(folder, self.args.val_every, self.args.steps)
+        curve = val_curve(folder, fit=True)
         data = {"run": name, "loss": loss, "conditioning": conditioning, "seed": seed, "lr": lr,
                 "pairs": self.args.pairs, "steps": self.args.steps, "val_every": self.args.val_every,
                 "commit": commit, "train_seconds": round(time.time() - start, 1), "model": str(model),
@@ -219,7 +216,8 @@ class Driver:
         a, record = self.args, self.out / "eval" / "start.json"
         wanted = SuiteSettings(own=a.own, ifeval=a.ifeval, ifbench=None if a.ifbench < 0 else a.ifbench,
                                max_new_tokens=a.max_new_tokens, dtype=a.dtype, batch_size=a.eval_batch_size,
-                               external_batch_size=a.external_batch_size, device=a.eval_device).key()
+                               external_batch_size=a.external_batch_size, batch_tokens=a.batch_tokens,
+                               device=a.eval_device).key()
         saved = json.loads(record.read_text())["settings"] if record.is_file() else wanted
         saved.setdefault("external_batch_size", saved["batch_size"])  # before 3fd3aa3 one batch size served all sets
         if saved != wanted:
@@ -252,6 +250,8 @@ def missing_extras() -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from inspo.eval.suite import SuiteSettings
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=["all", "train", "summary"], default="all")
     parser.add_argument("--pairs", type=int, default=512, help="training pairs per run (4 per optimizer step)")
@@ -271,6 +271,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "CPU per prompt than 32, measured)")
     parser.add_argument("--external-batch-size", type=int, default=32, help="prompts per generate call on the "
                         "IFEval / IFBench prompts (long ones: large batches cost more per prompt)")
+    parser.add_argument("--batch-tokens", type=int, default=SuiteSettings.batch_tokens, help="most padded tokens "
+                        "per generate call (a long prompt does not pad a whole batch to its length)")
     parser.add_argument("--dtype", default="fp32", help="generation precision (fp32: the same on every CPU)")
     parser.add_argument("--eval-device", default="cpu", help="cpu, or cuda on a GPU machine (then the whole grid)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "evidence"), help="checkpoints, models, answers")

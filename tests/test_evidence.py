@@ -13,7 +13,7 @@ import pytest
 
 from inspo.eval.prompts import evaluation_prompts, split_topics
 from inspo.eval.stats import crossed_mean, head_to_head
-from inspo.eval.suite import SuiteSettings
+from inspo.eval.suite import SuiteSettings, length_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "inspo" / "assets" / "verifiable" / "train.jsonl"
@@ -94,6 +94,18 @@ def test_ifbench_prompts_judge_offline(external) -> None:
         assert len(verdict["strict"]) == len(row["instruction_id_list"])
 
 
+def test_length_batches_keep_a_long_prompt_from_padding_a_whole_batch() -> None:
+    """Batches hold prompts of alike length, at most ``batch_size`` rows and ``batch_tokens`` padded tokens (rows
+    times longest prompt plus new tokens); a prompt longer than the budget goes alone; every index once."""
+    lengths = [50, 2600, 40, 60, 45, 55, 300, 70]
+    batches = length_batches(lengths, batch_size=3, batch_tokens=1000, new_tokens=64)
+    assert batches == [[2, 4, 0], [5, 3, 7], [6], [1]]
+    for batch in batches[:-1]:
+        assert len(batch) * (max(lengths[i] for i in batch) + 64) <= 1000
+    assert length_batches(lengths, batch_size=8, batch_tokens=10**6, new_tokens=64) == [sorted(
+        range(8), key=lambda i: lengths[i])]
+
+
 # --- scripts/run_evidence.py on synthetic results ------------------------------------------------------------------
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -117,9 +129,9 @@ class Fakes:
         log = folder / "inspo" / "version_0"
         log.mkdir(parents=True)
         header = "step,val/reward_accuracy,val/loss,val/plain_reward_accuracy\n"
-        # Lightning logs the validations after optimizer steps 1 and 2 at steps 0 and 1.
+        # Lightning logs the sanity check before step 1 at step -1, the validations after steps 1 and 2 at 0 and 1.
         rows = [f"{s - 1},{_peaked(lr) * s / 2:.4f},0.69,{0.5 + 0.01 * s if conditioning == 'inspo' else ''}\n"
-                for s in (1, 2)]
+                for s in (0, 1, 2)]
         (log / "metrics.csv").write_text(header + "".join(rows))
         (log / "hf_model").mkdir()
         return log / "hf_model"
@@ -187,8 +199,9 @@ def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
         assert summary[loss]["seeds"] == 0 and summary[loss]["head_to_head_win_rate"] is None
         assert summary[loss]["inspo"]["ifeval_prompt_strict"] is None
     transfer = dpo["transfer"]["0"]
-    assert transfer["inspo"][0] == [0, 0.3] and transfer["standard"][0] == [0, 0.0]
-    assert [p[0] for p in transfer["inspo"]] == [0, 1, 2] and [p[0] for p in transfer["inspo_plain"]] == [1, 2]
+    # Each run's own check before step 1 is its step 0 (the step-0 validation serves only runs without one).
+    assert transfer["inspo"][0] == [0, 0.0] and transfer["inspo_plain"][0] == [0, 0.5]
+    assert [p[0] for p in transfer["inspo"]] == [0, 1, 2] and [p[0] for p in transfer["inspo_plain"]] == [0, 1, 2]
     for name in ("summary.md", "head_to_head.png", "vs_start.png", "transfer.png"):
         assert (out / name).stat().st_size > 0
 

@@ -49,7 +49,9 @@ def transfer_curves(runs: dict[str, Any], loss: str) -> dict[str, dict[str, list
         if record["conditioning"] == "standard" and record["lr"] != runs.get("_chosen", {}).get(loss, record["lr"]):
             continue
         seed = curves.setdefault(str(record["seed"]), {})
-        rows = [zero[record["conditioning"]], *record["val_curve"]]
+        rows = record["val_curve"]
+        if not any(row.get("step") == 0 for row in rows):  # a run without its own check before step 1
+            rows = [zero[record["conditioning"]], *rows]
         for key, label in ((ACC, record["conditioning"]), (PLAIN, "inspo_plain")):
             if record["conditioning"] == "inspo" or key == ACC:
                 points = [[row["step"], row[key]] for row in rows if key in row and "step" in row]
