@@ -250,7 +250,7 @@ def test_init_args_are_typed_with_defaults(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in LOSS_NAMES if "beta" in inspect.signature(LOSSES[n]).parameters])
 @pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])
 def test_beta_must_be_positive(name: str, beta: float) -> None:
-    """Every loss with a beta refuses beta <= 0 and NaN in one line naming its class (PreferenceLoss.check_beta)."""
+    """Every loss with a beta refuses beta <= 0 and NaN in one line naming its class (BetaLoss)."""
     with pytest.raises(ConfigError) as err:
         LOSSES[name](beta=beta)
     assert str(err.value) == f"{LOSSES[name].__name__}: beta must be > 0, got {beta}"

@@ -4,7 +4,7 @@ from inspo.losses.aot import AOTLoss
 from inspo.losses.aot_unpaired import AOTUnpairedLoss
 from inspo.losses.apo_down import APODownLoss
 from inspo.losses.apo_zero import APOZeroLoss
-from inspo.losses.base import LOSSES, LossOutput, PairLogps, PreferenceLoss, logratios, register_loss, sft_nll
+from inspo.losses.base import LOSSES, BetaLoss, LossOutput, PairLogps, PreferenceLoss, logratios, register_loss, sft_nll
 from inspo.losses.bco import BCOPairLoss
 from inspo.losses.discopop import DiscoPOPLoss
 from inspo.losses.dpo import DPOLoss
@@ -29,6 +29,7 @@ __all__ = [
     "APODownLoss",
     "APOZeroLoss",
     "BCOPairLoss",
+    "BetaLoss",
     "DPOLoss",
     "DiscoPOPLoss",
     "EXOPairLoss",

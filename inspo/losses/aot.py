@@ -41,4 +41,4 @@ class AOTLoss(BatchSortingLoss):
         margin = policy.chosen.float() - policy.rejected.float()
         reference_margin = reference.chosen.float() - reference.rejected.float()
         losses = self.sorted_losses(margin, reference_margin)
-        return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())
+        return self.output(losses, chosen_ratio, rejected_ratio)

@@ -30,4 +30,4 @@ class AOTUnpairedLoss(BatchSortingLoss):
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         losses = self.sorted_losses(chosen_ratio, rejected_ratio)
-        return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())
+        return self.output(losses, chosen_ratio, rejected_ratio)

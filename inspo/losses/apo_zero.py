@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 
 
 @register_loss("apo_zero")
-class APOZeroLoss(PreferenceLoss):
+class APOZeroLoss(BetaLoss):
     """Anchored Preference Optimization, APO-zero; TRL ``loss_type="apo_zero"``.
 
     Paper: "Anchored Preference Optimization and Contrastive Revisions: Addressing Underspecification in
@@ -28,14 +28,10 @@ class APOZeroLoss(PreferenceLoss):
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
     """
 
-    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
-        super().__init__(sft_weight=sft_weight)
-        self.beta = self.check_beta(beta)
-
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         chosen, rejected = self.beta * chosen_ratio, self.beta * rejected_ratio
-        return LossOutput(self.anchored(chosen, rejected), chosen.detach(), rejected.detach())
+        return self.output(self.anchored(chosen, rejected), chosen_ratio, rejected_ratio)
 
     @staticmethod
     def anchored(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:

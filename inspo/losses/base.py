@@ -139,16 +139,29 @@ class PreferenceLoss(nn.Module):
         coef = self.alpha_divergence_coef
         return f_score(chosen_ratio, self.divergence, coef), f_score(rejected_ratio, self.divergence, coef)
 
-    def check_beta(self, beta: float) -> float:
-        """``beta`` if it is > 0, else a ConfigError naming the loss class (NaN is refused too)."""
-        if not beta > 0:
-            raise ConfigError(f"{type(self).__name__}: beta must be > 0, got {beta}")
-        return beta
-
     def log_ratios(self, policy: PairLogps, reference: PairLogps | None) -> tuple[Tensor, Tensor]:
         """:func:`logratios` of a loss that requires a reference (``forward`` has checked it is given)."""
         assert reference is not None, f"{type(self).__name__} requires reference log-probs"
         return logratios(policy, reference)
+
+
+class BetaLoss(PreferenceLoss):
+    """A loss on the implicit rewards ``beta * (log pi(y) - log pi_ref(y|x))`` of the two responses.
+
+    Holds ``beta`` (checked > 0) and :meth:`output`, which attaches those rewards (detached: the metrics' chosen
+    and rejected rewards) to the per-pair losses. A subclass with more hyperparameters calls
+    ``super().__init__(beta, sft_weight)``.
+    """
+
+    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
+        super().__init__(sft_weight=sft_weight)
+        if not beta > 0:  # also NaN
+            raise ConfigError(f"{type(self).__name__}: beta must be > 0, got {beta}")
+        self.beta = beta
+
+    def output(self, losses: Tensor, chosen_ratio: Tensor, rejected_ratio: Tensor) -> LossOutput:
+        """``losses`` with the rewards ``beta * chosen_ratio`` and ``beta * rejected_ratio``."""
+        return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())
 
 
 def sft_nll(policy: PairLogps) -> Tensor:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 
 
 @register_loss("bco_pair")
-class BCOPairLoss(PreferenceLoss):
+class BCOPairLoss(BetaLoss):
     """Binary Classifier Optimization on pairs; TRL ``loss_type="bco_pair"``.
 
     Paper: "Binary Classifier Optimization for Large Language Model Alignment", Jung, Han, Kim, Lee, Park, Ryu,
@@ -28,12 +28,8 @@ class BCOPairLoss(PreferenceLoss):
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
     """
 
-    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
-        super().__init__(sft_weight=sft_weight)
-        self.beta = self.check_beta(beta)
-
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         chosen, rejected = self.beta * chosen_ratio, self.beta * rejected_ratio
         losses = -F.logsigmoid(chosen) - F.logsigmoid(-rejected)
-        return LossOutput(losses=losses, chosen_rewards=chosen.detach(), rejected_rewards=rejected.detach())
+        return self.output(losses, chosen_ratio, rejected_ratio)

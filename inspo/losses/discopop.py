@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 from inspo.losses.divergence import Divergence
 
 
 @register_loss("discopop")
-class DiscoPOPLoss(PreferenceLoss):
+class DiscoPOPLoss(BetaLoss):
     """DiscoPOP, the log-ratio modulated loss (LRML); TRL ``loss_type="discopop"``.
 
     Paper: "Discovering Preference Optimization Algorithms with and for Large Language Models", Lu, Holt, Fanconi,
@@ -38,9 +38,8 @@ class DiscoPOPLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, tau: float = 0.05, sft_weight: float = 0.0,
                  divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
-        super().__init__(sft_weight=sft_weight)
+        super().__init__(beta, sft_weight)
         self.set_divergence(divergence, alpha_divergence_coef)
-        self.beta = self.check_beta(beta)
         if not tau > 0:
             raise ConfigError(f"DiscoPOPLoss: tau must be > 0, got {tau}")
         self.tau = tau
@@ -50,4 +49,4 @@ class DiscoPOPLoss(PreferenceLoss):
         chosen_score, rejected_score = self.scores(chosen_ratio, rejected_ratio)
         z = self.beta * (chosen_score - rejected_score)
         losses = -torch.sigmoid(-z / self.tau) * F.logsigmoid(z) + torch.exp(F.logsigmoid(z / self.tau) - z)
-        return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())
+        return self.output(losses, chosen_ratio, rejected_ratio)

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 from inspo.losses.divergence import Divergence
 
 
 @register_loss("exo_pair")
-class EXOPairLoss(PreferenceLoss):
+class EXOPairLoss(BetaLoss):
     """Efficient Exact Optimization, preference form with K=2; TRL ``loss_type="exo_pair"``.
 
     Paper: "Towards Efficient Exact Optimization of Language Model Alignment", Ji, Lu, Niu, Ke, Wang, Dong, Chen,
@@ -40,9 +40,8 @@ class EXOPairLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 1e-3, sft_weight: float = 0.0,
                  divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
-        super().__init__(sft_weight=sft_weight)
+        super().__init__(beta, sft_weight)
         self.set_divergence(divergence, alpha_divergence_coef)
-        self.beta = self.check_beta(beta)
         if not 0 < label_smoothing < 0.5:
             raise ConfigError(f"EXOPairLoss: label_smoothing must be in (0, 0.5), got {label_smoothing}")
         self.label_smoothing = label_smoothing
@@ -55,4 +54,4 @@ class EXOPairLoss(PreferenceLoss):
         # q log q via logsigmoid: finite at any gap (q -> 0 gives 0 * (large negative), never 0 * -inf)
         losses = (torch.sigmoid(logits) * (F.logsigmoid(logits) - math.log1p(-eps))
                   + torch.sigmoid(-logits) * (F.logsigmoid(-logits) - math.log(eps)))
-        return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())
+        return self.output(losses, chosen_ratio, rejected_ratio)

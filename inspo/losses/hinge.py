@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 from inspo.losses.divergence import Divergence
 
 
 @register_loss("hinge")
-class HingeLoss(PreferenceLoss):
+class HingeLoss(BetaLoss):
     """Hinge (SLiC) loss on the DPO log-ratio gap.
 
     Paper: "SLiC-HF: Sequence Likelihood Calibration with Human Feedback", Zhao, Joshi, Liu, Khalman, Saleh,
@@ -33,16 +33,11 @@ class HingeLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, sft_weight: float = 0.0,
                  divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
-        super().__init__(sft_weight=sft_weight)
+        super().__init__(beta, sft_weight)
         self.set_divergence(divergence, alpha_divergence_coef)
-        self.beta = self.check_beta(beta)
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         chosen_score, rejected_score = self.scores(chosen_ratio, rejected_ratio)
         losses = F.relu(1 - self.beta * (chosen_score - rejected_score))
-        return LossOutput(
-            losses=losses,
-            chosen_rewards=(self.beta * chosen_ratio).detach(),
-            rejected_rewards=(self.beta * rejected_ratio).detach(),
-        )
+        return self.output(losses, chosen_ratio, rejected_ratio)

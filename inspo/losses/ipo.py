@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 from inspo.losses.divergence import Divergence
 
 
 @register_loss("ipo")
-class IPOLoss(PreferenceLoss):
+class IPOLoss(BetaLoss):
     """Identity Preference Optimisation.
 
     Paper: "A General Theoretical Paradigm to Understand Learning from Human Preferences", Azar, Rowland, Piot,
@@ -43,9 +43,8 @@ class IPOLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, average_log_ratios: bool = True, sft_weight: float = 0.0,
                  divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
-        super().__init__(sft_weight=sft_weight)
+        super().__init__(beta, sft_weight)
         self.set_divergence(divergence, alpha_divergence_coef)
-        self.beta = self.check_beta(beta)
         self.average_log_ratios = average_log_ratios
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
@@ -56,4 +55,4 @@ class IPOLoss(PreferenceLoss):
             chosen_ratio, rejected_ratio = chosen_ratio / chosen_tokens, rejected_ratio / rejected_tokens
             chosen_score, rejected_score = chosen_score / chosen_tokens, rejected_score / rejected_tokens
         losses = (chosen_score - rejected_score - 1 / (2 * self.beta)) ** 2
-        return LossOutput(losses, (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach())
+        return self.output(losses, chosen_ratio, rejected_ratio)

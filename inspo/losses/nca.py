@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 
 
 @register_loss("nca_pair")
-class NCAPairLoss(PreferenceLoss):
+class NCAPairLoss(BetaLoss):
     """Noise Contrastive Alignment, the pairwise (K=2) preference form; TRL ``loss_type="nca_pair"``.
 
     Paper: "Noise Contrastive Alignment of Language Models with Explicit Rewards", Chen, Yang, Lin, Zhang, Zhu,
@@ -30,12 +30,8 @@ class NCAPairLoss(PreferenceLoss):
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
     """
 
-    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
-        super().__init__(sft_weight=sft_weight)
-        self.beta = self.check_beta(beta)
-
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         chosen, rejected = self.beta * chosen_ratio, self.beta * rejected_ratio
         losses = -F.logsigmoid(chosen) - 0.5 * F.logsigmoid(-chosen) - 0.5 * F.logsigmoid(-rejected)
-        return LossOutput(losses=losses, chosen_rewards=chosen.detach(), rejected_rewards=rejected.detach())
+        return self.output(losses, chosen_ratio, rejected_ratio)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 
 
 @register_loss("onesided")
-class OneSidedLoss(PreferenceLoss):
+class OneSidedLoss(BetaLoss):
     """One-sided preference loss (the InSPO paper's formula 22).
 
     Paper: "InSPO: Unlocking Intrinsic Self-Reflection for LLM Preference Optimization", Li, Lan, Qi,
@@ -29,15 +29,7 @@ class OneSidedLoss(PreferenceLoss):
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
     """
 
-    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
-        super().__init__(sft_weight=sft_weight)
-        self.beta = self.check_beta(beta)
-
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         losses = -F.logsigmoid(-self.beta * rejected_ratio)
-        return LossOutput(
-            losses=losses,
-            chosen_rewards=(self.beta * chosen_ratio).detach(),
-            rejected_rewards=(self.beta * rejected_ratio).detach(),
-        )
+        return self.output(losses, chosen_ratio, rejected_ratio)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 
 
 @register_loss("rdpo")
-class RDPOLoss(PreferenceLoss):
+class RDPOLoss(BetaLoss):
     """Length-regularised DPO.
 
     Paper: "Disentangling Length from Quality in Direct Preference Optimization", Park, Rafailov, Ermon, Finn,
@@ -39,8 +39,7 @@ class RDPOLoss(PreferenceLoss):
     """
 
     def __init__(self, beta: float = 0.1, alpha: float = 0.01, sft_weight: float = 0.0) -> None:
-        super().__init__(sft_weight=sft_weight)
-        self.beta = self.check_beta(beta)
+        super().__init__(beta, sft_weight)
         if not alpha >= 0:
             raise ConfigError(f"RDPOLoss: alpha must be >= 0, got {alpha}")
         self.alpha = alpha
@@ -49,8 +48,4 @@ class RDPOLoss(PreferenceLoss):
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         length_gap = policy.chosen_tokens.float() - policy.rejected_tokens.float()
         losses = -F.logsigmoid(self.beta * (chosen_ratio - rejected_ratio) + self.alpha * length_gap)
-        return LossOutput(
-            losses=losses,
-            chosen_rewards=(self.beta * chosen_ratio).detach(),
-            rejected_rewards=(self.beta * rejected_ratio).detach(),
-        )
+        return self.output(losses, chosen_ratio, rejected_ratio)

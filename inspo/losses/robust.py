@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 from inspo.losses.divergence import Divergence
 
 
 @register_loss("robust")
-class RobustDPOLoss(PreferenceLoss):
+class RobustDPOLoss(BetaLoss):
     """Provably robust DPO (rDPO).
 
     Paper: "Provably Robust DPO: Aligning Language Models with Noisy Feedback", Chowdhury, Kini, Natarajan,
@@ -36,9 +36,8 @@ class RobustDPOLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1, sft_weight: float = 0.0,
                  divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
-        super().__init__(sft_weight=sft_weight)
+        super().__init__(beta, sft_weight)
         self.set_divergence(divergence, alpha_divergence_coef)
-        self.beta = self.check_beta(beta)
         if not 0 <= label_smoothing < 0.5:
             raise ConfigError(f"RobustDPOLoss: label_smoothing must be in [0, 0.5), got {label_smoothing}")
         self.label_smoothing = label_smoothing
@@ -49,8 +48,4 @@ class RobustDPOLoss(PreferenceLoss):
         logits = self.beta * (chosen_score - rejected_score)
         eps = self.label_smoothing
         losses = (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)
-        return LossOutput(
-            losses=losses,
-            chosen_rewards=(self.beta * chosen_ratio).detach(),
-            rejected_rewards=(self.beta * rejected_ratio).detach(),
-        )
+        return self.output(losses, chosen_ratio, rejected_ratio)

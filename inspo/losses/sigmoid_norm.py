@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 from inspo.losses.divergence import Divergence
 
 
 @register_loss("sigmoid_norm")
-class SigmoidNormLoss(PreferenceLoss):
+class SigmoidNormLoss(BetaLoss):
     """Length-normalised DPO; TRL ``loss_type="sigmoid_norm"``.
 
     Papers: DPO (Rafailov et al., arXiv 2305.18290) with each log-ratio averaged over its response's tokens, as in
@@ -34,9 +34,8 @@ class SigmoidNormLoss(PreferenceLoss):
 
     def __init__(self, beta: float = 5.0, sft_weight: float = 0.0,
                  divergence: Divergence = "reverse_kl", alpha_divergence_coef: float = 0.5) -> None:
-        super().__init__(sft_weight=sft_weight)
+        super().__init__(beta, sft_weight)
         self.set_divergence(divergence, alpha_divergence_coef)
-        self.beta = self.check_beta(beta)
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)

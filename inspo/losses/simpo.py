@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from inspo.errors import ConfigError
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 
 
 @register_loss("simpo")
-class SimPOLoss(PreferenceLoss):
+class SimPOLoss(BetaLoss):
     """Simple Preference Optimization.
 
     Paper: "SimPO: Simple Preference Optimization with a Reference-Free Reward", Meng, Xia, Chen,
@@ -33,8 +33,7 @@ class SimPOLoss(PreferenceLoss):
     requires_reference = False
 
     def __init__(self, beta: float = 2.0, gamma: float = 1.0, sft_weight: float = 0.0) -> None:
-        super().__init__(sft_weight=sft_weight)
-        self.beta = self.check_beta(beta)
+        super().__init__(beta, sft_weight)
         if not gamma >= 0:
             raise ConfigError(f"SimPOLoss: gamma (target margin) must be >= 0, got {gamma}")
         self.gamma = gamma

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from inspo.errors import ConfigError
-from inspo.losses.base import PreferenceLoss
+from inspo.losses.base import BetaLoss
 
 
 def world() -> tuple[int, int]:
@@ -47,7 +47,7 @@ def gather_keeping_grad(values: Tensor) -> tuple[Tensor, int]:
     return torch.cat(parts, dim=1), sum(counts[:rank])
 
 
-class BatchSortingLoss(PreferenceLoss):
+class BatchSortingLoss(BetaLoss):
     """Base of the AOT losses: cDPO's loss on ``beta * (sort(a) - sort(b))``, rank by rank over the global batch.
 
     ``losses[j]`` is the loss at the j-th sorted position, not of pair j; only their mean is meaningful. Under data
@@ -60,8 +60,7 @@ class BatchSortingLoss(PreferenceLoss):
     """
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, sft_weight: float = 0.0) -> None:
-        super().__init__(sft_weight=sft_weight)
-        self.beta = self.check_beta(beta)
+        super().__init__(beta, sft_weight)
         if not 0 <= label_smoothing < 0.5:
             raise ConfigError(f"{type(self).__name__}: label_smoothing must be in [0, 0.5), got {label_smoothing}")
         self.label_smoothing = label_smoothing

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from inspo.losses.base import LossOutput, PairLogps, PreferenceLoss, register_loss
+from inspo.losses.base import BetaLoss, LossOutput, PairLogps, register_loss
 
 
 @register_loss("sppo_hard")
-class SPPOHardLoss(PreferenceLoss):
+class SPPOHardLoss(BetaLoss):
     """Self-Play Preference Optimization, hard-label version; TRL ``loss_type="sppo_hard"``.
 
     Paper: "Self-Play Preference Optimization for Language Model Alignment", Wu, Sun, Yuan, Ji, Yang, Gu,
@@ -29,16 +29,8 @@ class SPPOHardLoss(PreferenceLoss):
         sft_weight: weight of the chosen-response NLL term (see :class:`PreferenceLoss`).
     """
 
-    def __init__(self, beta: float = 0.1, sft_weight: float = 0.0) -> None:
-        super().__init__(sft_weight=sft_weight)
-        self.beta = self.check_beta(beta)
-
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         chosen_ratio, rejected_ratio = self.log_ratios(policy, reference)
         target = 1 / (2 * self.beta)
         losses = (chosen_ratio - target) ** 2 + (rejected_ratio + target) ** 2
-        return LossOutput(
-            losses=losses,
-            chosen_rewards=(self.beta * chosen_ratio).detach(),
-            rejected_rewards=(self.beta * rejected_ratio).detach(),
-        )
+        return self.output(losses, chosen_ratio, rejected_ratio)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from inspo.losses import LossOutput, PairLogps, PreferenceLoss, logratios, register_loss
+from inspo.losses import BetaLoss, LossOutput, PairLogps, register_loss
 
 
 @register_loss("sigmoid_margin")
-class SigmoidMarginLoss(PreferenceLoss):
+class SigmoidMarginLoss(BetaLoss):
     """DPO with a fixed margin: L = -log sigma(beta * h - margin), h = (a_w - r_w) - (a_l - r_l).
 
     With margin 0 this is DPO. A margin > 0 keeps pushing pairs whose implicit reward gap is already positive but
@@ -29,12 +29,10 @@ class SigmoidMarginLoss(PreferenceLoss):
     requires_reference = True
 
     def __init__(self, beta: float = 0.1, margin: float = 0.5, sft_weight: float = 0.0) -> None:
-        super().__init__(sft_weight)
-        if beta <= 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
-        self.beta, self.margin = beta, margin
+        super().__init__(beta, sft_weight)  # BetaLoss checks beta > 0
+        self.margin = margin
 
     def pair_loss(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = logratios(policy, reference)
+        chosen, rejected = self.log_ratios(policy, reference)  # log pi(y) - log pi_ref(y|x), fp32
         losses = -F.logsigmoid(self.beta * (chosen - rejected) - self.margin)
-        return LossOutput(losses, self.beta * chosen.detach(), self.beta * rejected.detach())
+        return self.output(losses, chosen, rejected)  # adds the rewards beta * log-ratio for the metrics
