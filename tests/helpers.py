@@ -122,6 +122,25 @@ def expected(model: torch.nn.Module, segments: dict, sequences: dict) -> list[fl
     return out
 
 
+
+def assert_layout_exact(layout, model: torch.nn.Module, conditioning, segments: list[dict], pad_id: int,
+                        plain: torch.nn.Module | None = None, chunk_size: int = 5) -> list:
+    """Through ``layout``'s rows and ``model``, the policy targets of ``conditioning`` and the reference targets of
+    every pair's ``segments`` equal each sequence computed on its own through ``plain`` (default ``model``) to 1e-5;
+    returns the two row batches built."""
+    from inspo.conditioning import REFERENCE_SEQUENCES
+    from inspo.logprobs import target_logps
+
+    built = []
+    for sequences in (conditioning.sequences(plain=True), REFERENCE_SEQUENCES):
+        rows = layout.build(segments, sequences, pad_id)
+        with torch.no_grad():
+            got = target_logps(model, rows, chunk_size=chunk_size)
+        want = torch.tensor([expected(plain or model, s, sequences) for s in segments])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        built.append(rows)
+    return built
+
 # ---------------------------------------------------------------- module factory
 def make_module(**kwargs) -> PreferenceModule:
     """A PreferenceModule on the tiny random Llama, model configured (``kwargs`` as in YAML ``model:``)."""

@@ -8,7 +8,7 @@ import torch
 from inspo.conditioning import REFERENCE_SEQUENCES, ReflectionTemplate, make_conditioning
 from inspo.layout import LAYOUTS, PackedLayout, RowBuilder, make_layout, prefix_tree
 from inspo.logprobs import target_logps, token_logps, token_logps_full
-from tests.helpers import expected, random_pairs, tiny_model
+from tests.helpers import assert_layout_exact, random_pairs, tiny_model
 
 LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (1, 1, 1)]
 
@@ -22,12 +22,7 @@ def test_layout_matches_separate_sequences(tokenizer, attn, layout, conditioning
     template = ReflectionTemplate("Other answer:", "\nBetter answer:") if conditioning.endswith("template") else None
     cond = make_conditioning(conditioning.split("-")[0], tokenizer, template)
     segments = [cond.segments(*p) for p in random_pairs(4, LENGTHS)]
-    for sequences in (cond.sequences(plain=True), REFERENCE_SEQUENCES):
-        rows = make_layout(layout).build(segments, sequences, tokenizer.pad_token_id)
-        with torch.no_grad():
-            got = target_logps(model, rows, chunk_size=5)
-        want = torch.tensor([expected(model, s, sequences) for s in segments])
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert_layout_exact(make_layout(layout), model, cond, segments, tokenizer.pad_token_id)
 
 
 def test_inspo_packed_row_shares_the_prompt(tokenizer):

@@ -13,7 +13,7 @@ from inspo.conditioning import REFERENCE_SEQUENCES, make_conditioning
 from inspo.layout import PackedLayout, SeparateLayout
 from inspo.logprobs import target_logps
 from inspo.prefix_attention import PrefixLayout, choose_layout, prefix_unsupported_reason, use_prefix_attention
-from tests.helpers import expected, random_pairs, tiny_family, tiny_model
+from tests.helpers import assert_layout_exact, random_pairs, tiny_family, tiny_model
 
 LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (9, 4, 3)]
 
@@ -22,12 +22,7 @@ def assert_exact(model: torch.nn.Module, plain: torch.nn.Module, tokenizer, cond
     """Both sequence sets of ``conditioning`` through prefix rows equal the separately computed sequences (1e-5)."""
     cond = make_conditioning(conditioning, tokenizer)
     segments = [cond.segments(*p) for p in random_pairs(4, LENGTHS)]
-    for sequences in (cond.sequences(plain=True), REFERENCE_SEQUENCES):
-        rows = PrefixLayout(budget).build(segments, sequences, tokenizer.pad_token_id)
-        with torch.no_grad():
-            got = target_logps(model, rows, chunk_size=5)
-        want = torch.tensor([expected(plain, s, sequences) for s in segments])
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert_layout_exact(PrefixLayout(budget), model, cond, segments, tokenizer.pad_token_id, plain)
 
 
 @pytest.mark.parametrize("conditioning", ["standard", "inspo"])
