@@ -72,7 +72,7 @@ def check_4bit_available() -> None:
                           "pip install bitsandbytes") from None
 
 
-def apply_lora(model: nn.Module, settings: LoraSettings, gradient_checkpointing: bool = False) -> nn.Module:
+def apply_lora(model: nn.Module, settings: LoraSettings, gradient_checkpointing: bool | str = False) -> nn.Module:
     """Wrap ``model`` in a peft LoRA model: a new adapter, or ``settings.adapter`` loaded twice (trained + frozen).
 
     Only the trained adapter's parameters require gradients afterwards.
@@ -80,8 +80,12 @@ def apply_lora(model: nn.Module, settings: LoraSettings, gradient_checkpointing:
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if settings.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        from inspo.models import selective_checkpointing
+
+        kwargs = {"use_reentrant": False, **({"context_fn": selective_checkpointing}
+                                            if gradient_checkpointing == "selective" else {})}
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gradient_checkpointing),
+                                                gradient_checkpointing_kwargs=kwargs)
     if settings.adapter is None:
         config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                             target_modules=settings.target_modules, task_type="CAUSAL_LM")

@@ -133,15 +133,36 @@ def test_export_merged_and_adapter_load_with_plain_transformers(tmp_path, tokeni
     assert module.policy.peft_config  # the live policy keeps its adapters after a merged export
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    grads = []
-    for checkpointing in (False, True):
-        module = PreferenceModule(random_init=TINY_CONFIG, gradient_checkpointing=checkpointing)
+@pytest.mark.parametrize("layout", ["packed", "separate"])
+def test_gradient_checkpointing_gives_the_same_gradients(layout):
+    grads = {}
+    for checkpointing in (False, True, "selective"):
+        module = PreferenceModule(random_init=TINY_CONFIG, gradient_checkpointing=checkpointing, layout=layout)
         module.configure_model()
-        assert any(getattr(m, "gradient_checkpointing", False) for m in module.policy.modules()) == checkpointing
+        layers = [m for m in module.policy.modules() if hasattr(m, "gradient_checkpointing")]
+        assert any(m.gradient_checkpointing for m in layers) == bool(checkpointing)
         module.loss(*module.pair_logps(batch())).loss.backward()
-        grads.append(module.policy.model.layers[0].mlp.down_proj.weight.grad)
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+        grads[checkpointing] = {n: p.grad for n, p in module.policy.named_parameters()}
+    for checkpointing in (True, "selective"):
+        for name, grad in grads[False].items():
+            torch.testing.assert_close(grads[checkpointing][name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_selective_checkpointing_keeps_products_and_recomputes_the_rest():
+    """The policy keeps what costs FLOPs to recompute and nothing else (else it saves no memory)."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    from inspo.models import _keep_products
+
+    aten = torch.ops.aten
+    kept = [aten.mm.default, aten.addmm.default, aten.bmm.default, aten._scaled_dot_product_flash_attention_for_cpu,
+            aten._scaled_dot_product_efficient_attention.default]
+    recomputed = [aten.mul.Tensor, aten.silu.default, aten.rsqrt.default, aten.add.Tensor, aten.pow.Tensor_Scalar,
+                  aten.cat.default, aten.neg.default, aten.mean.dim]
+    assert all(_keep_products(None, op) == CheckpointPolicy.MUST_SAVE for op in kept)
+    assert all(_keep_products(None, op) == CheckpointPolicy.PREFER_RECOMPUTE for op in recomputed)
+    with pytest.raises(ConfigError, match="gradient_checkpointing: 'selectiv' is not one of false, true, selective"):
+        PreferenceModule(gradient_checkpointing="selectiv")
 
 
 def test_config_errors():
