@@ -77,6 +77,48 @@ def peak_memory(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def counted_flops(step: Any) -> int:
+    """FLOPs of ``step()`` (one forward + backward) as dispatched, by torch's FlopCounterMode: matrix products and
+    attention (on CPU the flash kernel counts only the (query, key) pairs its causal mask keeps, see
+    :func:`_register_more_flops`). Optimizer and element-wise work are not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def _register_more_flops() -> None:
+    import torch
+    from torch.utils.flop_counter import (
+        addmm_flop,
+        flop_registry,
+        register_flop_formula,
+        sdpa_backward_flop_count,
+        sdpa_flop_count,
+    )
+
+    def kept(q: tuple[int, ...], k: tuple[int, ...], causal: bool) -> float:  # share of (query, key) pairs computed
+        sq, sk = q[-2], k[-2]
+        return sum(min(i + 1, sk) for i in range(sq)) / (sq * sk) if causal else 1.0
+
+    aten = torch.ops.aten
+    if aten._scaled_dot_product_flash_attention_for_cpu in flop_registry:
+        return
+
+    @register_flop_formula(aten.addmm_)  # in place (TRL's chunked log-prob head): torch counts only addmm
+    def _addmm_(self_shape, a, b, *_, **__):
+        return addmm_flop(self_shape, a, b)
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+    def _fwd(q, k, v, dropout_p=0.0, is_causal=False, *_, **__):
+        return int(sdpa_flop_count(q, k, v) * kept(q, k, is_causal))
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _bwd(grad_out, q, k, v, out, lse, dropout_p=0.0, is_causal=False, *_, **__):
+        return int(sdpa_backward_flop_count(grad_out, q, k, v) * kept(q, k, is_causal))
+
+
 def wait_for_step() -> bool:
     """Block until the parent says ``step`` (True) or ``done`` (False): the parent interleaves the variants."""
     return sys.stdin.readline().strip() == "step"
@@ -133,7 +175,9 @@ def serve_ours(args: argparse.Namespace, variant: str) -> None:
         sync(device)
         report("TIME", CLOCK[0]() - start)
     wait_for_step()
-    report("RESULT", {"peak_memory_bytes": peak_memory(device), "row_tokens_per_step": row_tokens})
+    peak = peak_memory(device)
+    flops = counted_flops(lambda: module.loss(*module.pair_logps(batches[0])).loss.backward()) if args.flops else None
+    report("RESULT", {"peak_memory_bytes": peak, "row_tokens_per_step": row_tokens, "flops_per_step": flops})
 
 
 def sync(device: str) -> None:
@@ -176,13 +220,20 @@ def serve_trl(args: argparse.Namespace) -> None:
         gradient_checkpointing=False, max_grad_norm=1.0, optim="adamw_torch", weight_decay=0.0, seed=0,
         disable_dropout=True,
     )
-    trainer = PretokenizedDPOTrainer(model=load_model(args), args=config, train_dataset=data,
-                                     processing_class=load_tokenizer(MODEL), callbacks=[StepTimer()])
+    # the reference is passed: left to TRL, it would load the checkpoint named in the config (not a random init)
+    trainer = PretokenizedDPOTrainer(model=load_model(args), ref_model=load_model(args), args=config,
+                                     train_dataset=data, processing_class=load_tokenizer(MODEL), callbacks=[StepTimer()])
     report("READY", {})
     trainer.train()
     wait_for_step()
     row_tokens = 2 * 2 * args.batch_size * (args.prompt + max(args.chosen, args.rejected))  # policy + reference
-    report("RESULT", {"peak_memory_bytes": peak_memory(device), "row_tokens_per_step": row_tokens})
+    peak = peak_memory(device)
+    flops = None
+    if args.flops:  # one more forward + backward of TRL's own training_step on a batch of its own collator
+        inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        trainer.current_gradient_accumulation_steps = 1  # set by train()'s loop
+        flops = counted_flops(lambda: trainer.training_step(trainer.model, inputs))
+    report("RESULT", {"peak_memory_bytes": peak, "row_tokens_per_step": row_tokens, "flops_per_step": flops})
 
 
 CLOCK = [time.perf_counter]
@@ -194,6 +245,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.flops:
+        _register_more_flops()
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,6 +291,7 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict
             "pair_tokens_per_s": args.batch_size * pair_tokens / step,
             "model_tokens_per_s": run["row_tokens_per_step"] / step,
             "peak_memory_mib": run["peak_memory_bytes"] / 2**20,
+            "flops_per_pair": run["flops_per_step"] / args.batch_size if run.get("flops_per_step") else None,
             "step_seconds": run["step_seconds"],
             "group": run["group"],
         }
@@ -248,7 +302,7 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict
             return None
         if key == "seconds_per_pair" and variants[a]["group"] != variants[b]["group"] and args.group_size != 1:
             return None
-        return variants[a][key] / variants[b][key]
+        return variants[a][key] / variants[b][key] if variants[a][key] and variants[b][key] else None
 
     return {
         "variants": variants,
@@ -261,6 +315,8 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict
                                                                    "model_tokens_per_s"),
             "peak_mem_inspo_packed_over_trl_dpo": ratio("inspo_packed_live", "trl_dpo", "peak_memory_mib"),
             "peak_mem_inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo", "peak_memory_mib"),
+            "flops_inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo", "flops_per_pair"),
+            "flops_standard_packed_cached_over_trl_dpo": ratio("standard_packed_cached", "trl_dpo", "flops_per_pair"),
         },
     }
 
@@ -279,6 +335,7 @@ def benchmark(args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
     extra += ["--bf16"] if args.bf16 else []
     extra += ["--threads", str(args.threads)] if args.threads else []
     extra += ["--clock", args.clock]
+    extra += ["--flops"] if args.flops else []
     extra += ["--max-tokens-per-row", str(args.max_tokens_per_row)] if args.max_tokens_per_row else []
     cached = [v for v in variants if v.endswith("_cached")]
     build = None  # the key holds no layout or conditioning: one cache serves every cached variant (not timed)
@@ -351,6 +408,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="step time: wall clock, or each worker's own CPU time (with --threads 1 on a shared machine)")
+    parser.add_argument("--flops", action="store_true", help="also count each variant's FLOPs per pair (one more "
+                        "forward + backward after the timed steps, under torch's FlopCounterMode)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
