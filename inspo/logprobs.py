@@ -3,8 +3,10 @@
 A causal LM's full output is [tokens x vocab] logits; for SmolLM2 (49k vocab) that is 200 KB per token in fp32,
 more than the rest of the step. Only target tokens need a distribution, so we run the model body, gather the
 hidden states that predict targets, and apply the output projection + log-softmax to those rows, ``chunk_size``
-at a time. Under autograd each chunk is checkpointed (recomputed in backward), so at most one chunk of
-[chunk_size x vocab] fp32 logits is alive at a time. The log-softmax is always computed in fp32, also for bf16
+at a time. Under autograd, when keeping every chunk's fp32 log-softmax for backward would take more than
+``keep_bytes`` (default :data:`KEEP_LOGITS_BYTES`), each chunk is checkpointed (recomputed in backward), so at most
+one chunk of [chunk_size x vocab] fp32 logits is alive at a time; below it nothing is recomputed (the recomputation
+is 1/4 of the head's FLOPs: ~5% of a standard DPO step of SmolLM2-135M at 128-token responses). The log-softmax is always computed in fp32, also for bf16
 models, because the normaliser of a 50k-way softmax loses ~2 digits in bf16.
 
 Bypassing ``model.forward`` is exact only if :func:`_postprocess_logits` applies the family's logit transforms:
@@ -24,6 +26,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from inspo.layout import ModelRows, to_block_mask
+
+KEEP_LOGITS_BYTES = 256 * 2**20
+"""Most bytes of [targets x vocab] fp32 log-softmax kept for backward instead of recomputed (:func:`token_logps`)."""
 
 
 def _model_kwargs(model: nn.Module, rows: ModelRows) -> dict[str, Tensor]:
@@ -78,7 +83,8 @@ def _chunk_logps_sq(head: nn.Module, model: nn.Module, hidden: Tensor, labels: T
     return _with_log_sum_sq(_postprocess_logits(model, head(hidden)).log_softmax(-1), labels)
 
 
-def token_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024, log_sum_sq: bool = False) -> Tensor:
+def token_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024, log_sum_sq: bool = False,
+                keep_bytes: int = KEEP_LOGITS_BYTES) -> Tensor:
     """Log-prob of every target token of ``rows`` (shape [N], fp32), without full-vocabulary logits per row.
 
     Args:
@@ -86,15 +92,20 @@ def token_logps(model: nn.Module, rows: ModelRows, chunk_size: int = 1024, log_s
         rows: the batch built by a layout.
         chunk_size: target tokens per output-projection chunk.
         log_sum_sq: return [N, 2]: each token's log-prob and log sum_v pi(v | context)^2 (WPO; no gradient).
+        keep_bytes: under autograd, recompute the chunks' logits in backward unless all N targets' fp32
+            log-softmax fits in this many bytes (a head of unknown width is always recomputed).
     """
     chunk_fn = _chunk_logps_sq if log_sum_sq else _chunk_logps
     body, head = model.get_decoder(), model.get_output_embeddings()
     hidden = body(**_model_kwargs(model, rows), use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows.pred_index)
+    vocab = getattr(head, "out_features", None)
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and (
+        vocab is None or hidden.shape[0] * vocab * 4 > keep_bytes)
     out = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start : start + chunk_size], rows.labels[start : start + chunk_size]
-        if torch.is_grad_enabled() and h.requires_grad:
+        if recompute:
             out.append(checkpoint(chunk_fn, head, model, h, y, use_reentrant=False))
         else:
             out.append(chunk_fn(head, model, h, y))

@@ -17,6 +17,10 @@ tokenised; everything else (collator, fused log-prob head, forward, optimizer) i
     python scripts/bench_step.py --json --threads 1          # P=W=L=128 on SmolLM2-135M-Instruct
     python scripts/bench_step.py --json --prompt 256 --chosen 64 --rejected 64
     python scripts/bench_step.py --quick                     # small case, < 3 min on 2 CPU cores
+    python scripts/bench_step.py --json --variants inspo_packed_cached_selective trl_dpo   # peak memory with
+                                                             # selective activation checkpointing (ours only)
+    python scripts/bench_step.py --json --threads 1 --clock cpu --flops --groups inspo_packed_cached,trl_dpo \
+        inspo_separate_live,inspo_packed_live     # explicit groups (comma-separated, alive at once), FLOPs counted
     python scripts/bench_step.py --scaling --json            # s/pair at 256..2048 tokens per pair per layout
 """
 
@@ -49,6 +53,7 @@ SIZES: dict[str, dict[str, int]] = {  # Llama-style configs (SmolLM2's vocabular
 }
 OURS = [f"{c}_{layout}_{ref}" for c in ("standard", "inspo") for layout in ("separate", "packed")
         for ref in ("live", "cached")]
+SELECTIVE = [f"{v}_selective" for v in OURS]  # the same, with selective activation checkpointing (exact)
 MODEL = "bundled:SmolLM2-135M-Instruct"
 
 
@@ -135,14 +140,15 @@ def serve_ours(args: argparse.Namespace, variant: str) -> None:
     from inspo.data.datamodule import PairBatch
     from inspo.module import PreferenceModule
 
-    conditioning, layout, ref = variant.split("_")
+    conditioning, layout, ref, *checkpointing = variant.split("_")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from inspo.layout import PackedLayout
 
     rows = PackedLayout(args.max_tokens_per_row) if layout == "packed" else layout
     module = PreferenceModule(model=MODEL, loss="dpo", conditioning=conditioning, layout=rows,
                               reference="copy" if ref == "live" else "cached", dtype="bf16" if args.bf16 else "fp32",
-                              random_init=SIZES[args.model_size] if args.model_size else None)
+                              random_init=SIZES[args.model_size] if args.model_size else None,
+                              gradient_checkpointing="selective" if checkpointing else False)
     pairs = make_pairs(args.batch_size * (args.warmup + args.steps), args.prompt, args.chosen, args.rejected)
     if ref != "live":  # the pairs the cached mode computes once (no datamodule here)
         module.reference_mode.pairs = [SimpleNamespace(prompt=p, chosen=c, rejected=r) for p, c, r in pairs]
@@ -315,6 +321,11 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict
                                                                    "model_tokens_per_s"),
             "peak_mem_inspo_packed_over_trl_dpo": ratio("inspo_packed_live", "trl_dpo", "peak_memory_mib"),
             "peak_mem_inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo", "peak_memory_mib"),
+            "peak_mem_inspo_packed_selective_over_trl_dpo": ratio("inspo_packed_live_selective", "trl_dpo",
+                                                                  "peak_memory_mib"),
+            "peak_mem_inspo_packed_cached_selective_over_trl_dpo": ratio("inspo_packed_cached_selective", "trl_dpo",
+                                                                         "peak_memory_mib"),
+            "inspo_packed_cached_selective_over_trl_dpo": ratio("inspo_packed_cached_selective", "trl_dpo"),
             "flops_inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo", "flops_per_pair"),
             "flops_standard_packed_cached_over_trl_dpo": ratio("standard_packed_cached", "trl_dpo", "flops_per_pair"),
         },
@@ -344,7 +355,8 @@ def benchmark(args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
         build = builder.read("RESULT")["setup_seconds"]
         builder.process.wait()
     runs: dict[str, dict[str, Any]] = {}
-    for g, group in enumerate(groups_of(variants, args.group_size)):
+    groups = [g.split(",") for g in args.groups] if args.groups else groups_of(variants, args.group_size)
+    for g, group in enumerate(groups):
         workers = []
         for variant in group:  # started one after the other: setups do not compete
             workers.append(Worker(variant, extra))
@@ -395,12 +407,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--group-size", type=int, default=2, help="variants alive (and alternating) at once")
+    parser.add_argument("--groups", nargs="+", metavar="A,B,...", help="the groups themselves (instead of "
+                        "--variants and --group-size): each a comma-separated list of variants alive at once")
     parser.add_argument("--model-size", choices=sorted(SIZES), help="random-init Llama-style model of this size "
                         "instead of the pretrained SmolLM2-135M-Instruct")
     parser.add_argument("--bf16", action="store_true", help="bf16 parameters (GPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: torch's choice)")
     parser.add_argument("--max-tokens-per-row", type=int, help="packed layout: several pairs per row up to this")
-    parser.add_argument("--variants", nargs="+", help=f"subset of {[*OURS, 'trl_dpo']}")
+    parser.add_argument("--variants", nargs="+", choices=[*OURS, *SELECTIVE, "trl_dpo"], metavar="VARIANT",
+                        help=f"subset of {[*OURS, 'trl_dpo']}, or one of ours with _selective (selective "
+                        "activation checkpointing; default: all but those)")
     parser.add_argument("--quick", action="store_true", help="a small case: P=W=L=32, the variants of the three "
                         "ratios only, 1 round (< 3 min on 2 CPU cores)")
     parser.add_argument("--scaling", action="store_true", help="scaling run instead of the variant comparison")
@@ -415,6 +431,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if args.groups:
+        args.variants = [v for g in args.groups for v in g.split(",")]
+        args.group_size = max(len(g.split(",")) for g in args.groups)
+        unknown = sorted(set(args.variants) - {*OURS, *SELECTIVE, "trl_dpo"})
+        if unknown:
+            parser.error(f"--groups: unknown variants {unknown}")
     try:
         import trl  # noqa: F401
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
+from inspo import logprobs
 from inspo.conditioning import REFERENCE_SEQUENCES, ReflectionTemplate, make_conditioning
 from inspo.layout import LAYOUTS, PackedLayout, RowBuilder, make_layout, prefix_tree
-from inspo.logprobs import target_logps, token_logps, token_logps_full
+from inspo.logprobs import KEEP_LOGITS_BYTES, target_logps, token_logps, token_logps_full
 from tests.helpers import assert_layout_exact, random_pairs, tiny_model
 
 LENGTHS = [(5, 3, 4), (2, 1, 6), (7, 2, 2), (1, 1, 1)]
@@ -73,13 +75,18 @@ def test_bf16_logps_are_fp32_and_close_to_fp32_model():
     torch.testing.assert_close(bf16, fp32, atol=0.5, rtol=0.02)
 
 
-def test_bf16_chunked_grads_equal_full_log_softmax_grads():
-    """Under bf16 the chunked path (fp32 log-softmax, checkpointed chunks) gives the full path's gradients."""
+@pytest.mark.parametrize("keep_bytes", [0, KEEP_LOGITS_BYTES], ids=["recomputed", "kept"])
+def test_bf16_chunked_grads_equal_full_log_softmax_grads(keep_bytes, monkeypatch):
+    """Under bf16 the chunked path (fp32 log-softmax, chunks recomputed in backward or kept) gives the full path's
+    gradients."""
     model = tiny_model(dtype="bf16").train()
     rows = make_layout("packed").build(
         [{"x": p, "y_w": c, "y_l": r} for p, c, r in random_pairs(3, LENGTHS)], REFERENCE_SEQUENCES, 0
     )
-    chunked = token_logps(model, rows, chunk_size=4)
+    calls = []
+    monkeypatch.setattr(logprobs, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    chunked = token_logps(model, rows, chunk_size=4, keep_bytes=keep_bytes)
+    assert bool(calls) == (keep_bytes == 0)
     assert chunked.dtype == torch.float32
     grads_chunked = torch.autograd.grad(chunked.sum(), list(model.parameters()))
     grads_full = torch.autograd.grad(token_logps_full(model, rows).sum(), list(model.parameters()))
