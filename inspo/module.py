@@ -114,7 +114,7 @@ class PreferenceModule(LightningModule):
             continuing an adapter, a frozen copy of that adapter), no second model in memory.
         gradient_checkpointing: recompute decoder layers in backward (less activation memory, ~30% more compute);
             ``selective``: recompute only their element-wise work, keeping every matrix product's output (about
-            half the activation memory for a few % more time; exact, see ``inspo.models.selective_checkpointing``).
+            half the activation memory, 8-15% more time on CPU; exact, see ``inspo.models.selective_checkpointing``).
         trust_remote_code: allow models whose code lives in their hub repository (off: it runs that code).
         on_nonfinite: a NaN/inf training loss stops the run (``error``: step, data rows, last checkpoint) or
             skips the batch and counts it in ``train/nonfinite_skipped`` (``skip``; single process only).
