@@ -13,7 +13,8 @@ Every run validates at step 0 (one ``inspo validate`` of the untrained model per
 ``--val-every`` steps, so the transfer plot can show, per InSPO run, the conditioned ``val/reward_accuracy`` and
 the unconditioned ``val/plain_reward_accuracy`` next to the standard run's ``val/reward_accuracy``.
 
-Per loss (in the order dpo, simpo, ipo, rdpo, orpo):
+Per loss (each loss in its own thread; all share ``--jobs`` job slots, a freed slot going to the earliest of
+dpo, simpo, ipo, rdpo, orpo that has a job waiting):
 
 1. **lr sweep** (standard, seed 0) over ``--grid``; the winner is the highest final validation reward accuracy
    (ties: lower validation loss). While the winner sits at an edge of the tried rates, the grid grows by a
@@ -34,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import heapq
 import importlib.util
+import itertools
 import json
 import shutil
 import subprocess
@@ -42,6 +45,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +84,43 @@ def val_curve(folder: Path, fit: bool = False) -> list[dict[str, float]]:
     return rows
 
 
+class Slots:
+    """At most ``n`` jobs (fits, validations, evaluations) at once; a freed slot goes to the waiting job of the
+    lowest priority number (the earliest loss), then to the earliest asked."""
+
+    def __init__(self, n: int) -> None:
+        self.free, self.waiting, self.order, self.cond = n, [], itertools.count(), threading.Condition()
+
+    @contextmanager
+    def __call__(self, priority: int):
+        with self.cond:
+            ticket = (priority, next(self.order))
+            heapq.heappush(self.waiting, ticket)
+            self.cond.wait_for(lambda: self.free > 0 and self.waiting[0] == ticket)
+            heapq.heappop(self.waiting)
+            self.free -= 1
+            self.cond.notify_all()  # the next waiter may take another free slot
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.free += 1
+                self.cond.notify_all()
+
+
 class Driver:
-    """The grid's state lives in files only (``--out`` and ``--runs``), so a killed driver resumes."""
+    """The grid's state lives in files only (``--out`` and ``--runs``), so a killed driver resumes.
+
+    Every loss runs its own pipeline (step-0 validations, lr sweep, seeds) in its own thread; the jobs of all of
+    them share ``--jobs`` slots, the earlier loss first. So a sweep growing one rate at a time, or an odd number of
+    seed runs, leaves no slot idle while a later loss has work.
+    """
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.out, self.runs = args, Path(args.out), Path(args.runs)
         self.commit = code_commit()
         self.lock = threading.Lock()
+        self.slots = Slots(args.jobs)
         self.changed = False  # whether this invocation trained or evaluated anything (then the plots are redrawn)
 
     # --- the two expensive steps (subprocesses); the tests replace them ---------------------------------------
@@ -136,8 +170,9 @@ class Driver:
         folder = self.runs / name
         shutil.rmtree(folder, ignore_errors=True)  # an unfinished run starts over
         folder.mkdir(parents=True)
-        commit, start = self.commit, time.time()
-        model = self.fit(loss, conditioning, seed, lr, folder)
+        with self.slots(self.priority(loss)):
+            commit, start = self.commit, time.time()
+            model = self.fit(loss, conditioning, seed, lr, folder)
         curve = val_curve(folder, fit=True)
         data = {"run": name, "loss": loss, "conditioning": conditioning, "seed": seed, "lr": lr,
                 "pairs": self.args.pairs, "steps": self.args.steps, "val_every": self.args.val_every,
@@ -153,8 +188,9 @@ class Driver:
         record = self.out / "eval" / f"{name}.json"
         if record.is_file():
             return json.loads(record.read_text())
-        start = time.time()
-        result = self.suite(model, self.runs / "eval" / f"{name}.json")
+        with self.slots(self.priority(name.split("-")[0])):
+            start = time.time()
+            result = self.suite(model, self.runs / "eval" / f"{name}.json")
         result.update(name=name, commit=self.commit, eval_seconds=round(time.time() - start, 1))
         self._write(record, result)
         self.changed = True
@@ -168,9 +204,14 @@ class Driver:
         folder = self.runs / f"step0-{loss}-{conditioning}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        curve = self.validate_untrained(loss, conditioning, folder)
+        with self.slots(self.priority(loss)):
+            curve = self.validate_untrained(loss, conditioning, folder)
         self._write(record, {"loss": loss, "conditioning": conditioning, "commit": self.commit,
                              "val": {**(curve[-1] if curve else {}), "step": 0}})
+
+    def priority(self, loss: str) -> int:
+        """Slot priority of a loss's jobs: its place in ``--losses`` (the start model's evaluation: -1)."""
+        return self.args.losses.index(loss) if loss in self.args.losses else -1
 
     def train_and_evaluate(self, loss: str, conditioning: str, seed: int, lr: float) -> None:
         run = self.train(loss, conditioning, seed, lr)
@@ -204,6 +245,16 @@ class Driver:
             self._write(path, sweeps)
         return best["lr"]
 
+    def loss_pipeline(self, loss: str) -> None:
+        """Step-0 validations, the lr sweep, then every seed's standard and InSPO run and their evaluations."""
+        for conditioning in CONDITIONINGS:
+            self.step0(loss, conditioning)
+        lr = self.sweep(loss)
+        seeds = self.args.seeds or table.SEEDS[loss]
+        jobs = [(loss, c, s, lr) for s in range(seeds) for c in CONDITIONINGS]
+        with ThreadPoolExecutor(self.args.jobs) as pool:
+            list(pool.map(lambda job: self.train_and_evaluate(*job), jobs))
+
     def summary(self, plots: bool = True) -> dict[str, Any] | None:
         from inspo.eval.evidence_report import write_summary
 
@@ -232,14 +283,8 @@ class Driver:
         if a.stage in ("all", "train"):
             table.build_reference_cache(a)
             self.evaluate("start", a.start_model)
-            for loss in a.losses:
-                for conditioning in CONDITIONINGS:
-                    self.step0(loss, conditioning)
-                lr = self.sweep(loss)
-                seeds = a.seeds or table.SEEDS[loss]
-                jobs = [(loss, c, s, lr) for s in range(seeds) for c in CONDITIONINGS]
-                with ThreadPoolExecutor(a.jobs) as pool:
-                    list(pool.map(lambda job: self.train_and_evaluate(*job), jobs))
+            with ThreadPoolExecutor(len(a.losses)) as pool:
+                list(pool.map(self.loss_pipeline, a.losses))
         self.summary(plots=self.changed or a.stage == "summary" or not (self.out / "transfer.png").is_file())
         print(f"done in {time.time() - start:.0f} s; summary in {self.out / 'summary.json'}", flush=True)
 

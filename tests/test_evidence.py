@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +279,48 @@ def test_results_from_before_the_external_batch_size_keep_their_setting(fakes: F
     with pytest.raises(SystemExit, match="external_batch_size 8 -> 4"):
         driver.check_settings()
     run_evidence.Driver(run_evidence.parse_args([*argv, "--external-batch-size", "8"])).check_settings()
+
+
+def test_losses_share_the_job_slots(fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two losses' pipelines run at once on --jobs 2 slots: never more than 2 fits at a time, and a sweep growing
+    one rate at a time leaves no slot idle while the other loss has runs to train."""
+    running, most, log = [0], [0], []
+    lock = threading.Lock()
+    real_fit = fakes.fit
+
+    def counted_fit(driver, loss, conditioning, seed, lr, folder):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            log.append(loss)
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return real_fit(loss, conditioning, seed, lr, folder)
+
+    monkeypatch.setattr(run_evidence.Driver, "fit", counted_fit)
+    out = tmp_path / "out"
+    run_evidence.main(["--smoke", "--losses", "dpo", "simpo", "--seeds", "1", "--jobs", "2", "--runs",
+                       str(tmp_path / "runs"), "--out", str(out)])
+    assert most[0] == 2
+    # dpo's sweep grows three times (5 fits) + 1 InSPO run; simpo's the same: 12 fits, interleaved.
+    assert sorted(log) == ["dpo"] * 6 + ["simpo"] * 6 and log != sorted(log)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dpo"]["seeds"] == summary["simpo"]["seeds"] == 1
+
+
+def test_slots_go_to_the_earliest_loss_first() -> None:
+    slots, order = run_evidence.Slots(1), []
+
+    def job(priority: int) -> None:
+        with slots(priority):
+            order.append(priority)
+
+    with slots(0):  # hold the only slot while three jobs queue up out of priority order
+        threads = [threading.Thread(target=job, args=(p,)) for p in (2, 0, 1)]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)  # each one waiting before the next asks
+    for t in threads:
+        t.join()
+    assert order == [0, 1, 2]
