@@ -162,6 +162,19 @@ def start_schedules(schedulers: list[torch.optim.lr_scheduler.LRScheduler], tota
         scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
+def fused_adamw_applies(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW (one kernel per step: on one CPU thread 0.07 s instead of 0.47 s for 135M fp32
+    parameters) takes ``params``: plain tensors, all on CPU or all on CUDA. Sharded DTensor parameters (FSDP2) and
+    optimizers a strategy wraps (DeepSpeed) keep torch's default implementation."""
+    if not params or len({p.device.type for p in params}) != 1 or params[0].device.type not in ("cpu", "cuda"):
+        return False
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        return not any(isinstance(p, DTensor) for p in params)
+    return True
+
+
 def make_optimizer(
     model: nn.Module, config: OptimConfig, total_steps: int | None = None, fp32_master: bool = False
 ) -> dict:
@@ -178,6 +191,7 @@ def make_optimizer(
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    fused = not fp32_master and fused_adamw_applies(params)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(config, total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -139,6 +139,7 @@ def serve_ours(args: argparse.Namespace, variant: str) -> None:
     from inspo.conditioning import REFERENCE_SEQUENCES
     from inspo.data.datamodule import PairBatch
     from inspo.module import PreferenceModule
+    from inspo.optim import fused_adamw_applies
 
     conditioning, layout, ref, *checkpointing = variant.split("_")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -159,7 +160,8 @@ def serve_ours(args: argparse.Namespace, variant: str) -> None:
         return report("RESULT", {"setup_seconds": setup_seconds})
     module.to(device)
     module.policy.train()
-    optimizer = torch.optim.AdamW(module.policy.parameters(), lr=1e-6)
+    params = list(module.policy.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-6, fused=fused_adamw_applies(params) or None)  # as inspo.optim
     batches = [PairBatch(*map(list, zip(*pairs[i : i + args.batch_size])), rows=list(range(args.batch_size)))
                for i in range(0, len(pairs), args.batch_size)]
     pad_id = module.tokenizer.pad_token_id
