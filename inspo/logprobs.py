@@ -6,8 +6,8 @@ hidden states that predict targets, and apply the output projection + log-softma
 at a time. Under autograd, when keeping every chunk's fp32 log-softmax for backward would take more than
 ``keep_bytes`` (default :data:`KEEP_LOGITS_BYTES`), each chunk is checkpointed (recomputed in backward), so at most
 one chunk of [chunk_size x vocab] fp32 logits is alive at a time; below it nothing is recomputed (the recomputation
-is 1/4 of the head's FLOPs: ~5% of a standard DPO step of SmolLM2-135M at 128-token responses). The log-softmax is always computed in fp32, also for bf16
-models, because the normaliser of a 50k-way softmax loses ~2 digits in bf16.
+is 1/4 of the head's FLOPs: ~5% of a standard DPO step of SmolLM2-135M at 128-token responses). The log-softmax is
+always computed in fp32, also for bf16 models, because the normaliser of a 50k-way softmax loses ~2 digits in bf16.
 
 Bypassing ``model.forward`` is exact only if :func:`_postprocess_logits` applies the family's logit transforms:
 ``inspo.checks`` compares the two paths on the first batch of every model and switches a model that differs to

@@ -80,10 +80,9 @@ def apply_lora(model: nn.Module, settings: LoraSettings, gradient_checkpointing:
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if settings.load_in_4bit:
-        from inspo.models import selective_checkpointing
+        from inspo.models import checkpointing_kwargs
 
-        kwargs = {"use_reentrant": False, **({"context_fn": selective_checkpointing}
-                                            if gradient_checkpointing == "selective" else {})}
+        kwargs = checkpointing_kwargs(gradient_checkpointing)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gradient_checkpointing),
                                                 gradient_checkpointing_kwargs=kwargs)
     if settings.adapter is None:

@@ -151,8 +151,8 @@ def load_causal_lm(
         gradient_checkpointing: recompute each decoder layer in backward instead of storing its activations
             (less memory, ~30% more compute); ``"selective"``: recompute only its element-wise work (norms, rotary
             embedding, activation functions, products) and keep every matrix product's and attention kernel's
-            output (about half the activation memory; measured on CPU: 8-15% more time, :func:`selective_checkpointing`);
-            active in train mode only.
+            output (about half the activation memory; measured on CPU: 8-15% more time,
+            :func:`selective_checkpointing`); active in train mode only.
         load_in_4bit: load the weights in 4-bit NF4 through bitsandbytes (QLoRA; CUDA GPU only).
     """
     weights_dtype = torch_dtype(dtype, "dtype")
@@ -172,9 +172,7 @@ def load_causal_lm(
     if gradient_checkpointing:
         # Non-reentrant checkpointing also works when the inputs need no grad (frozen embeddings under LoRA).
         # transformers >= 5.2x renamed gradient_checkpointing_enable (kept as a deprecated alias).
-        kwargs = {"use_reentrant": False}
-        if check_checkpointing(gradient_checkpointing) == "selective":
-            kwargs["context_fn"] = selective_checkpointing
+        kwargs = checkpointing_kwargs(gradient_checkpointing)
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
             enable(activation_checkpointing_kwargs=kwargs)
@@ -188,6 +186,13 @@ def check_checkpointing(value: Any) -> bool | str:
     if value is False or value is True or value == "selective":
         return value
     raise ConfigError(f"model.gradient_checkpointing: {value!r} is not one of false, true, selective")
+
+
+def checkpointing_kwargs(value: bool | str) -> dict[str, Any]:
+    """torch.utils.checkpoint's keyword arguments for a ``gradient_checkpointing`` setting (checked): non-reentrant,
+    with :func:`selective_checkpointing` contexts for ``"selective"``."""
+    selective = check_checkpointing(value) == "selective"
+    return {"use_reentrant": False, **({"context_fn": selective_checkpointing} if selective else {})}
 
 
 _MATRIX_PRODUCTS = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten._int_mm.")
