@@ -324,3 +324,17 @@ def test_slots_go_to_the_earliest_loss_first() -> None:
     for t in threads:
         t.join()
     assert order == [0, 1, 2]
+
+
+def test_transfer_reading_explains_a_tied_start() -> None:
+    from inspo.eval.evidence_report import LOSSES, transfer_reading
+
+    def summary(standard_start: float) -> dict:
+        curves = {"inspo": [[0, 0.4], [128, 0.7]], "inspo_plain": [[0, 0.5], [128, 0.7]],
+                  "standard": [[0, standard_start], [128, 0.7]]}
+        return {loss: {"transfer": {"0": curves} if loss == "dpo" else {}} for loss in LOSSES}
+
+    tied = transfer_reading(summary(0.0))
+    assert tied[0] == "- dpo seed 0: conditioned 40.0 -> 70.0; unconditioned 50.0 -> 70.0; standard 0.0 -> 70.0"
+    assert len(tied) == 2 and "every reward margin is exactly 0" in tied[1]
+    assert len(transfer_reading(summary(0.5))) == 1

@@ -185,7 +185,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
 
 def transfer_reading(summary: dict[str, Any]) -> list[str]:
     """One line per InSPO run: how much the conditioned and the plain accuracy moved from step 0 to the end."""
-    lines = []
+    lines, tied_start = [], False
     for loss in LOSSES:
         for seed, curves in sorted(summary[loss]["transfer"].items()):
             if "inspo" not in curves:
@@ -202,6 +202,11 @@ def transfer_reading(summary: dict[str, Any]) -> list[str]:
             if std:
                 text += f"; standard {100 * std[0][1]:.1f} -> {100 * std[-1][1]:.1f}"
             lines.append(text)
+            tied_start |= bool(std) and std[0][1] == 0.0
+    if tied_start:
+        lines.append("- A standard run's step-0 accuracy of 0.0 is a tie, not an error: the untrained policy is the "
+                     "reference, every reward margin is exactly 0, and a margin of 0 counts as not correct (as in "
+                     "TRL's rewards/accuracies).")
     return lines or ["No InSPO run has finished yet."]
 
 
