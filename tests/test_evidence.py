@@ -149,7 +149,8 @@ class Fakes:
         if "inspo" in name:
             own = [min(1.0, r + 0.5) if i % 3 == 0 else r for i, r in enumerate(own)]
         verdicts = [[base.random() < 0.5, base.random() < 0.5] for _ in range(4)]
-        scores = {"own": {"ids": list(range(8)), "reward": own, "tokens": [10 + i for i in range(8)]},
+        cut = [i < (6 if "inspo" in name else 2) for i in range(8)]  # answers that hit max_new_tokens
+        scores = {"own": {"ids": list(range(8)), "reward": own, "tokens": [10 + i for i in range(8)], "truncated": cut},
                   "ifeval": {"ids": list(range(4)), "strict": verdicts, "loose": verdicts},
                   "ifbench": {"ids": list(range(4)), "strict": verdicts[::-1], "loose": verdicts[::-1]}}
         settings = SuiteSettings(own=8, ifeval=4, ifbench=4, max_new_tokens=8, batch_size=8,
@@ -197,6 +198,8 @@ def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
                   for s in (0, 1)]
         assert dpo[conditioning]["ifeval_prompt_strict"] == pytest.approx(np.mean(strict))
         assert dpo[conditioning]["ifbench_prompt_loose"] is not None
+        assert dpo[conditioning]["truncated"] == (0.75 if conditioning == "inspo" else 0.25)
+    assert summary["start"]["truncated"] == 0.25 and "| mean tokens | cut at max |" in (out / "summary.md").read_text()
     for loss in ("simpo", "ipo", "rdpo", "orpo"):  # not run: present, empty
         assert summary[loss]["seeds"] == 0 and summary[loss]["head_to_head_win_rate"] is None
         assert summary[loss]["inspo"]["ifeval_prompt_strict"] is None

@@ -56,11 +56,18 @@ def model_vs_start(model: Mapping[str, Any], start: Mapping[str, Any]) -> dict[s
     if own:
         win = compare(own["reward"], base["reward"], own["tokens"], base["tokens"])
         out.update(win_rate=win.win_rate, win_rate_se=win.win_rate_se, lc_win_rate=win.lc_win_rate,
-                   lc_win_rate_se=win.lc_win_rate_se, mean_reward=statistics.fmean(own["reward"]),
-                   mean_tokens=statistics.fmean(own["tokens"]))
+                   lc_win_rate_se=win.lc_win_rate_se, **_own_metrics(own))
     for name in ("ifeval", "ifbench"):
         if name in model["sets"]:
             out.update({f"{name}_{k}": v for k, v in external_metrics(model["sets"][name]).items()})
+    return out
+
+
+def _own_metrics(own: Mapping[str, Any]) -> dict[str, float]:
+    """Mean gold reward and answer length on our prompts, and the share of answers cut at ``max_new_tokens``."""
+    out = {"mean_reward": statistics.fmean(own["reward"]), "mean_tokens": statistics.fmean(own["tokens"])}
+    if "truncated" in own:
+        out["truncated"] = statistics.fmean(float(t) for t in own["truncated"])
     return out
 
 
@@ -68,8 +75,7 @@ def start_metrics(start: Mapping[str, Any]) -> dict[str, Any]:
     """The untrained start's own metrics (mean reward and length, external accuracies)."""
     out: dict[str, Any] = {}
     if "own" in start["sets"]:
-        own = start["sets"]["own"]
-        out.update(mean_reward=statistics.fmean(own["reward"]), mean_tokens=statistics.fmean(own["tokens"]))
+        out.update(_own_metrics(start["sets"]["own"]))
     for name in ("ifeval", "ifbench"):
         if name in start["sets"]:
             out.update({f"{name}_{k}": v for k, v in external_metrics(start["sets"][name]).items()})

@@ -135,13 +135,17 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
               f"{summary['ifeval_prompts']} IFEval-style prompts and {summary['ifbench_prompts']} IFBench prompts "
               f"(IFEval's and IFBench's own checkers), greedy, max_new_tokens "
               f"{summary['eval_settings'].get('max_new_tokens')}, {summary['eval_settings'].get('dtype')}. Rates in %, "
-              "± one standard error over seeds and prompts (seed x prompt; with one seed, prompts only)."), "",
+              "± one standard error over seeds and prompts (seed x prompt; with one seed, prompts only). Mean tokens "
+              "and cut at max: the length of the answers to our prompts, and the share that reached max_new_tokens "
+              "(judged as cut off; the gold reward docks a runaway answer)."), "",
              "## Against the untrained start", "",
              ("| loss | conditioning | lr | seeds | win rate | LC win rate | mean gold reward | IFEval prompt strict "
-              "| IFEval instr. loose | IFBench prompt loose |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+              "| IFEval instr. loose | IFBench prompt loose | mean tokens | cut at max |"),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              (f"| (start) | - | - | - | 50.0 | 50.0 | {_pm(s.get('mean_reward'), None, 1, 3)} | "
               f"{_pm(s.get('ifeval_prompt_strict'), None)} | {_pm(s.get('ifeval_instruction_loose'), None)} | "
-              f"{_pm(s.get('ifbench_prompt_loose'), None)} |")]
+              f"{_pm(s.get('ifbench_prompt_loose'), None)} | {_pm(s.get('mean_tokens'), None, 1)} | "
+              f"{_pm(s.get('truncated'), None)} |")]
     for loss in LOSSES:
         for cond in CONDITIONINGS:
             m = summary[loss][cond]
@@ -152,7 +156,8 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
                 f"| {_pm(m.get('lc_win_rate'), m.get('lc_win_rate_se'))} | {_pm(m.get('mean_reward'), None, 1, 3)} | "
                 f"{_pm(m.get('ifeval_prompt_strict'), m.get('ifeval_prompt_strict_se'))} | "
                 f"{_pm(m.get('ifeval_instruction_loose'), None)} | "
-                f"{_pm(m.get('ifbench_prompt_loose'), m.get('ifbench_prompt_loose_se'))} |")
+                f"{_pm(m.get('ifbench_prompt_loose'), m.get('ifbench_prompt_loose_se'))} | "
+                f"{_pm(m.get('mean_tokens'), None, 1)} | {_pm(m.get('truncated'), None)} |")
     lines += ["", "## InSPO vs standard, head to head (same seed, same pairs and order, same prompts)", "",
               ("Win rate of InSPO's answer over standard's by gold reward (ties half; 50 = no difference), mean "
                "gold-reward difference (points of reward x 100), and the IFEval / IFBench prompt-level differences; "
