@@ -21,7 +21,11 @@ dpo, simpo, ipo, rdpo, orpo that has a job waiting):
    factor 2 past that edge (at most ``--max-extensions`` times), so the chosen rate is bracketed.
 2. **seeds** (3 for DPO and SimPO, 1 for the others; ``--seeds`` overrides): standard and InSPO with the chosen
    rate (the sweep's seed-0 standard run is reused).
-3. **evaluation** of every seed's two models and of the untrained start with ``inspo.eval.suite``: ``--own``
+3. **sensitivity** (``--sensitivity``, default DPO and SimPO): the sweep picks by validation accuracy, whose
+   standard error on 116 pairs (~4 points) exceeds the differences between rates. When the lowest validation loss
+   sits at another rate, seed 0 is also trained there with both conditionings (after every other job of the grid;
+   the sweep's standard run is reused while its model is on disk), so the head-to-head can be read at both rates.
+4. **evaluation** of every seed's two models and of the untrained start with ``inspo.eval.suite``: ``--own``
    held-out prompts of our families (gold reward), ``--ifeval`` IFEval-style prompts and the IFBench test set
    (IFEval's metrics; ``pip install 'inspo[eval]'``), greedy, ``--max-new-tokens``.
 
@@ -161,7 +165,7 @@ class Driver:
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         tmp.replace(path)  # atomic: a killed driver never leaves half a result
 
-    def train(self, loss: str, conditioning: str, seed: int, lr: float) -> dict[str, Any]:
+    def train(self, loss: str, conditioning: str, seed: int, lr: float, priority: int | None = None) -> dict[str, Any]:
         """One training run's metrics (trained now, or read back when already finished)."""
         name = table.run_name(loss, conditioning, seed, {"lr": lr})
         record = self.out / "runs" / f"{name}.json"
@@ -170,7 +174,7 @@ class Driver:
         folder = self.runs / name
         shutil.rmtree(folder, ignore_errors=True)  # an unfinished run starts over
         folder.mkdir(parents=True)
-        with self.slots(self.priority(loss)):
+        with self.slots(self.priority(loss) if priority is None else priority):
             commit, start = self.commit, time.time()
             model = self.fit(loss, conditioning, seed, lr, folder)
         curve = val_curve(folder, fit=True)
@@ -183,12 +187,12 @@ class Driver:
         print(f"trained {name} in {data['train_seconds']:.0f} s", flush=True)
         return data
 
-    def evaluate(self, name: str, model: str) -> dict[str, Any]:
+    def evaluate(self, name: str, model: str, priority: int | None = None) -> dict[str, Any]:
         """One model's suite scores (evaluated now, or read back)."""
         record = self.out / "eval" / f"{name}.json"
         if record.is_file():
             return json.loads(record.read_text())
-        with self.slots(self.priority(name.split("-")[0])):
+        with self.slots(self.priority(name.split("-")[0]) if priority is None else priority):
             start = time.time()
             result = self.suite(model, self.runs / "eval" / f"{name}.json")
         result.update(name=name, commit=self.commit, eval_seconds=round(time.time() - start, 1))
@@ -213,13 +217,16 @@ class Driver:
         """Slot priority of a loss's jobs: its place in ``--losses`` (the start model's evaluation: -1)."""
         return self.args.losses.index(loss) if loss in self.args.losses else -1
 
-    def train_and_evaluate(self, loss: str, conditioning: str, seed: int, lr: float) -> None:
-        run = self.train(loss, conditioning, seed, lr)
-        name = f"{loss}-{conditioning}-s{seed}"
+    def train_and_evaluate(self, loss: str, conditioning: str, seed: int, lr: float, sensitivity: bool = False) -> None:
+        """Train (or read back) and evaluate one model; ``sensitivity``: a run at the sweep's other rate, named
+        ``LOSS-CONDITIONING-sSEED-lrLR`` and queued after every job of the grid itself."""
+        priority = len(self.args.losses) + self.priority(loss) if sensitivity else None
+        run = self.train(loss, conditioning, seed, lr, priority)
+        name = f"{loss}-{conditioning}-s{seed}" + (f"-lr{lr:g}" if sensitivity else "")
         if not (self.out / "eval" / f"{name}.json").is_file() and not Path(run["model"]).is_dir():
             (self.out / "runs" / f"{run['run']}.json").unlink()  # metrics kept but the model is gone: retrain
-            run = self.train(loss, conditioning, seed, lr)
-        self.evaluate(name, run["model"])
+            run = self.train(loss, conditioning, seed, lr, priority)
+        self.evaluate(name, run["model"], priority)
         with self.lock:
             self.summary(plots=False)  # the numbers as soon as they exist; plots once per loss
 
@@ -252,8 +259,18 @@ class Driver:
         lr = self.sweep(loss)
         seeds = self.args.seeds or table.SEEDS[loss]
         jobs = [(loss, c, s, lr) for s in range(seeds) for c in CONDITIONINGS]
+        if loss in self.args.sensitivity and (other := self.sensitivity_lr(loss)) is not None:
+            jobs += [(loss, c, 0, other, True) for c in CONDITIONINGS]
         with ThreadPoolExecutor(self.args.jobs) as pool:
             list(pool.map(lambda job: self.train_and_evaluate(*job), jobs))
+
+    def sensitivity_lr(self, loss: str) -> float | None:
+        """The swept rate of lowest validation loss, when validation accuracy (the grid's criterion) chose another:
+        with 116 validation pairs an accuracy's standard error is ~4 points, more than the rates' differences, so
+        the head-to-head is also measured (seed 0) at the rate the other criterion picks."""
+        entry = json.loads((self.out / "sweep.json").read_text())[loss]
+        best = min(entry["tried"], key=lambda r: r.get("val/loss") or float("inf"))
+        return None if best["lr"] == entry["chosen_lr"] else best["lr"]
 
     def summary(self, plots: bool = True) -> dict[str, Any] | None:
         from inspo.eval.evidence_report import write_summary
@@ -305,6 +322,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, help="seeds for every loss (default: 3 for DPO and SimPO, 1 else)")
     parser.add_argument("--grid", type=float, nargs="+", default=GRID, help="initial learning rates of the sweep")
     parser.add_argument("--max-extensions", type=int, default=3, help="grid extensions past an edge winner")
+    parser.add_argument("--sensitivity", nargs="*", choices=LOSSES, default=["dpo", "simpo"],
+                        help="losses whose head-to-head is also measured (seed 0) at the swept rate of lowest "
+                        "validation loss, when accuracy chose another; after the rest of the grid")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--own", type=int, default=1000, help="held-out prompts of our families")

@@ -132,7 +132,8 @@ class Fakes:
         log.mkdir(parents=True)
         header = "step,val/reward_accuracy,val/loss,val/plain_reward_accuracy\n"
         # Lightning logs the sanity check before step 1 at step -1, the validations after steps 1 and 2 at 0 and 1.
-        rows = [f"{s - 1},{_peaked(lr) * s / 2:.4f},0.69,{0.5 + 0.01 * s if conditioning == 'inspo' else ''}\n"
+        loss = 0.6 + 0.01 * abs(np.log2(lr / 1e-3))  # lowest at 1e-3: the sensitivity runs' rate
+        rows = [f"{s - 1},{_peaked(lr) * s / 2:.4f},{loss:.4f},{0.5 + 0.01 * s if conditioning == 'inspo' else ''}\n"
                 for s in (0, 1, 2)]
         (log / "metrics.csv").write_text(header + "".join(rows))
         (log / "hf_model").mkdir()
@@ -184,7 +185,8 @@ def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
     assert {r["conditioning"] for r in runs.values() if r.get("lr") == 4e-3} == {"standard", "inspo"}
 
     evals = {p.stem: json.loads(p.read_text()) for p in (out / "eval").glob("*.json")}
-    assert set(evals) == {"start", "dpo-standard-s0", "dpo-inspo-s0", "dpo-standard-s1", "dpo-inspo-s1"}
+    assert set(evals) == {"start", "dpo-standard-s0", "dpo-inspo-s0", "dpo-standard-s1", "dpo-inspo-s1",
+                          "dpo-standard-s0-lr0.001", "dpo-inspo-s0-lr0.001"}  # + seed 0 at the lowest val loss
     dpo = summary["dpo"]
     h2h = crossed_mean([head_to_head(evals[f"dpo-inspo-s{s}"]["sets"]["own"]["reward"],
                                      evals[f"dpo-standard-s{s}"]["sets"]["own"]["reward"]) for s in (0, 1)])
@@ -203,6 +205,13 @@ def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
     for loss in ("simpo", "ipo", "rdpo", "orpo"):  # not run: present, empty
         assert summary[loss]["seeds"] == 0 and summary[loss]["head_to_head_win_rate"] is None
         assert summary[loss]["inspo"]["ifeval_prompt_strict"] is None
+    # Sensitivity: seed 0's head-to-head at the chosen rate and at the rate of lowest validation loss.
+    assert [(row["lr"], row["chosen"]) for row in dpo["sensitivity"]] == [(1e-3, False), (4e-3, True)]
+    for row, suffix in zip(dpo["sensitivity"], ("-lr0.001", "")):
+        h2h0 = head_to_head(evals[f"dpo-inspo-s0{suffix}"]["sets"]["own"]["reward"],
+                            evals[f"dpo-standard-s0{suffix}"]["sets"]["own"]["reward"])
+        assert row["head_to_head_win_rate"] == pytest.approx(np.mean(h2h0)) and row["seeds"] == 1
+    assert "## Sensitivity to the learning rate (seed 0)" in (out / "summary.md").read_text()
     transfer = dpo["transfer"]["0"]
     # Each run's own check before step 1 is its step 0 (the step-0 validation serves only runs without one).
     assert transfer["inspo"][0] == [0, 0.0] and transfer["inspo_plain"][0] == [0, 0.5]
@@ -225,7 +234,7 @@ def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
 
 def test_a_killed_run_is_redone_and_finished_ones_are_kept(fakes: Fakes, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    argv = ["--smoke", "--losses", "simpo", "--seeds", "1", "--grid", "1e-3", "4e-3", "1e-2", "--runs",
+    argv = ["--smoke", "--losses", "simpo", "--seeds", "1", "--grid", "1e-3", "4e-3", "1e-2", "--sensitivity", "--runs",
             str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     real_fit = fakes.fit
 
@@ -295,7 +304,7 @@ def test_losses_share_the_job_slots(fakes: Fakes, tmp_path: Path, monkeypatch: p
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-            log.append(loss)
+            log.append((loss, conditioning, lr))
         time.sleep(0.05)
         with lock:
             running[0] -= 1
@@ -306,8 +315,11 @@ def test_losses_share_the_job_slots(fakes: Fakes, tmp_path: Path, monkeypatch: p
     run_evidence.main(["--smoke", "--losses", "dpo", "simpo", "--seeds", "1", "--jobs", "2", "--runs",
                        str(tmp_path / "runs"), "--out", str(out)])
     assert most[0] == 2
-    # dpo's sweep grows three times (5 fits) + 1 InSPO run; simpo's the same: 12 fits, interleaved.
-    assert sorted(log) == ["dpo"] * 6 + ["simpo"] * 6 and log != sorted(log)
+    # dpo's sweep grows three times (5 fits) + 1 InSPO run; simpo's the same: 12 fits, interleaved. And each
+    # loss's sensitivity run: InSPO at 1e-3, the lowest validation loss (standard's is the sweep's own).
+    losses = [loss for loss, _, _ in log]
+    assert sorted(losses) == ["dpo"] * 7 + ["simpo"] * 7 and losses != sorted(losses)
+    assert sorted(job for job in log if job[1:] == ("inspo", 1e-3)) == [("dpo", "inspo", 1e-3), ("simpo", "inspo", 1e-3)]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dpo"]["seeds"] == summary["simpo"]["seeds"] == 1
 

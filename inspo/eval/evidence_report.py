@@ -28,15 +28,21 @@ def _read(folder: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
 
 
-def collect(out: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, dict[int, Any]]], dict[str, Any]]:
-    """(start's scores, ``{loss: {conditioning: {seed: scores}}}``, training records by run name)."""
+def collect(out: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, dict[int, Any]]], dict[str, Any],
+                                dict[str, dict[float, dict[str, dict[int, Any]]]]]:
+    """(start's scores, ``{loss: {conditioning: {seed: scores}}}``, training records by run name, and the
+    sensitivity runs' scores ``{loss: {lr: {conditioning: {seed: scores}}}}``)."""
     evals, runs = _read(out / "eval"), _read(out / "runs")
     grid: dict[str, dict[str, dict[int, Any]]] = {}
+    other: dict[str, dict[float, dict[str, dict[int, Any]]]] = {}
     for name, result in evals.items():
-        match = re.fullmatch(r"(\w+)-(standard|inspo)-s(\d+)", name)
-        if match:
+        match = re.fullmatch(r"(\w+)-(standard|inspo)-s(\d+)(?:-lr(.+))?", name)
+        if match and match[4]:
+            other.setdefault(match[1], {}).setdefault(float(match[4]), {}).setdefault(match[2], {})[
+                int(match[3])] = result
+        elif match:
             grid.setdefault(match[1], {}).setdefault(match[2], {})[int(match[3])] = result
-    return evals.get("start"), grid, runs
+    return evals.get("start"), grid, runs, other
 
 
 def transfer_curves(runs: dict[str, Any], loss: str) -> dict[str, dict[str, list[list[float]]]]:
@@ -63,7 +69,7 @@ def transfer_curves(runs: dict[str, Any], loss: str) -> dict[str, dict[str, list
 def write_summary(out: Path, args: Any = None, plots: bool = True) -> dict[str, Any] | None:
     """Rebuild the outputs (the plots only with ``plots``) from the results under ``out``; None while the start
     has not been evaluated."""
-    start, grid, runs = collect(Path(out))
+    start, grid, runs, other = collect(Path(out))
     if start is None:
         return None
     sweep = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
@@ -90,12 +96,28 @@ def write_summary(out: Path, args: Any = None, plots: bool = True) -> dict[str, 
         entry["lr"] = sweep.get(loss, {}).get("chosen_lr")
         entry["lr_bracketed"] = sweep.get(loss, {}).get("bracketed")
         entry["transfer"] = transfer_curves(runs, loss)
+        entry["sensitivity"] = sensitivity(grid.get(loss, {}), other.get(loss, {}), start, entry["lr"])
         summary[loss] = entry
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_markdown(summary, out / "summary.md")
     if plots:
         write_plots(summary, out)
     return summary
+
+
+def sensitivity(chosen: dict[str, dict[int, Any]], other: dict[float, dict[str, dict[int, Any]]],
+                start: dict[str, Any], lr: float | None) -> list[dict[str, Any]]:
+    """Seed 0's head-to-head at the chosen rate and at each other rate it was measured at (``--sensitivity``)."""
+    rows = []
+    for rate, evals in sorted({**({lr: chosen} if other else {}), **other}.items()):
+        seed0 = {cond: {0: evals[cond][0]} for cond in CONDITIONINGS if 0 in evals.get(cond, {})}
+        if len(seed0) < 2:
+            continue
+        entry = loss_summary(seed0, start)
+        rows.append({"lr": rate, "chosen": rate == lr, **{k: entry.get(k) for k in CONTRACT},
+                     **{f"{cond}_{k}": entry[cond].get(k) for cond in CONDITIONINGS
+                        for k in ("mean_reward", "truncated")}})
+    return rows
 
 
 def cost(start: dict[str, Any], grid: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +200,21 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
             f"{_pm(e.get('gold_reward_diff_independent_se'), None, 100, 2)} | "
             f"{'yes' if e.get('gold_reward_diff_beyond_2se') else 'no'} | {_pm(ife.get('mean'), ife.get('se'))} | "
             f"{_pm(ifb.get('mean'), ifb.get('se'))} | {_pm(e.get('head_to_head_mdd'), None)} |")
+    rows = [(loss, row) for loss in LOSSES for row in summary[loss].get("sensitivity", [])]
+    if rows:
+        lines += ["", "## Sensitivity to the learning rate (seed 0)", "",
+                  ("The sweep chose each rate by validation reward accuracy, whose standard error on the 116 validation "
+                   "pairs (~4 points) exceeds the differences between rates; seed 0 is also trained at the rate of "
+                   "lowest validation loss. Paired SEs over prompts only (one seed)."), "",
+                  ("| loss | lr | chosen | head-to-head win rate | gold-reward diff | mean gold reward standard / InSPO | "
+                   "cut at max standard / InSPO |"), "|---|---:|---|---:|---:|---:|---:|"]
+        for loss, r in rows:
+            lines.append(
+                f"| {loss} | {r['lr']:g} | {'yes' if r['chosen'] else 'no'} | "
+                f"{_pm(r['head_to_head_win_rate'], r['head_to_head_se'])} | "
+                f"{_pm(r['gold_reward_diff'], r['gold_reward_diff_se'], 100, 2)} | "
+                f"{_pm(r['standard_mean_reward'], None, 1, 3)} / {_pm(r['inspo_mean_reward'], None, 1, 3)} | "
+                f"{_pm(r['standard_truncated'], None)} / {_pm(r['inspo_truncated'], None)} |")
     lines += ["", "## Does conditioning transfer?", "", "![transfer](transfer.png)", "",
               ("Per InSPO run: the conditioned validation reward accuracy (log pi(y|x, y_alt), what InSPO trains) and "
                "the unconditioned one (log pi(y|x), what is deployed), from step 0 to the end, next to the standard "
