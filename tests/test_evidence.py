@@ -353,3 +353,25 @@ def test_transfer_reading_explains_a_tied_start() -> None:
     assert tied[0] == "- dpo seed 0: conditioned 40.0 -> 70.0; unconditioned 50.0 -> 70.0; standard 0.0 -> 70.0"
     assert len(tied) == 2 and "every reward margin is exactly 0" in tied[1]
     assert len(transfer_reading(summary(0.5))) == 1
+
+
+def test_reference_cache_travels_with_the_results(fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grid's reference cache is copied to the results and, on a fresh machine, back into $INSPO_CACHE before
+    the build (which then finds it instead of recomputing it)."""
+    out, built, machine = tmp_path / "out", [], [tmp_path / "machine-1"]
+    monkeypatch.setattr(run_evidence, "local_reference_cache", lambda: machine[0] / "reference")
+
+    def build(args) -> None:
+        local = machine[0] / "reference"
+        built.append(sorted(p.name for p in local.glob("*.refcache")))
+        if not (local / "k1.refcache").is_file():
+            (local / "k1.refcache").write_bytes(b"log-probs")
+
+    monkeypatch.setattr(run_evidence.table, "build_reference_cache", build)
+    argv = ["--smoke", "--losses", "dpo", "--seeds", "1", "--sensitivity", "--runs", str(tmp_path / "runs"),
+            "--out", str(out)]
+    run_evidence.main(argv)
+    assert built == [[]] and (out / "reference-cache" / "k1.refcache").read_bytes() == b"log-probs"
+    machine[0] = tmp_path / "machine-2"  # a fresh machine: the carried copy goes in before the build
+    run_evidence.main(argv)
+    assert built[1] == ["k1.refcache"] and (tmp_path / "machine-2" / "reference" / "k1.refcache").is_file()
