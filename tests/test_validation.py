@@ -78,6 +78,10 @@ BAD_ROWS = [
     (b'{"prompt": "p", "chosen": ', "invalid_json", None, "invalid JSON: Expecting value (column 28)"),
     (b'{"prompt": "caf\xe9", "chosen": "c", "rejected": "r"}', "invalid_utf8", None,
      "invalid UTF-8: byte 0xe9 at column 16"),
+    # valid JSON, but half of a surrogate pair has no UTF-8 form: the tokenizer's TypeError named no row
+    (b'{"prompt": [{"role": "user", "content": "caf\\ud800"}], "chosen": "c", "rejected": "r"}',
+     "unpaired_surrogate", "prompt", ("field 'prompt': message 0: 'content': unpaired surrogate '\\ud800' at "
+     "character 4 (half of a JSON \\u escape pair), not valid Unicode")),
 ]
 
 

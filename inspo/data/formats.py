@@ -45,6 +45,7 @@ REASONS = {
     "null_field": "null field",
     "wrong_type": "wrong type",
     "empty": "empty or whitespace-only text",
+    "unpaired_surrogate": "text that is not valid Unicode (an unpaired surrogate)",
     "bad_message": "malformed chat message",
     "unknown_role": "unknown chat role",
     "last_turn_not_assistant": "last turn is not the assistant's",
@@ -212,9 +213,10 @@ def to_record(
         rejected_field: name of the dispreferred response field (a string or a list of messages).
 
     Raises:
-        RowError: a missing, null, empty or wrongly typed field, an unknown chat role, a response list whose last
-            turn is not the assistant's, response lists that follow different conversations or not the prompt, or
-            chosen identical to rejected; it names the source, row and field.
+        RowError: a missing, null, empty or wrongly typed field, text that is not valid Unicode (an unpaired
+            surrogate), an unknown chat role, a response list whose last turn is not the assistant's, response lists
+            that follow different conversations or not the prompt, or chosen identical to rejected; it names the
+            source, row and field.
     """
     at = _Where(source, row)
     if not isinstance(raw, dict):
@@ -256,7 +258,7 @@ def _prompt(raw: dict[str, Any], name: str, at: _Where) -> Prompt:
     if isinstance(value, str):
         if not value.strip():
             raise at.error("empty", name, f"field {name!r} is empty")
-        return value
+        return _unicode(value, f"field {name!r}", name, at)
     if isinstance(value, list):
         if not value:
             raise at.error("empty", name, f"field {name!r} is an empty message list")
@@ -282,7 +284,7 @@ def _response(raw: dict[str, Any], name: str, at: _Where) -> tuple[str, list[dic
                        f"field {name!r} must be a string or a list of messages, got {type(value).__name__}")
     if not value.strip():
         raise at.error("empty", name, f"field {name!r} is an empty response")
-    return value, history
+    return _unicode(value, f"field {name!r}", name, at), history
 
 
 def _check_histories(prompt: Prompt, histories: list[tuple[str, list[dict[str, str]]]], at: _Where) -> None:
@@ -331,4 +333,15 @@ def _message(item: Any, name: str, index: int, at: _Where) -> dict[str, str]:
     if item["role"] not in KNOWN_ROLES:
         raise at.error("unknown_role", name,
                        f"{label}: unknown role {item['role']!r} (expected one of: {', '.join(KNOWN_ROLES)})")
-    return {"role": item["role"], "content": item["content"]}
+    return {"role": item["role"], "content": _unicode(item["content"], f"{label}: 'content'", name, at)}
+
+
+def _unicode(text: str, label: str, name: str, at: _Where) -> str:
+    """``text``, if it is valid Unicode. JSON can spell half of a surrogate pair (``"\\ud800"``), which parses to
+    a string that has no UTF-8 form: the tokenizer then fails with a TypeError that names no row."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise at.error("unpaired_surrogate", name, f"{label}: unpaired surrogate {text[err.start]!r} at character "
+                       f"{err.start + 1} (half of a JSON \\u escape pair), not valid Unicode") from None
+    return text
