@@ -106,6 +106,14 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"model.optim.lr must be > 0, got {self.lr}")
+        # torch.optim.AdamW checks these only when the optimizer is built (a traceback after the model has loaded),
+        # and not a weight decay < 0 at all (it would push every matrix away from zero).
+        if self.weight_decay < 0:
+            raise ConfigError(f"model.optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ConfigError(f"model.optim.betas must both be in [0, 1), got {list(self.betas)}")
+        if self.eps < 0:
+            raise ConfigError(f"model.optim.eps must be >= 0, got {self.eps}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"model.optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -65,6 +65,10 @@ CASES = [
      "deepspeed_stage_3_offload, deepspeed_stage_3_offload_nvme, fsdp, fsdp_cpu_offload, single_device (or add "
      "--config configs/strategy/ddp.yaml, fsdp.yaml or fsdp2.yaml)")),
     (["--ckpt_path", "no/such.ckpt"], "--ckpt_path no/such.ckpt: not found"),
+    # torch's AdamW refused these with a traceback after the model had loaded; a negative decay it took silently
+    (["--model.optim.betas", "[0.9, 1.5]"], "model.optim.betas must both be in [0, 1), got [0.9, 1.5]"),
+    (["--model.optim.eps", "-1"], "model.optim.eps must be >= 0, got -1.0"),
+    (["--model.optim.weight_decay", "-0.1"], "model.optim.weight_decay must be >= 0, got -0.1"),
 ]
 
 
