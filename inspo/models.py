@@ -121,6 +121,12 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ModelSourceError(f"cannot load a tokenizer from {name!r}: {err}") from err
+    except ValueError as err:  # a model folder without a tokenizer: a ValueError about converting a slow one
+        if not Path(source).is_dir() or any(Path(source).glob("tokenizer*")):
+            raise
+        raise ModelSourceError(f"cannot load a tokenizer from {name!r}: the folder has no tokenizer files "
+                               "(tokenizer.json, tokenizer_config.json); save its base model's tokenizer there: "
+                               "AutoTokenizer.from_pretrained(BASE).save_pretrained(FOLDER)") from err
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise ModelSourceError(f"tokenizer of {name!r} has neither a pad nor an eos token")

@@ -124,6 +124,20 @@ def test_data_path_that_is_a_folder_says_so(capsys, tmp_path):
                                         "and holds no .jsonl, .json or .parquet file")]
 
 
+def test_model_folder_without_a_tokenizer_says_so(capsys, tmp_path):
+    """A folder holding only a model's config (and weights) ended in transformers' ValueError about converting a
+    slow tokenizer, which named no folder."""
+    from transformers import LlamaConfig
+
+    folder = tmp_path / "model"
+    LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2).save_pretrained(folder)
+    code, err = run_main(capsys, tmp_path / "run", "--model.model", str(folder))
+    assert code == 2 and err.strip().splitlines() == [
+        (f"inspo: error: cannot load a tokenizer from {str(folder)!r}: the folder has no tokenizer files (tokenizer.json, "
+         "tokenizer_config.json); save its base model's tokenizer there: "
+         "AutoTokenizer.from_pretrained(BASE).save_pretrained(FOLDER)")]
+
+
 def test_misspelled_key_in_a_yaml_file(capsys, tmp_path):
     config = tmp_path / "mine.yaml"
     config.write_text("data:\n  batchsize: 3\nmodel:\n  loss: dpo\n")
