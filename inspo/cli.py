@@ -47,7 +47,14 @@ from inspo.data.datamodule import PreferenceDataModule
 from inspo.errors import ConfigError, InspoError
 from inspo.module import PreferenceModule
 from inspo.parser import InspoArgumentParser, expand_short_names
-from inspo.preflight import check_data_paths, check_logger_packages, check_output_folders, check_strategy, user_error_in
+from inspo.preflight import (
+    check_config_files,
+    check_data_paths,
+    check_logger_packages,
+    check_output_folders,
+    check_strategy,
+    user_error_in,
+)
 from inspo.quiet import quiet_run
 from inspo.signals import restored_signals
 from inspo.summary import fit_summary
@@ -74,6 +81,8 @@ class InspoCLI(LightningCLI):
         argv = sys.argv[1:] if argv is None else argv
         names = self.subcommands()
         self._requested = next((a for a in argv if a in names), None) if isinstance(argv, (list, tuple)) else None
+        if isinstance(argv, (list, tuple)):
+            check_config_files(list(argv))
         super().__init__(*args, parser_class=parser_class, **kwargs)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:

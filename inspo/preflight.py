@@ -1,4 +1,5 @@
-"""Checks the CLI runs on the parsed config before anything is built: output folders, strategy, data paths, loggers.
+"""Checks the CLI runs on the parsed config before anything is built: output folders, strategy, data paths, loggers;
+and, before parsing, the ``--config`` files themselves.
 
 Each failure is a :class:`~inspo.errors.ConfigError` naming the option and the path, raised before any data is read,
 any model is loaded or any step is trained (before this, a ``model.export_dir`` that is a file crashed the export
@@ -15,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import Namespace
 
 from inspo.errors import ConfigError, InspoError
@@ -123,6 +125,62 @@ def check_data_paths(data: Any) -> None:
             how = f"--data.source.dataset {value}" if option == "path" else "one file (concatenate the shards)"
             raise ConfigError(f"{name} {value} is a folder, not a data file (it holds {len(shards)} data "
                               f"files: {listed}); {name} reads one file: for a folder of shards use {how}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last one without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (also on line {lines[key]}): the second would silently "
+                    "replace the first, with every option under it", key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Each ``--config`` / ``-c`` file on the command line exists, is a file and holds a YAML mapping of options in
+    which no key is given twice.
+
+    jsonargparse answered a missing file or a folder with "config: invalid value", named neither the file nor the
+    line of a YAML syntax error, and let a repeated key replace the first (a second ``model:`` block dropped every
+    option of the first). A value that is not a path but an inline YAML mapping (``--config '{model: ...}'``) is
+    left to jsonargparse.
+    """
+    for index, arg in enumerate(argv):
+        if arg in ("--config", "-c") and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--config="):
+            value = arg.partition("=")[2]
+        else:
+            continue
+        path = Path(value)
+        if not path.exists():
+            try:
+                inline = yaml.safe_load(value)
+            except yaml.YAMLError:
+                inline = value
+            if isinstance(inline, str):
+                raise ConfigError(f"--config {value}: file not found")
+            continue
+        if path.is_dir():
+            raise ConfigError(f"--config {value} is a folder, not a YAML file")
+        try:
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark
+            raise ConfigError(f"--config {value}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}: "
+                              f"{err.problem}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--config {value}: not a readable YAML file: {err}") from None
+        if not isinstance(loaded, dict):
+            got = "nothing (an empty file)" if loaded is None else f"a {type(loaded).__name__}"
+            raise ConfigError(f"--config {value}: expected a mapping of options (model:, data:, trainer:, ...), "
+                              f"got {got}")
 
 
 def user_error_in(err: BaseException) -> InspoError | None:

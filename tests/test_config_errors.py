@@ -130,12 +130,41 @@ def test_model_folder_without_a_tokenizer_says_so(capsys, tmp_path):
     from transformers import LlamaConfig
 
     folder = tmp_path / "model"
-    LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2).save_pretrained(folder)
+    LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                num_attention_heads=2).save_pretrained(folder)
     code, err = run_main(capsys, tmp_path / "run", "--model.model", str(folder))
     assert code == 2 and err.strip().splitlines() == [
-        (f"inspo: error: cannot load a tokenizer from {str(folder)!r}: the folder has no tokenizer files (tokenizer.json, "
-         "tokenizer_config.json); save its base model's tokenizer there: "
+        (f"inspo: error: cannot load a tokenizer from {str(folder)!r}: the folder has no tokenizer files "
+         "(tokenizer.json, tokenizer_config.json); save its base model's tokenizer there: "
          "AutoTokenizer.from_pretrained(BASE).save_pretrained(FOLDER)")]
+
+
+CONFIG_FILES = [
+    (None, "{path}: file not found"),
+    ("folder", "{path} is a folder, not a YAML file"),
+    ("model:\n  optim:\n\tlr: 1.0\n",
+     "{path}: invalid YAML at line 3, column 1: found character '\\t' that cannot start any token"),
+    ("- model\n- data\n", "{path}: expected a mapping of options (model:, data:, trainer:, ...), got a list"),
+    ("", "{path}: expected a mapping of options (model:, data:, trainer:, ...), got nothing (an empty file)"),
+    ("model:\n  optim:\n    lr: 0.5\ndata:\n  loader:\n    batch_size: 2\nmodel:\n  loss: simpo\n",
+     ("{path}: invalid YAML at line 7, column 1: key 'model' given twice (also on line 1): the second would "
+      "silently replace the first, with every option under it")),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CONFIG_FILES,
+                         ids=["missing", "folder", "tab", "list", "empty", "key twice"])
+def test_config_file_that_cannot_be_read_names_file_and_line(capsys, tmp_path, text, expected):
+    """jsonargparse said "config: invalid value" for a missing file or a folder, named no file for a YAML error, and
+    kept only the second of two ``model:`` blocks (the first's lr silently dropped)."""
+    path = tmp_path / "mine.yaml"
+    if text == "folder":
+        path.mkdir()
+    elif text is not None:
+        path.write_text(text)
+    code, err = run_main(capsys, tmp_path / "run", "--config", str(path))
+    assert code == 2 and err.strip().splitlines() == [f"inspo: error: --config {expected.format(path=path)}"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_misspelled_key_in_a_yaml_file(capsys, tmp_path):
