@@ -53,6 +53,7 @@ from inspo.preflight import (
     check_logger_packages,
     check_output_folders,
     check_strategy,
+    check_trainer_counts,
     user_error_in,
 )
 from inspo.quiet import quiet_run
@@ -129,6 +130,7 @@ class InspoCLI(LightningCLI):
         trainer = config.get("trainer", {})
         check_logger_packages(trainer.get("logger"))
         check_strategy(trainer.get("strategy"))
+        check_trainer_counts(trainer)
         check_output_folders(trainer, config.get("model"), config.get("checkpoint"))
         check_data_paths(config.get("data"))
 

@@ -108,6 +108,20 @@ def check_strategy(strategy: Any) -> None:
                           "--config configs/strategy/ddp.yaml, fsdp.yaml or fsdp2.yaml)")
 
 
+def check_trainer_counts(trainer: Any) -> None:
+    """The trainer's step and epoch intervals that Lightning takes unchecked must be positive: at 0 it divides by
+    them (a ZeroDivisionError, for ``val_check_interval`` after the first training batch), and a negative
+    ``accumulate_grad_batches`` trained without a word."""
+    for name in ("accumulate_grad_batches", "check_val_every_n_epoch"):
+        value = trainer.get(name)
+        if isinstance(value, int) and value < 1:
+            raise ConfigError(f"trainer.{name} must be at least 1, got {value}")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and interval <= 0:
+        raise ConfigError(f"trainer.val_check_interval must be > 0 (training batches as an int, a fraction of the "
+                          f"epoch as a float), got {interval}")
+
+
 def check_data_paths(data: Any) -> None:
     """``data.source.path`` / ``data.source.val_path``: a folder is named as a folder (it was "not found")."""
     source = data.get("source") if data is not None else None

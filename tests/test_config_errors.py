@@ -69,6 +69,12 @@ CASES = [
     (["--model.optim.betas", "[0.9, 1.5]"], "model.optim.betas must both be in [0, 1), got [0.9, 1.5]"),
     (["--model.optim.eps", "-1"], "model.optim.eps must be >= 0, got -1.0"),
     (["--model.optim.weight_decay", "-0.1"], "model.optim.weight_decay must be >= 0, got -0.1"),
+    # Lightning divides by these (a ZeroDivisionError, after the first step for val_check_interval); -2 trained
+    (["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches must be at least 1, got 0"),
+    (["--trainer.accumulate_grad_batches", "-2"], "trainer.accumulate_grad_batches must be at least 1, got -2"),
+    (["--trainer.check_val_every_n_epoch", "0"], "trainer.check_val_every_n_epoch must be at least 1, got 0"),
+    (["--trainer.val_check_interval", "0"], ("trainer.val_check_interval must be > 0 (training batches as an int, a "
+                                             "fraction of the epoch as a float), got 0")),
 ]
 
 
