@@ -75,6 +75,10 @@ CASES = [
     (["--trainer.check_val_every_n_epoch", "0"], "trainer.check_val_every_n_epoch must be at least 1, got 0"),
     (["--trainer.val_check_interval", "0"], ("trainer.val_check_interval must be > 0 (training batches as an int, a "
                                              "fraction of the epoch as a float), got 0")),
+    # the callbacks' own checks ended in a traceback (a ValueError; Lightning's MisconfigurationException)
+    (["--samples.every_n_steps", "-1"], "samples.every_n_steps must be >= 0 (0 disables sampling), got -1"),
+    (["--samples.max_new_tokens", "0"], "samples.max_new_tokens must be at least 1, got 0"),
+    (["--checkpoint.every_n_train_steps", "-3"], "checkpoint: Invalid value for every_n_train_steps=-3. Must be >= 0"),
 ]
 
 

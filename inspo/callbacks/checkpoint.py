@@ -21,9 +21,11 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from inspo.checkpoints import atomic_save, check_free_space, check_writable, link_last
+from inspo.errors import ConfigError
 from inspo.run_folder import CHECKPOINTS, LAST, versions_dir
 
 
@@ -38,7 +40,10 @@ class ResumableCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, *args: Any, save_last: bool | None = True, **kwargs: Any) -> None:
-        super().__init__(*args, save_last=save_last, **kwargs)
+        try:
+            super().__init__(*args, save_last=save_last, **kwargs)
+        except MisconfigurationException as err:  # ModelCheckpoint's checks of its arguments (a traceback)
+            raise ConfigError(f"checkpoint: {err}") from None
         self.dirpath_given = self.dirpath is not None
         self._pending_removal: list[str] = []
         self._last_only: str | None = None  # a checkpoint saved only for last.ckpt (not a top-k one)

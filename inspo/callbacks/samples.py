@@ -23,6 +23,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from torch import nn
 from typing_extensions import override
 
+from inspo.errors import ConfigError
 from inspo.eval.generate import generate
 from inspo.run_folder import SAMPLES, run_dir
 
@@ -48,8 +49,10 @@ class SampleGenerations(Callback):
 
     def __init__(self, every_n_steps: int = 50, prompts: list[str] | None = None, max_new_tokens: int = 64) -> None:
         super().__init__()
-        if every_n_steps < 0 or max_new_tokens < 1:
-            raise ValueError("samples.every_n_steps must be >= 0 and samples.max_new_tokens >= 1")
+        if every_n_steps < 0:
+            raise ConfigError(f"samples.every_n_steps must be >= 0 (0 disables sampling), got {every_n_steps}")
+        if max_new_tokens < 1:
+            raise ConfigError(f"samples.max_new_tokens must be at least 1, got {max_new_tokens}")
         self.every_n_steps = every_n_steps
         self.prompts = list(prompts) if prompts else list(DEFAULT_PROMPTS)
         self.max_new_tokens = max_new_tokens
