@@ -29,6 +29,7 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 import inspo
+from inspo.checkpoints import checkpoint_problem
 from inspo.errors import ConfigError
 from inspo.lora import REFERENCE_ADAPTER, TRAINED_ADAPTER, LoraSettings, apply_lora, is_lora, merged_model
 from inspo.models import load_causal_lm, load_tokenizer
@@ -158,13 +159,16 @@ def read_checkpoint(ckpt: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     ``inspo fit``: a ``.ckpt`` file or a sharded checkpoint folder."""
     from inspo.distributed import CHECKPOINT_META
 
+    if ckpt.is_dir() and not (ckpt / CHECKPOINT_META).is_file():
+        raise ConfigError(f"{ckpt} is a folder but not a sharded checkpoint of `inspo fit` (no {CHECKPOINT_META})")
+    if not ckpt.exists():
+        raise ConfigError(f"checkpoint not found: {ckpt}")
+    problem = checkpoint_problem(ckpt)  # truncated, not a checkpoint, a shard missing: torch's traceback before
+    if problem is not None:
+        raise ConfigError(f"{ckpt}: {problem}")
     if ckpt.is_dir():
-        if not (ckpt / CHECKPOINT_META).is_file():
-            raise ConfigError(f"{ckpt} is a folder but not a sharded checkpoint of `inspo fit` (no {CHECKPOINT_META})")
         meta = torch.load(ckpt / CHECKPOINT_META, map_location="cpu", weights_only=False)
         return meta, _read_sharded_policy(ckpt)
-    if not ckpt.is_file():
-        raise ConfigError(f"checkpoint not found: {ckpt}")
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     weights = checkpoint.pop("state_dict", {})
     state = {k.removeprefix("policy."): v for k, v in weights.items() if k.startswith("policy.")}

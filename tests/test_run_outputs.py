@@ -156,6 +156,14 @@ def test_export_command_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and "checkpoint not found" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.ckpt"  # torch.load's traceback before
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt", str(garbage), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"inspo: error: {garbage}: it cannot be read, it is truncated or not a checkpoint (")
+    assert not (tmp_path / "out").exists()
 
 
 def test_report_writes_non_empty_pngs_and_a_summary(lora_run, tmp_path):
