@@ -57,6 +57,9 @@ BAD_ROWS = [
     ({"prompt": "p", "chosen": ["a", "b"], "rejected": "r"}, "wrong_type", "chosen",
      "field 'chosen': message 0: expected an object with 'role' and 'content', got str"),
     ({"prompt": "p", "chosen": "c", "rejected": " \n\t"}, "empty", "rejected", "field 'rejected' is an empty response"),
+    # a message list with nothing in it was taken (the policy answered a blank template), a blank string was not
+    ({"prompt": [system(""), user(" \n")], "chosen": "c", "rejected": "r"}, "empty", "prompt",
+     "field 'prompt': every message's content is empty or whitespace"),
     ({"prompt": "p", "chosen": "Same answer.", "rejected": " Same answer.\n"}, "identical_responses",
      "chosen/rejected", "fields 'chosen' and 'rejected' are identical"),
     ({"prompt": [{"from": "human", "value": "hi"}], "chosen": "c", "rejected": "r"}, "bad_message", "prompt",

@@ -262,7 +262,10 @@ def _prompt(raw: dict[str, Any], name: str, at: _Where) -> Prompt:
     if isinstance(value, list):
         if not value:
             raise at.error("empty", name, f"field {name!r} is an empty message list")
-        return [_message(item, name, index, at) for index, item in enumerate(value)]
+        messages = [_message(item, name, index, at) for index, item in enumerate(value)]
+        if not any(message["content"].strip() for message in messages):  # as empty as a blank string prompt
+            raise at.error("empty", name, f"field {name!r}: every message's content is empty or whitespace")
+        return messages
     raise at.error("wrong_type", name,
                    f"field {name!r} must be a string or a list of messages, got {type(value).__name__}")
 
