@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gzip
 import itertools
 import json
 import logging
@@ -98,6 +99,14 @@ def test_read_errors_name_the_file_and_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(DataError, match="bad.jsonl: line 2: invalid JSON"):
         list(read_rows(tmp_path / "bad.jsonl"))
+    # read line by line, these were "invalid UTF-8" on every line (byte 0x8b at column 2, ...)
+    (tmp_path / "x.jsonl").write_bytes(gzip.compress(b'{"a": 1}\n' * 3))
+    with pytest.raises(DataError, match=r"^.*x.jsonl: the file is gzip-compressed \(decompress it: gunzip\); data "
+                       "files are read as plain UTF-8 JSON$"):
+        list(read_rows(tmp_path / "x.jsonl"))
+    (tmp_path / "x.json").write_text('[{"a": 1}]', encoding="utf-16")
+    with pytest.raises(DataError, match=r"x.json: the file is UTF-16 text \(save it as UTF-8\)"):
+        list(read_rows(tmp_path / "x.json"))
 
 
 # ---------------------------------------------------------------- records

@@ -33,6 +33,11 @@ from typing import Any
 from inspo.errors import DataError
 
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".parquet")
+NOT_TEXT = {b"\x1f\x8b": "gzip-compressed (decompress it: gunzip)", b"PK\x03\x04": "a zip archive (unzip it)",
+            b"BZh": "bzip2-compressed (decompress it: bunzip2)", b"\xfd7zXZ\x00": "xz-compressed (decompress it: unxz)",
+            b"\x28\xb5\x2f\xfd": "zstd-compressed (decompress it: unzstd)",
+            b"\xff\xfe": "UTF-16 text (save it as UTF-8)", b"\xfe\xff": "UTF-16 text (save it as UTF-8)"}
+"""The first bytes of a JSON file that is not UTF-8 text: read line by line, it is a "bad" byte on every line."""
 KNOWN_ROLES = ("assistant", "system", "tool", "user")
 """Chat roles a row may use; anything else (ShareGPT's ``human`` / ``gpt``, typos) is a row error, because most chat
 templates render an unknown role as text without complaint."""
@@ -113,13 +118,19 @@ def read_rows(path: str | Path, keep_going: bool = False) -> Iterator[tuple[int,
             ``(line_number, RowError)`` and go on, instead of raising the error.
 
     Raises:
-        DataError: the file is missing, has an unsupported extension, or is not valid JSON / UTF-8 (for a JSON
-            array this is always raised: one syntax error makes the whole array unreadable).
+        DataError: the file is missing, has an unsupported extension, is compressed or UTF-16, or is not valid
+            JSON / UTF-8 (for a JSON array this is always raised: one syntax error makes the whole array unreadable).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        with path.open("rb") as handle:
+            head = handle.read(6)
+        kind = next((kind for magic, kind in NOT_TEXT.items() if head.startswith(magic)), None)
+        if kind is not None:
+            raise DataError(f"{path}: the file is {kind}; data files are read as plain UTF-8 JSON")
     if suffix == ".jsonl":
         yield from _read_json_lines(path, keep_going)
     elif suffix == ".json":
