@@ -54,6 +54,7 @@ REASONS = {
     "bad_message": "malformed chat message",
     "unknown_role": "unknown chat role",
     "last_turn_not_assistant": "last turn is not the assistant's",
+    "prompt_ends_with_assistant": "prompt whose last turn is the assistant's",
     "identical_responses": "chosen identical to rejected",
     "different_histories": "chosen and rejected following different conversations",
     "history_not_prompt": "earlier turns that are not the prompt",
@@ -225,7 +226,8 @@ def to_record(
 
     Raises:
         RowError: a missing, null, empty or wrongly typed field, text that is not valid Unicode (an unpaired
-            surrogate), an unknown chat role, a response list whose last turn is not the assistant's, response lists
+            surrogate), an unknown chat role, a prompt list whose last turn is the assistant's, a response list
+            whose last turn is not the assistant's, response lists
             that follow different conversations or not the prompt, or chosen identical to rejected; it names the
             source, row and field.
     """
@@ -276,6 +278,11 @@ def _prompt(raw: dict[str, Any], name: str, at: _Where) -> Prompt:
         messages = [_message(item, name, index, at) for index, item in enumerate(value)]
         if not any(message["content"].strip() for message in messages):  # as empty as a blank string prompt
             raise at.error("empty", name, f"field {name!r}: every message's content is empty or whitespace")
+        if messages[-1]["role"] == "assistant":  # the template would open a second assistant turn after it
+            raise at.error("prompt_ends_with_assistant", name, f"field {name!r}: the last message has role "
+                           "'assistant', so each response would be a second assistant turn after it; end the prompt "
+                           "with the user's turn (a partial answer to continue belongs at the start of both "
+                           "responses)")
         return messages
     raise at.error("wrong_type", name,
                    f"field {name!r} must be a string or a list of messages, got {type(value).__name__}")
