@@ -71,8 +71,8 @@ BAD_ROWS = [
      "field 'chosen': the last message must have role 'assistant', got 'user'"),
     # rendered as a second assistant turn after the prompt's own (TRL would continue it as a prefill instead)
     ({"prompt": [user("Capital of France?"), answer("The capital")], "chosen": "is Paris.", "rejected": "is Rome."},
-     "prompt_ends_with_assistant", "prompt", "field 'prompt': the last message has role 'assistant', so each "
-     "response would be a second assistant turn after it"),
+     "prompt_ends_with_assistant", "prompt", ("field 'prompt': the last message has role 'assistant', so each "
+     "response would be a second assistant turn after it")),
     ({"prompt": "Capital of France?", "chosen": [user("Capital of France?"), answer("Paris.")],
       "rejected": [user("Capital of Italy?"), answer("Rome.")]}, "different_histories", "chosen/rejected",
      ("fields 'chosen' and 'rejected' follow different conversations: their earlier turns differ at message 0 "
