@@ -55,12 +55,19 @@ def not_admitted(key: str) -> str:
     return not_admitted(key)
 
 
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+"""What argparse should read as a negative number, not an option (its own pattern misses exponents)."""
+
+
 class InspoArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with one-line errors (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # argparse takes "-1e-8" (and "-inf") for an option name, so `--model.optim.eps -1e-8` said "expected one
+        # argument"; with no option of ours looking like a number, every number is a value.
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     @override
     def validate(self, namespace: Namespace, *args: Any, **kwargs: Any) -> None:

@@ -68,6 +68,7 @@ CASES = [
     # torch's AdamW refused these with a traceback after the model had loaded; a negative decay it took silently
     (["--model.optim.betas", "[0.9, 1.5]"], "model.optim.betas must both be in [0, 1), got [0.9, 1.5]"),
     (["--model.optim.eps", "-1"], "model.optim.eps must be >= 0, got -1.0"),
+    (["--model.optim.eps", "-1e-8"], "model.optim.eps must be >= 0, got -1e-08"),  # argparse took it for an option
     (["--model.optim.weight_decay", "-0.1"], "model.optim.weight_decay must be >= 0, got -0.1"),
     # Lightning divides by these (a ZeroDivisionError, after the first step for val_check_interval); -2 trained
     (["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches must be at least 1, got 0"),
