@@ -59,6 +59,11 @@ CASES = [
     # issue 12: these printed a traceback, or a line naming neither the value nor the expected type
     (["--model.optim.lr", "fast"], "model.optim.lr: invalid value 'fast': expected float" + HELP),
     (["--model.loss.beta", "0"], "DPOLoss: beta must be > 0, got 0.0"),
+    # not a float: the parser then read model.loss as a list of losses and said "{'beta': 'abc'} names no loss"
+    (["--model.loss.beta", "abc"], "model.loss.beta: 'abc' is not a valid value (expected float)" + HELP),
+    (["--model.loss.betax", "0.1"], ("model.loss[0]: {'betax': 0.1} names no loss (for one loss's option: did you "
+                                     "mean model.loss.beta?); a listed loss takes its arguments in the list: "
+                                     "[{class_path: dpo, init_args: {beta: 0.2}}, sft]")),
     (["--trainer.strategy", "nonsense"],
      ("trainer.strategy 'nonsense' is not a strategy; choose one of: auto, ddp, ddp_spawn, ddp_fork, ddp_notebook, "
      "deepspeed, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_2_offload, deepspeed_stage_3, "

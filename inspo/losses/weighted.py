@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from typing import Any
 
@@ -47,8 +49,15 @@ class WeightedLoss(PreferenceLoss):
                 if divergence:  # a single loss without an f-divergence form, which the parser then read as a list
                     raise ConfigError(f"{not_admitted(f'model.loss.init_args.{divergence[0]}')}; `inspo fit --help` "
                                       "lists every option")
-                raise ConfigError(f"model.loss[{i}]: {part!r} names no loss; a listed loss takes its arguments in the "
-                                  "list: [{class_path: dpo, init_args: {beta: 0.2}}, sft]")
+                bad_option = next(((k, v, t) for k, v in part.items() if (t := _misfit_type(k, v))), None)
+                if bad_option:  # a single loss's option with a value of the wrong type, which the parser then read
+                    key, value, kind = bad_option  # as a list of losses
+                    raise ConfigError(f"model.loss.{key}: {value!r} is not a valid value (expected {kind}); "
+                                      "`inspo fit --help` lists every option")
+                close = [m for k in part for m in difflib.get_close_matches(str(k), _loss_options(), 1)]
+                guess = f" (for one loss's option: did you mean model.loss.{close[0]}?)" if close else ""
+                raise ConfigError(f"model.loss[{i}]: {part!r} names no loss{guess}; a listed loss takes its arguments "
+                                  "in the list: [{class_path: dpo, init_args: {beta: 0.2}}, sft]")
             try:
                 parts.append(LOSSES.resolve(part))
             except ConfigError as err:  # the registry's line, placed in the list
@@ -73,3 +82,27 @@ class WeightedLoss(PreferenceLoss):
         outs = [part(policy, reference) for part in self.parts]
         losses = sum(w * out.losses for w, out in zip(self.weights, outs))
         return LossOutput(losses=losses, chosen_rewards=outs[0].chosen_rewards, rejected_rewards=outs[0].rejected_rewards)
+
+
+def _loss_options() -> dict[str, Any]:
+    """Every init argument of a registered loss, with its annotation (the first loss's that has it)."""
+    options: dict[str, Any] = {}
+    for cls in LOSSES.values():
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if name != "self" and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+                options.setdefault(name, parameter.annotation)
+    return options
+
+
+SCALARS = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
+
+
+def _misfit_type(key: str, value: Any) -> str | None:
+    """The type a registered loss's scalar option ``key`` expects (``"float"`` for ``beta``) when ``value`` is not
+    of it, else None (not such an option, or the value fits)."""
+    annotation = _loss_options().get(key, inspect.Parameter.empty)
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
+    if kind not in SCALARS:
+        return None
+    fits = isinstance(value, SCALARS[kind]) and (kind == "bool" or not isinstance(value, bool))
+    return None if fits else kind
