@@ -390,7 +390,7 @@ class PreferenceModule(LightningModule):
     @override
     def on_train_start(self) -> None:
         schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
-        start_schedules(schedulers, int(self.trainer.estimated_stepping_batches))
+        start_schedules(schedulers, int(self.trainer.estimated_stepping_batches), self.trainer.is_global_zero)
 
     # ---------------------------------------------------------------- checkpoints and export
     @property

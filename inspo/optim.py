@@ -17,11 +17,14 @@ weights in place. A bf16 base under LoRA is fine: it is frozen, and peft keeps t
 The schedule's length (the run's optimizer steps) is set when training starts, not in ``configure_optimizers``:
 reading ``trainer.estimated_stepping_batches`` there builds the train dataloader before a checkpoint is restored,
 and Lightning then drops the dataloader's saved position (a resumed run would restart the epoch's data). The length
-is part of the scheduler's state, so a resumed run keeps the schedule it started with.
+is part of the scheduler's state, so a resumed run keeps the schedule it started with, unless the run's length changed
+(``--trainer.max_steps`` raised to train on): then the schedule is stretched to the new length, with one log line
+(kept, a schedule that had decayed to its end would train every further step at ``min_lr_ratio``, by default 0).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -30,6 +33,8 @@ import torch
 from torch import nn
 
 from inspo.errors import ConfigError
+
+log = logging.getLogger("inspo")
 
 HALF_DTYPES = {torch.bfloat16: 8, torch.float16: 11}
 """Low-precision dtypes -> significant bits: an update below ~2**-bits of a weight is lost when added to it."""
@@ -153,17 +158,24 @@ class LRSchedule:
         return lr_factor(step, self.total_steps or 1, config)
 
 
-def start_schedules(schedulers: list[torch.optim.lr_scheduler.LRScheduler], total_steps: int) -> None:
-    """Give every :class:`LRSchedule` without a length ``total_steps`` and set the current learning rates.
+def start_schedules(schedulers: list[torch.optim.lr_scheduler.LRScheduler], total_steps: int,
+                    announce: bool = True) -> None:
+    """Give every :class:`LRSchedule` the length ``total_steps`` and set the current learning rates.
 
-    A schedule restored from a checkpoint keeps its length; its rates are recomputed, which changes nothing.
+    A schedule restored from a checkpoint of a run of the same length is unchanged (its rates are recomputed, which
+    changes nothing); one of another length is stretched to ``total_steps``, and (``announce``) one log line says so.
     """
     for scheduler in schedulers:
         schedules = getattr(scheduler, "lr_lambdas", [])
         if not any(isinstance(s, LRSchedule) for s in schedules):
             continue
         for schedule in schedules:
-            if isinstance(schedule, LRSchedule) and schedule.total_steps is None:
+            if isinstance(schedule, LRSchedule) and schedule.total_steps != total_steps:
+                if schedule.total_steps is not None and announce:
+                    log.warning("inspo: resume: the checkpoint's learning-rate schedule spans %d optimizer steps, "
+                                "this run %d: the schedule is stretched to %d steps (from step %d on)",
+                                schedule.total_steps, total_steps, total_steps, scheduler.last_epoch)
+                    announce = False
                 schedule.total_steps = total_steps
         for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, schedules):
             group["lr"] = base * schedule(scheduler.last_epoch)

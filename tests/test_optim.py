@@ -1,5 +1,5 @@
 """inspo.optim's learning-rate schedule: warm-up and decay values at given steps, derived by hand, and
-``start_schedules`` giving a length to new schedules while a restored one keeps its own.
+``start_schedules`` giving a length to new schedules while a restored one keeps its own (unless the run's length changed).
 
 Arithmetic of the schedule (``lr_factor``): warmup = int(warmup_ratio * total); a step s < warmup gets
 (s + 1) / (warmup + 1); after it, progress p = min(1, (s - warmup) / (total - warmup)) and the factor is
@@ -8,6 +8,7 @@ min + (1 - min) * decay(p), with decay(p) = (1 + cos(pi p)) / 2 (cosine), 1 - p 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -85,9 +86,12 @@ def test_start_schedules_sets_the_length_and_the_current_rates():
     assert lrs(scheduler) == pytest.approx([0.55e-3] * 2, abs=1e-15)  # step 6: 0.55 (see the cosine test)
 
 
-def test_a_restored_schedule_keeps_its_length():
-    """Resume: the length is saved with the scheduler; a later ``start_schedules`` with another count (the resumed
-    run's estimate) changes nothing: at step 4 of 10 the factor stays 0.1 + 0.9 (1 + sqrt(1/2)) / 2."""
+def test_a_restored_schedule_keeps_its_length_unless_the_run_got_longer(caplog):
+    """Resume: the length is saved with the scheduler; ``start_schedules`` with the same count changes nothing: at
+    step 4 of 10 the factor stays 0.1 + 0.9 (1 + sqrt(1/2)) / 2. A run made longer on resume (``--trainer.max_steps``
+    raised, as the nothing-left-to-train error says) kept the old length, so every step past it trained at the
+    floor (by default lr 0) without a word; now the schedule is stretched to the new length, with one log line:
+    step 4 of 20 ends its warm-up (int(0.2 * 20) = 4 steps): the factor is 1."""
     first = make()
     start_schedules([first], 10)
     advance(first, 4)
@@ -95,9 +99,18 @@ def test_a_restored_schedule_keeps_its_length():
     assert [entry["total_steps"] for entry in state["lr_lambdas"]] == [10, 10]
     resumed = make()
     resumed.load_state_dict(state)
-    start_schedules([resumed], 99)
+    start_schedules([resumed], 10)
     assert [s.total_steps for s in resumed.lr_lambdas] == [10, 10]
     assert lrs(resumed) == pytest.approx([1e-3 * (0.1 + 0.9 * (1 + math.sqrt(0.5)) / 2)] * 2, abs=1e-15)
+    assert "schedule" not in caplog.text
+    longer = make()
+    longer.load_state_dict(state)
+    caplog.set_level(logging.INFO, logger="inspo")
+    start_schedules([longer], 20)
+    assert [s.total_steps for s in longer.lr_lambdas] == [20, 20]
+    assert lrs(longer) == pytest.approx([1e-3] * 2, abs=1e-15)
+    assert caplog.messages == [("inspo: resume: the checkpoint's learning-rate schedule spans 10 optimizer steps, "
+                                "this run 20: the schedule is stretched to 20 steps (from step 4 on)")]
 
 
 def test_start_schedules_leaves_other_schedulers_alone():
