@@ -10,11 +10,13 @@ from torch import nn
 from inspo.registry import class_path, init_args
 
 RESUME_KEYS = ("model", "random_init", "loss", "conditioning", "reflection_template", "reference.model",
-               "reference.sync_every", "reference.sync_alpha", "dtype", "lora", "use_weighting", "ld_alpha")
+               "reference.sync_every", "reference.sync_alpha", "dtype", "lora", "use_weighting", "ld_alpha", "optim")
 """Hyperparameters that define the trained model and its objective: a resumed run must have the same values.
 ``reference.model`` is the model the reference comes from (None: the initial policy), not the mode: ``auto`` and
 the mode it resolves to, or ``copy`` and ``cached``, are the same run; ``reference.sync_*``: TR-DPO's soft updates
-(``inspo.reference.sync``), whose reference the checkpoint holds. Not LoRA's ``merge_on_export``."""
+(``inspo.reference.sync``), whose reference the checkpoint holds. Not LoRA's ``merge_on_export``. ``optim``: a
+resume restores the optimizer's learning rates, betas and schedule from the checkpoint, so a changed value would
+be silently ignored (compared option by option; a checkpoint without it is not compared)."""
 RESUME_DEFAULTS = {"use_weighting": False}
 """Values of keys that checkpoints written before the key existed lack (the behaviour they were trained with)."""
 
@@ -31,7 +33,12 @@ def resume_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> tuple[str
             before, now = _loss_identity(before), _loss_identity(now)
         if key == "lora" and isinstance(before, dict) and isinstance(now, dict):
             before, now = ({k: v for k, v in d.items() if k != "merge_on_export"} for d in (before, now))
-        if before != now:
+        if key == "optim" and isinstance(before, dict) and isinstance(now, dict):
+            changed = [name for name in now if name in before and before[name] != now[name]]
+            if changed:
+                return f"optim.{changed[0]}", before[changed[0]], now[changed[0]]
+            continue
+        if before != now and not (key == "optim" and before is None):
             return key, before, now
     return None
 

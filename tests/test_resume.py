@@ -131,8 +131,11 @@ SMALLER = json.dumps({"num_hidden_layers": 2, "hidden_size": 32, "intermediate_s
 
 
 @pytest.mark.parametrize(("option", "value", "key"), [("--model.loss", "ipo", "model.loss"),
-                                                      ("--model.random_init", SMALLER, "model.random_init")])
+                                                      ("--model.random_init", SMALLER, "model.random_init"),
+                                                      ("--model.optim.lr", "0.01", "model.optim.lr")])
 def test_resume_with_a_changed_model_or_loss_stops(crashed, capsys, option, value, key):
+    """Also a changed optimizer setting: the resume restored the checkpoint's learning rates, betas and schedule,
+    so ``--model.optim.lr 0.01`` was silently ignored."""
     with pytest.raises(SystemExit) as exit_info:
         _fit_in_process(crashed, "--ckpt_path", "last", option, value)
     err = capsys.readouterr().err.strip().splitlines()
