@@ -28,6 +28,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from inspo.errors import ConfigError
+from inspo.hparams import plain
 from inspo.run_folder import CHECKPOINTS, versions_dir
 
 log = logging.getLogger("inspo")
@@ -294,3 +295,34 @@ def check_left_to_train(meta: dict[str, Any], trainer: Trainer, source: str) -> 
         log.info("inspo: %s", message.split(", so")[0])
         return
     raise ConfigError(message)
+
+
+DATA_UNCHECKED = ("loader.eval_batch_size", "loader.num_workers", "read.on_invalid", "read.min_valid_fraction")
+"""Data settings that do not change which training pairs an epoch serves, or in which order."""
+
+
+def check_same_data(meta: dict[str, Any], data_hparams: dict[str, Any], source: str) -> None:
+    """Refuse to resume mid-epoch from a checkpoint (its :func:`read_meta`) whose data settings differ from this run's.
+
+    The saved loader position is a count of batches: with another file, split, length limit, batch size or order
+    the rest of the epoch would skip pairs never trained on and repeat others. At an epoch boundary nothing is
+    skipped, and the data may change.
+    """
+    saved = meta.get("datamodule_hyper_parameters")
+    states = meta.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [{}]
+    position = states[0] if isinstance(states[0], dict) else {}
+    if not saved or not position.get("batches"):
+        return
+    def flat(hparams: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for name, value in plain(dict(hparams)).items():
+            out.update({f"{name}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {name: value})
+        return out
+
+    before, now = flat(saved), flat(data_hparams)
+    for key, got in now.items():
+        if key in before and key not in DATA_UNCHECKED and before[key] != got:
+            raise ConfigError(f"cannot resume from {source}: it stopped mid-epoch (epoch {position.get('epoch')}, after "
+                              f"{position['batches']} batches) with data.{key}={before[key]!r}, this run has "
+                              f"data.{key}={got!r}, so the rest of the epoch would skip or repeat pairs; resume with "
+                              "the data settings it was trained with, or start a new run without --ckpt_path")

@@ -37,6 +37,7 @@ from inspo.callbacks import GracefulStop, InspoProgressBar, ResumableCheckpoint,
 from inspo.checkpoints import (
     KEYWORDS,
     check_left_to_train,
+    check_same_data,
     checkpoint_folders,
     checkpoint_problem,
     read_meta,
@@ -182,6 +183,8 @@ class InspoCLI(LightningCLI):
             self.model.check_resumable(meta, source=ckpt)
             if self.subcommand == "fit":
                 check_left_to_train(meta, self.trainer, ckpt)
+                if self.datamodule is not None:
+                    check_same_data(meta, dict(self.datamodule.hparams), ckpt)
 
     def before_fit(self) -> None:
         self._prepare_checkpoint()

@@ -304,6 +304,24 @@ def test_resume_with_nothing_left_to_train_stops_instead_of_exporting_the_same_w
                      "left to train; raise --trainer.max_epochs or --trainer.max_steps to train on")
 
 
+def test_resume_mid_epoch_with_changed_data_settings_stops(crashed, tmp_path, capsys):
+    """The saved loader position is a count of batches: resumed with batch size 4 instead of 2 (or fewer pairs),
+    the step-4 checkpoint silently skipped 8 pairs of its epoch and trained others twice. Now one line, nothing
+    written; a setting that leaves the order alone (num_workers) still resumes."""
+    root = tmp_path / "copy"
+    copy_crashed(crashed, root)
+    target = root / STEP4
+    error = _one_error_line(capsys, root, "--ckpt_path", str(target), "--data.loader.batch_size", "4")
+    assert error == (f"cannot resume from {target}: it stopped mid-epoch (epoch 0, after 4 batches) with "
+                     "data.loader.batch_size=2, this run has data.loader.batch_size=4, so the rest of the epoch would "
+                     "skip or repeat pairs; resume with the data settings it was trained with, or start a new run "
+                     "without --ckpt_path")
+    error = _one_error_line(capsys, root, "--ckpt_path", str(target), "--data.read.max_pairs", "32")
+    assert "data.read.max_pairs=64, this run has data.read.max_pairs=32" in error
+    _fit_in_process(root, "--ckpt_path", str(target), "--data.loader.num_workers", "0", "--trainer.max_steps", "5")
+    assert not _no_training_step(root)
+
+
 def test_left_to_train_counts_finished_epochs_and_lets_a_requeued_finished_job_end(monkeypatch, caplog):
     """The epoch check reads the checkpoint's processed epochs (Lightning counts the epoch before its end-of-epoch
     checkpoint is saved); a Slurm requeue of a finished job logs the reason and ends without an error."""
