@@ -59,6 +59,8 @@ def partial_path(path: Path) -> Path:
 def atomic_save(trainer: Trainer, path: str | Path, weights_only: bool = False) -> None:
     """``trainer.save_checkpoint`` to a temporary name, then rename: ``path`` is complete or absent, never partial.
 
+    A write that fails (disk full, read-only) removes the temporary file and raises a one-line :class:`ConfigError`.
+
     A sharded strategy writes a folder from every rank; rank 0 renames it once all ranks are done.
     """
     path = Path(path)
@@ -67,7 +69,13 @@ def atomic_save(trainer: Trainer, path: str | Path, weights_only: bool = False) 
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove(tmp)  # left over from a crash
     trainer.strategy.barrier("inspo_atomic_save_start")
-    trainer.save_checkpoint(tmp, weights_only)
+    try:
+        trainer.save_checkpoint(tmp, weights_only)
+    except OSError as err:  # the disk filled up (or went read-only) during the run
+        _remove(tmp)  # a partial checkpoint can be as big as the space that is missing
+        raise ConfigError(f"cannot write checkpoint {path}: {err.strerror or err}; it was not saved (the partial file "
+                          "is removed), the checkpoints saved before it are intact: free space (or set "
+                          "--checkpoint.dirpath elsewhere) and resume with --ckpt_path last") from None
     trainer.strategy.barrier("inspo_atomic_save_written")
     if trainer.is_global_zero:
         if tmp.is_dir() and path.exists():

@@ -9,6 +9,7 @@ subprocesses; helper callbacks defined here are loaded into them by class path."
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -58,6 +59,25 @@ class CrashWhileSaving(Callback):
             save(checkpoint, filepath, *args, **kwargs)
 
         strategy.save_checkpoint = crashing_save
+
+
+class DiskFullAt(Callback):
+    """At step ``step`` the checkpoint writer has written the start of a file when the disk fills up (ENOSPC)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        strategy = trainer.strategy
+        save = strategy.save_checkpoint
+
+        def failing_save(checkpoint: dict, filepath: Any, *args: Any, **kwargs: Any) -> None:
+            if trainer.global_step == self.step:
+                Path(filepath).write_bytes(b"PK\x03\x04" + b"\0" * 1000)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filepath))
+            save(checkpoint, filepath, *args, **kwargs)
+
+        strategy.save_checkpoint = failing_save
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +205,22 @@ def test_full_checkpoint_dir_fails_before_training(tmp_path, capsys, monkeypatch
     assert _no_training_step(tmp_path)
     # A run stopped by an error (Lightning then re-installs the handlers it found: inspo's) leaves Ctrl+C as it was.
     assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
+
+
+def test_disk_full_while_saving_is_one_line_and_removes_the_partial_file(tmp_path):
+    """A disk that fills up during the run: the step-4 save failed with a traceback and left its partial file (as
+    big as a checkpoint) behind. Now one line, status 2, the partial file removed, ``last`` still the step-2 one."""
+    full = {"class_path": f"{HERE}.DiskFullAt", "init_args": {"step": 4}}
+    result = run_fit(tmp_path, "--checkpoint.every_n_train_steps", "2", callbacks=[full])
+    assert result.returncode == 2, tail(result)
+    target = tmp_path / "inspo/version_0/checkpoints/epoch=0-step=4.ckpt"
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"inspo: error: cannot write checkpoint {target}: No space left on device; it was not saved (the partial "
+        "file is removed), the checkpoints saved before it are intact: free space (or set --checkpoint.dirpath "
+        "elsewhere) and resume with --ckpt_path last")
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("inspo/version_0/checkpoints/.partial.*"))
+    assert last_target(tmp_path).name == "epoch=0-step=2.ckpt"
 
 
 def test_loader_state_round_trip_serves_the_rest_of_the_epoch():
