@@ -114,6 +114,6 @@ def test_lightning_pin_covers_the_installed_version_and_the_private_api_used():
     for module in (checkpoint, graceful_stop):
         assert f"``{text}``" in module.__doc__, module.__name__
     for name in ("_save_checkpoint", "_save_last_checkpoint", "_remove_checkpoint", "_find_last_checkpoints",
-                 "_monitor_candidates"):
+                 "_monitor_candidates", "_get_metric_interpolated_filepath_name"):
         assert callable(getattr(ModelCheckpoint, name, None)), name
 

@@ -223,6 +223,21 @@ def test_disk_full_while_saving_is_one_line_and_removes_the_partial_file(tmp_pat
     assert last_target(tmp_path).name == "epoch=0-step=2.ckpt"
 
 
+def test_a_second_run_into_the_same_dirpath_keeps_the_first_runs_checkpoint(tmp_path):
+    """Two runs sharing ``--checkpoint.dirpath``, each stopped by SIGTERM after step 2: the second run's save went
+    to the first one's ``epoch=0-step=2.ckpt`` and replaced it without a word. Now it takes ``-v1`` (as Lightning
+    names top-k checkpoints) and ``last`` points at it."""
+    shared = tmp_path / "checkpoints"
+    stop = {"class_path": f"{HERE}.SignalAt", "init_args": {"step": 2, "signum": int(signal.SIGTERM)}}
+    for run, lr in (("first", "1e-3"), ("second", "2e-3")):
+        result = run_fit(tmp_path / run, "--checkpoint.dirpath", str(shared), "--model.optim.lr", lr, callbacks=[stop])
+        assert result.returncode == 128 + signal.SIGTERM, tail(result)
+    saved = {p.name: torch.load(p, map_location="cpu", weights_only=False)["hyper_parameters"]["optim"]["lr"]
+             for p in shared.glob("epoch=*.ckpt")}
+    assert saved == {"epoch=0-step=2.ckpt": 1e-3, "epoch=0-step=2-v1.ckpt": 2e-3}
+    assert (shared / "last.ckpt").resolve().name == "epoch=0-step=2-v1.ckpt"
+
+
 def test_loader_state_round_trip_serves_the_rest_of_the_epoch():
     """The loader's state (epoch, batches taken) restores the same epoch's remaining batches, in order."""
     from torch.utils.data import DistributedSampler

@@ -7,10 +7,11 @@ the first training step. Which checkpoint a resume trusts is :mod:`inspo.checkpo
 
 Lightning API used: this class overrides *private* methods of ``ModelCheckpoint`` (``_save_checkpoint``,
 ``_save_last_checkpoint``, ``_remove_checkpoint``, ``_find_last_checkpoints``) and reads its private state
-(``_last_global_step_saved``, ``_last_checkpoint_saved``, ``_monitor_candidates``): they are where the write, the
-``last`` link and the deletion of replaced checkpoints happen, and no public hook reaches them. Private methods
-change without notice between minor releases, so ``pyproject.toml`` pins ``lightning>=2.5,<2.7`` (tested with
-2.6.6; ``tests/test_resume.py`` and ``tests/test_checkpoints.py`` are what to run when raising the bound).
+(``_last_global_step_saved``, ``_last_checkpoint_saved``, ``_monitor_candidates``) and calls
+``_get_metric_interpolated_filepath_name`` (a free ``-vN`` name): they are where the write, the ``last`` link and the
+deletion of replaced checkpoints happen, and no public hook reaches them. Private methods change without notice
+between minor releases, so ``pyproject.toml`` pins ``lightning>=2.5,<2.7`` (tested with 2.6.6;
+``tests/test_resume.py`` and ``tests/test_checkpoints.py`` are what to run when raising the bound).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class ResumableCheckpoint(ModelCheckpoint):
             link = Path(self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST))
             if not (self._last_checkpoint_saved and self._last_global_step_saved == trainer.global_step
                     and Path(self._last_checkpoint_saved) != link):
-                path = self.format_checkpoint_name(monitor_candidates)
+                # ``-v1``, ``-v2``, ... as for top-k checkpoints: never over another run's checkpoint in a shared dirpath
+                path = self._get_metric_interpolated_filepath_name(monitor_candidates, trainer)
                 self._save_checkpoint(trainer, path)
                 if self._last_only and self._last_only != path:
                     self._pending_removal.append(self._last_only)
