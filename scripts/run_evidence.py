@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +165,9 @@ class Driver:
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         tmp.replace(path)  # atomic: a killed driver never leaves half a result
 
-    def train(self, loss: str, conditioning: str, seed: int, lr: float, priority: int | None = None) -> dict[str, Any]:
-        """One training run's metrics (trained now, or read back when already finished)."""
+    def train(self, loss: str, conditioning: str, seed: int, lr: float, held: bool = False) -> dict[str, Any]:
+        """One training run's metrics (trained now, or read back when already finished); ``held``: the caller holds
+        a job slot for it."""
         name = table.run_name(loss, conditioning, seed, {"lr": lr})
         record = self.out / "runs" / f"{name}.json"
         if record.is_file():
@@ -174,7 +175,7 @@ class Driver:
         folder = self.runs / name
         shutil.rmtree(folder, ignore_errors=True)  # an unfinished run starts over
         folder.mkdir(parents=True)
-        with self.slots(self.priority(loss) if priority is None else priority):
+        with nullcontext() if held else self.slots(self.priority(loss)):
             commit, start = self.commit, time.time()
             model = self.fit(loss, conditioning, seed, lr, folder)
         curve = val_curve(folder, fit=True)
@@ -187,12 +188,12 @@ class Driver:
         print(f"trained {name} in {data['train_seconds']:.0f} s", flush=True)
         return data
 
-    def evaluate(self, name: str, model: str, priority: int | None = None) -> dict[str, Any]:
-        """One model's suite scores (evaluated now, or read back)."""
+    def evaluate(self, name: str, model: str, held: bool = False) -> dict[str, Any]:
+        """One model's suite scores (evaluated now, or read back); ``held`` as for :meth:`train`."""
         record = self.out / "eval" / f"{name}.json"
         if record.is_file():
             return json.loads(record.read_text())
-        with self.slots(self.priority(name.split("-")[0]) if priority is None else priority):
+        with nullcontext() if held else self.slots(self.priority(name.split("-")[0])):
             start = time.time()
             result = self.suite(model, self.runs / "eval" / f"{name}.json")
         result.update(name=name, commit=self.commit, eval_seconds=round(time.time() - start, 1))
@@ -220,13 +221,16 @@ class Driver:
     def train_and_evaluate(self, loss: str, conditioning: str, seed: int, lr: float, sensitivity: bool = False) -> None:
         """Train (or read back) and evaluate one model; ``sensitivity``: a run at the sweep's other rate, named
         ``LOSS-CONDITIONING-sSEED-lrLR`` and queued after every job of the grid itself."""
-        priority = len(self.args.losses) + self.priority(loss) if sensitivity else None
-        run = self.train(loss, conditioning, seed, lr, priority)
+        priority = len(self.args.losses) * sensitivity + self.priority(loss)
         name = f"{loss}-{conditioning}-s{seed}" + (f"-lr{lr:g}" if sensitivity else "")
-        if not (self.out / "eval" / f"{name}.json").is_file() and not Path(run["model"]).is_dir():
-            (self.out / "runs" / f"{run['run']}.json").unlink()  # metrics kept but the model is gone: retrain
-            run = self.train(loss, conditioning, seed, lr, priority)
-        self.evaluate(name, run["model"], priority)
+        # One slot for the fit and its evaluation: a freed slot went to another loss's waiting fit before this
+        # thread asked again, and the evaluation waited a whole run (~30 min) for the next one.
+        with self.slots(priority):
+            run = self.train(loss, conditioning, seed, lr, held=True)
+            if not (self.out / "eval" / f"{name}.json").is_file() and not Path(run["model"]).is_dir():
+                (self.out / "runs" / f"{run['run']}.json").unlink()  # metrics kept but the model is gone: retrain
+                run = self.train(loss, conditioning, seed, lr, held=True)
+            self.evaluate(name, run["model"], held=True)
         with self.lock:
             self.summary(plots=False)  # the numbers as soon as they exist; plots once per loss
 

@@ -375,3 +375,28 @@ def test_reference_cache_travels_with_the_results(fakes: Fakes, tmp_path: Path, 
     machine[0] = tmp_path / "machine-2"  # a fresh machine: the carried copy goes in before the build
     run_evidence.main(argv)
     assert built[1] == ["k1.refcache"] and (tmp_path / "machine-2" / "reference" / "k1.refcache").is_file()
+
+
+def test_a_seed_runs_evaluation_follows_it_in_its_slot(fakes: Fakes, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """On one slot shared by two losses, each seed run's evaluation comes right after its fit (it used to queue
+    behind the other loss's waiting fits)."""
+    events, real_fit, real_suite = [], fakes.fit, fakes.suite
+
+    def fit(driver, loss, conditioning, seed, lr, folder):
+        events.append(("fit", folder.name))
+        time.sleep(0.02)  # the other loss's thread queues its next fit meanwhile
+        return real_fit(loss, conditioning, seed, lr, folder)
+
+    def suite(driver, model, out):
+        events.append(("suite", out.stem))
+        return real_suite(model, out)
+
+    monkeypatch.setattr(run_evidence.Driver, "fit", fit)
+    monkeypatch.setattr(run_evidence.Driver, "suite", suite)
+    run_evidence.main(["--smoke", "--losses", "dpo", "simpo", "--seeds", "2", "--jobs", "1", "--sensitivity",
+                       "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    seed_fits = [i for i, (kind, name) in enumerate(events) if kind == "fit" and ("inspo" in name or "-s1-" in name)]
+    assert len(seed_fits) == 6  # per loss: InSPO s0, standard and InSPO s1
+    for i in seed_fits:
+        assert events[i + 1] == ("suite", events[i][1].rsplit("-lr", 1)[0])
