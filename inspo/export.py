@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,20 @@ def export_policy(
     Args:
         policy: the trained model.
         tokenizer: its tokenizer (saved with the chat template).
-        out: the folder to write (created; existing files are overwritten).
+        out: the folder to write: new, empty, or an earlier export (replaced as a whole: a stale adapter left
+            beside merged weights is what ``from_pretrained`` would load). A folder with other files is refused.
         merge: for a LoRA policy, merge the trained adapter into the base (True) or save the adapter only.
         info: extra fields of ``inspo_export.json``.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export folder {out} is a file; give a folder path")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / EXPORT_INFO).is_file():
+            raise ConfigError(f"export folder {out} is not empty and holds no earlier export (no {EXPORT_INFO}); "
+                              "give a new or empty folder")
+        log.info("inspo: export: replacing the earlier export in %s", out)
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if is_lora(policy) and merge:
         model = merged_model(policy)

@@ -20,6 +20,7 @@ import yaml
 from jsonargparse import Namespace
 
 from inspo.errors import ConfigError, InspoError
+from inspo.run_folder import EXPORT_INFO
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LOGGER_PACKAGES = {"WandbLogger": "wandb", "TensorBoardLogger": "tensorboard", "MLFlowLogger": "mlflow",
@@ -93,6 +94,9 @@ def check_output_folders(trainer: Any, model: Any, checkpoint: Any) -> None:
     export = model.get("export_dir") if model is not None else None
     if export not in (None, "auto"):
         _not_a_file("model.export_dir", export)
+        if Path(export).is_dir() and any(Path(export).iterdir()) and not (Path(export) / EXPORT_INFO).is_file():
+            raise ConfigError(f"model.export_dir {export} is not empty and holds no earlier export (no {EXPORT_INFO}); "
+                              "give a new or empty folder (an earlier export there is replaced)")
 
 
 def check_strategy(strategy: Any) -> None:

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 import inspo
 from inspo.cli import main
 from inspo.export import EXPORT_INFO, generation_config
-from tests.helpers import CONFIGS, tiny_model
+from tests.helpers import CONFIGS, TINY_YAML, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,35 @@ def test_export_command_round_trip(lora_run, tmp_path):
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     info = json.loads((tmp_path / "merged" / EXPORT_INFO).read_text())
     assert info["source"] == str(ckpt) and info["config"]["model"]["lora"]["rank"] == 4
+
+
+def test_export_over_an_earlier_export_replaces_it_and_refuses_other_folders(lora_run, tmp_path, capsys):
+    """A merged export into the folder of an earlier adapter export left the adapter files beside the merged
+    weights, and ``from_pretrained`` then loaded base + adapter instead; a folder with other files was written
+    into. Now an earlier export is replaced as a whole, and another folder is refused in one line."""
+    run, _ = lora_run
+    (ckpt,) = [path for path in run.glob("checkpoints/*.ckpt") if not path.is_symlink()]
+    out = tmp_path / "out"
+    main(["export", "--ckpt", str(ckpt), "--out", str(out), "--no-merge"])
+    assert (out / "adapter_config.json").is_file()
+    main(["export", "--ckpt", str(ckpt), "--out", str(out), "--merge"])
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
+    assert json.loads((out / EXPORT_INFO).read_text())["format"] == "merged"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt", str(ckpt), "--out", str(mine)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err == [(f"inspo: error: export folder {mine} is not empty and holds no "
+                                                  f"earlier export (no {EXPORT_INFO}); give a new or empty folder")]
+    with pytest.raises(SystemExit) as exit_info:  # the end-of-fit export: refused before training
+        main(["fit", "--config", str(TINY_YAML), "--trainer.default_root_dir", str(tmp_path / "run"),
+              "--model.export_dir", str(mine)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "model.export_dir" in err[0] and EXPORT_INFO in err[0]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and not (tmp_path / "run").exists()
 
 
 def test_export_command_errors_are_one_line(tmp_path, capsys):
