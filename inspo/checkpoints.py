@@ -305,6 +305,15 @@ def check_left_to_train(meta: dict[str, Any], trainer: Trainer, source: str) -> 
     raise ConfigError(message)
 
 
+def check_training_state(meta: dict[str, Any], source: str) -> None:
+    """Refuse to resume a fit from a ``.ckpt`` file (its :func:`read_meta`) without optimizer and scheduler state
+    (``--checkpoint.save_weights_only true``): Lightning stops on it with a KeyError traceback."""
+    if "optimizer_states" not in meta and not Path(source).is_dir():
+        raise ConfigError(f"--ckpt_path {source}: it holds the weights only (saved with "
+                          "--checkpoint.save_weights_only true: no optimizer or scheduler state), so a fit cannot "
+                          f"resume from it; `inspo export --ckpt {source} --out DIR` and start a new run from DIR")
+
+
 DATA_UNCHECKED = ("loader.eval_batch_size", "loader.num_workers", "read.on_invalid", "read.min_valid_fraction")
 """Data settings that do not change which training pairs an epoch serves, or in which order."""
 

@@ -38,6 +38,7 @@ from inspo.checkpoints import (
     KEYWORDS,
     check_left_to_train,
     check_same_data,
+    check_training_state,
     checkpoint_folders,
     checkpoint_problem,
     read_meta,
@@ -183,6 +184,7 @@ class InspoCLI(LightningCLI):
             self.model.check_resumable(meta, source=ckpt)
             if self.subcommand == "fit":
                 check_left_to_train(meta, self.trainer, ckpt)
+                check_training_state(meta, ckpt)
                 if self.datamodule is not None:
                     check_same_data(meta, dict(self.datamodule.hparams), ckpt)
 

@@ -373,6 +373,19 @@ def test_resume_mid_epoch_with_changed_data_settings_stops(crashed, tmp_path, ca
     assert not _no_training_step(root)
 
 
+def test_resume_from_a_weights_only_checkpoint_is_one_line(crashed, tmp_path, capsys):
+    """A checkpoint saved with ``--checkpoint.save_weights_only true`` has no optimizer or scheduler state: the
+    resume ended in Lightning's KeyError traceback after the model was built."""
+    checkpoint = torch.load(crashed / STEP4, map_location="cpu", weights_only=False)
+    del checkpoint["optimizer_states"], checkpoint["lr_schedulers"]
+    weights_only = tmp_path / "weights-only.ckpt"
+    torch.save(checkpoint, weights_only)
+    error = _one_error_line(capsys, tmp_path / "run", "--ckpt_path", str(weights_only))
+    assert error == (f"--ckpt_path {weights_only}: it holds the weights only (saved with --checkpoint.save_weights_only "
+                     "true: no optimizer or scheduler state), so a fit cannot resume from it; `inspo export --ckpt "
+                     f"{weights_only} --out DIR` and start a new run from DIR")
+
+
 def test_left_to_train_counts_finished_epochs_and_lets_a_requeued_finished_job_end(monkeypatch, caplog):
     """The epoch check reads the checkpoint's processed epochs (Lightning counts the epoch before its end-of-epoch
     checkpoint is saved); a Slurm requeue of a finished job logs the reason and ends without an error."""
