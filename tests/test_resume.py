@@ -48,36 +48,27 @@ class CrashWhileSaving(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
+    def fail(self, filepath: Any) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def setup(self, trainer, pl_module, stage) -> None:
         strategy = trainer.strategy
         save = strategy.save_checkpoint
 
-        def crashing_save(checkpoint: dict, filepath: Any, *args: Any, **kwargs: Any) -> None:
+        def faulty_save(checkpoint: dict, filepath: Any, *args: Any, **kwargs: Any) -> None:
             if trainer.global_step == self.step:
-                Path(filepath).write_bytes(b"PK\x03\x04" + b"\0" * 1000)  # the start of a zip, then the crash
-                os.kill(os.getpid(), signal.SIGKILL)
+                Path(filepath).write_bytes(b"PK\x03\x04" + b"\0" * 1000)  # the start of a zip, then the fault
+                self.fail(filepath)
             save(checkpoint, filepath, *args, **kwargs)
 
-        strategy.save_checkpoint = crashing_save
+        strategy.save_checkpoint = faulty_save
 
 
-class DiskFullAt(Callback):
+class DiskFullAt(CrashWhileSaving):
     """At step ``step`` the checkpoint writer has written the start of a file when the disk fills up (ENOSPC)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def setup(self, trainer, pl_module, stage) -> None:
-        strategy = trainer.strategy
-        save = strategy.save_checkpoint
-
-        def failing_save(checkpoint: dict, filepath: Any, *args: Any, **kwargs: Any) -> None:
-            if trainer.global_step == self.step:
-                Path(filepath).write_bytes(b"PK\x03\x04" + b"\0" * 1000)
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filepath))
-            save(checkpoint, filepath, *args, **kwargs)
-
-        strategy.save_checkpoint = failing_save
+    def fail(self, filepath: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filepath))
 
 
 @pytest.fixture(scope="module")
