@@ -20,6 +20,8 @@ constants). Off by default, and then the computation is the one without the opti
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -65,9 +67,26 @@ def _postprocess_logits(model: nn.Module, logits: Tensor) -> Tensor:
     return logits
 
 
+class TargetLogSoftmax(torch.autograd.Function):
+    """``logits.log_softmax(-1)`` at ``labels`` ([n, V] -> [n]). Its backward, ``g * (onehot - softmax)``, writes one
+    [n, V] buffer, where gather's backward and log-softmax's write two (the step's peak memory: the head's backward
+    runs first, while every activation is still kept)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, labels: Tensor) -> Tensor:
+        logps = logits.log_softmax(-1)
+        ctx.save_for_backward(logps, labels)
+        return logps.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        logps, labels = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        return logps.exp().mul_(-grad).scatter_add_(-1, labels.unsqueeze(-1), grad), None
+
+
 def _chunk_logps(head: nn.Module, model: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
-    logits = _postprocess_logits(model, head(hidden))
-    return logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return TargetLogSoftmax.apply(_postprocess_logits(model, head(hidden)), labels)
 
 
 def _with_log_sum_sq(logps: Tensor, labels: Tensor) -> Tensor:

@@ -71,11 +71,13 @@ class PrefixPlan:
 
     groups: tuple[ChainGroup, ...]
     query_index: Tensor  # every group's query_index, concatenated: where the outputs go
+    output_index: Tensor  # [R * T]: each position's row in the groups' concatenated outputs (padding: one past)
 
     @classmethod
-    def from_chains(cls, chains: list[tuple[int, int, int, list[tuple[int, int]]]], length: int,
+    def from_chains(cls, chains: list[tuple[int, int, int, list[tuple[int, int]]]], rows: int, length: int,
                     device: torch.device | str) -> PrefixPlan:
-        """Plan for chains ``(row, start, size, ancestor spans [(start, size)])`` in rows of ``length`` tokens."""
+        """Plan for chains ``(row, start, size, ancestor spans [(start, size)])`` in ``rows`` rows of ``length``
+        tokens."""
         by_shape: dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]] = {}
         for row, start, size, spans in chains:
             base = row * length
@@ -88,7 +90,9 @@ class PrefixPlan:
             for (q_len, k_len), (q, k) in by_shape.items()
         )
         query_index = torch.cat([g.query_index for g in groups]) if groups else torch.zeros(0, dtype=torch.long)
-        return cls(groups, query_index.to(device))
+        output_index = torch.full((rows * length,), len(query_index), dtype=torch.long)
+        output_index[query_index.cpu()] = torch.arange(len(query_index))
+        return cls(groups, query_index.to(device), output_index.to(device))
 
 
 @dataclass
@@ -121,7 +125,7 @@ class PrefixLayout(PackedLayout):
         return "packed"  # the packed layout's rows, attended without its mask
 
     def finish(self, rows: RowBuilder, model_rows: ModelRows) -> PrefixRows:
-        plan = PrefixPlan.from_chains(chains(rows.spans), model_rows.input_ids.shape[1], model_rows.input_ids.device)
+        plan = PrefixPlan.from_chains(chains(rows.spans), *model_rows.input_ids.shape, model_rows.input_ids.device)
         return PrefixRows(**{f.name: getattr(model_rows, f.name) for f in fields(model_rows)}, plan=plan)
 
 
@@ -178,9 +182,10 @@ def prefix_attention_forward(module: nn.Module, query: Tensor, key: Tensor, valu
         v = flat_v.index_select(0, g.key_index).view(g.count, g.k_len, kv_heads, dim).transpose(1, 2)
         out = chain_attention(q, k, v, window, dropout, scaling)
         outputs.append(out.transpose(1, 2).reshape(g.count * g.q_len, heads, dim))
-    flat = flat_q.new_zeros(rows * length, heads, dim, dtype=outputs[0].dtype if outputs else query.dtype)
-    if outputs:
-        flat = flat.index_copy(0, prefix_plan.query_index, torch.cat(outputs))
+    # Scattered back by a gather from [outputs ; a zero row for padding]: index_copy would keep a copy of all the
+    # outputs for its backward (it saves its source), where index_select keeps only the index.
+    padding = flat_q.new_zeros(1, heads, dim, dtype=outputs[0].dtype if outputs else query.dtype)
+    flat = torch.cat([*outputs, padding]).index_select(0, prefix_plan.output_index)
     return flat.view(rows, length, heads, dim), None
 
 

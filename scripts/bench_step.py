@@ -54,6 +54,7 @@ SIZES: dict[str, dict[str, int]] = {  # Llama-style configs (SmolLM2's vocabular
 OURS = [f"{c}_{layout}_{ref}" for c in ("standard", "inspo") for layout in ("separate", "packed")
         for ref in ("live", "cached")]
 SELECTIVE = [f"{v}_selective" for v in OURS]  # the same, with selective activation checkpointing (exact)
+PLAIN = [f"{v}_plain" for v in OURS]  # the same without lean layers (inspo.lean): the model's own norms and MLPs
 MODEL = "bundled:SmolLM2-135M-Instruct"
 
 
@@ -141,7 +142,7 @@ def serve_ours(args: argparse.Namespace, variant: str) -> None:
     from inspo.module import PreferenceModule
     from inspo.optim import fused_adamw_applies
 
-    conditioning, layout, ref, *checkpointing = variant.split("_")
+    conditioning, layout, ref, *extra = variant.split("_")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from inspo.layout import PackedLayout
 
@@ -149,7 +150,8 @@ def serve_ours(args: argparse.Namespace, variant: str) -> None:
     module = PreferenceModule(model=MODEL, loss="dpo", conditioning=conditioning, layout=rows,
                               reference="copy" if ref == "live" else "cached", dtype="bf16" if args.bf16 else "fp32",
                               random_init=SIZES[args.model_size] if args.model_size else None,
-                              gradient_checkpointing="selective" if checkpointing else False)
+                              gradient_checkpointing="selective" if "selective" in extra else False,
+                              lean_layers="plain" not in extra)
     pairs = make_pairs(args.batch_size * (args.warmup + args.steps), args.prompt, args.chosen, args.rejected)
     if ref != "live":  # the pairs the cached mode computes once (no datamodule here)
         module.reference_mode.pairs = [SimpleNamespace(prompt=p, chosen=c, rejected=r) for p, c, r in pairs]
@@ -328,6 +330,10 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict
             "peak_mem_inspo_packed_cached_selective_over_trl_dpo": ratio("inspo_packed_cached_selective", "trl_dpo",
                                                                          "peak_memory_mib"),
             "inspo_packed_cached_selective_over_trl_dpo": ratio("inspo_packed_cached_selective", "trl_dpo"),
+            "inspo_packed_live_over_plain": ratio("inspo_packed_live", "inspo_packed_live_plain"),
+            "standard_packed_cached_over_plain": ratio("standard_packed_cached", "standard_packed_cached_plain"),
+            "peak_mem_inspo_packed_over_plain": ratio("inspo_packed_live", "inspo_packed_live_plain",
+                                                      "peak_memory_mib"),
             "flops_inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo", "flops_per_pair"),
             "flops_standard_packed_cached_over_trl_dpo": ratio("standard_packed_cached", "trl_dpo", "flops_per_pair"),
         },
@@ -416,9 +422,9 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 parameters (GPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: torch's choice)")
     parser.add_argument("--max-tokens-per-row", type=int, help="packed layout: several pairs per row up to this")
-    parser.add_argument("--variants", nargs="+", choices=[*OURS, *SELECTIVE, "trl_dpo"], metavar="VARIANT",
+    parser.add_argument("--variants", nargs="+", choices=[*OURS, *SELECTIVE, *PLAIN, "trl_dpo"], metavar="VARIANT",
                         help=f"subset of {[*OURS, 'trl_dpo']}, or one of ours with _selective (selective "
-                        "activation checkpointing; default: all but those)")
+                        "activation checkpointing) or _plain (without lean layers; default: all but those)")
     parser.add_argument("--quick", action="store_true", help="a small case: P=W=L=32, the variants of the three "
                         "ratios only, 1 round (< 3 min on 2 CPU cores)")
     parser.add_argument("--scaling", action="store_true", help="scaling run instead of the variant comparison")
@@ -436,7 +442,7 @@ def main() -> None:
     if args.groups:
         args.variants = [v for g in args.groups for v in g.split(",")]
         args.group_size = max(len(g.split(",")) for g in args.groups)
-        unknown = sorted(set(args.variants) - {*OURS, *SELECTIVE, "trl_dpo"})
+        unknown = sorted(set(args.variants) - {*OURS, *SELECTIVE, *PLAIN, "trl_dpo"})
         if unknown:
             parser.error(f"--groups: unknown variants {unknown}")
     try:

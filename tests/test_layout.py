@@ -62,6 +62,18 @@ def test_chunked_logps_equal_full_log_softmax_values_and_grads():
         torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-3)  # recompute order: float noise only
 
 
+def test_target_log_softmax_has_autograds_values_and_gradient():
+    """The head's fused log-softmax-at-targets: gather of log_softmax, with g * (onehot - softmax) as gradient."""
+    logits = torch.randn(6, 11, dtype=torch.float64, requires_grad=True)
+    labels, grad = torch.tensor([0, 3, 3, 10, 5, 1]), torch.randn(6, dtype=torch.float64)
+    fused = logprobs.TargetLogSoftmax.apply(logits, labels)
+    plain = logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    assert torch.equal(fused, plain)
+    torch.testing.assert_close(torch.autograd.grad(fused, logits, grad)[0], torch.autograd.grad(plain, logits, grad)[0],
+                               atol=1e-12, rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: logprobs.TargetLogSoftmax.apply(x, labels), (logits.detach().requires_grad_(),))
+
+
 def test_bf16_logps_are_fp32_and_close_to_fp32_model():
     """Log-softmax runs in fp32 also for bf16 models; bf16 and fp32 sums agree within 0.5 nats per 10 tokens."""
     rows = make_layout("packed").build(
