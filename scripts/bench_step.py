@@ -330,12 +330,11 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict
             "peak_mem_inspo_packed_cached_selective_over_trl_dpo": ratio("inspo_packed_cached_selective", "trl_dpo",
                                                                          "peak_memory_mib"),
             "inspo_packed_cached_selective_over_trl_dpo": ratio("inspo_packed_cached_selective", "trl_dpo"),
-            "inspo_packed_live_over_plain": ratio("inspo_packed_live", "inspo_packed_live_plain"),
-            "standard_packed_cached_over_plain": ratio("standard_packed_cached", "standard_packed_cached_plain"),
-            "peak_mem_inspo_packed_over_plain": ratio("inspo_packed_live", "inspo_packed_live_plain",
-                                                      "peak_memory_mib"),
             "flops_inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo", "flops_per_pair"),
             "flops_standard_packed_cached_over_trl_dpo": ratio("standard_packed_cached", "trl_dpo", "flops_per_pair"),
+            **{f"{key}{name}_over_plain": ratio(name, f"{name}_plain", value)  # lean layers (inspo.lean) vs not
+               for name in OURS for key, value in (("", "seconds_per_pair"), ("peak_mem_", "peak_memory_mib"))
+               if f"{name}_plain" in variants},
         },
     }
 
