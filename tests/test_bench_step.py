@@ -1,4 +1,4 @@
-"""scripts/bench_step.py must not rot: a tiny run of explicit groups, with FLOP counts and a selective variant."""
+"""scripts/bench_step.py must not rot: a tiny run of explicit groups, with FLOP counts, a selective and a plain (no lean layers) variant."""
 
 from __future__ import annotations
 
@@ -15,16 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("trl")
 
 
-def test_bench_step_tiny_groups_flops_and_selective() -> None:
+def test_bench_step_tiny_groups_flops_selective_and_plain() -> None:
     command = [sys.executable, str(ROOT / "scripts" / "bench_step.py"), "--json", "--model-size", "tiny", "--threads",
                "1", "--steps", "1", "--warmup", "1", "--prompt", "8", "--chosen", "8", "--rejected", "8", "--flops",
-               "--groups", "inspo_packed_cached,trl_dpo,standard_packed_cached", "inspo_packed_live_selective"]
+               "--groups", "inspo_packed_cached,trl_dpo,standard_packed_cached,standard_packed_cached_plain",
+               "inspo_packed_live_selective"]
     proc = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     variants, ratios = result["variants"], result["ratios"]
-    assert set(variants) == {"inspo_packed_cached", "trl_dpo", "standard_packed_cached", "inspo_packed_live_selective"}
+    assert set(variants) == {"inspo_packed_cached", "trl_dpo", "standard_packed_cached", "standard_packed_cached_plain",
+                             "inspo_packed_live_selective"}
     assert {v["group"] for k, v in variants.items() if k != "inspo_packed_live_selective"} == {0}
     for row in variants.values():
         assert row["seconds_per_pair"] > 0 and row["peak_memory_mib"] > 0 and row["flops_per_pair"] > 0
@@ -36,3 +38,6 @@ def test_bench_step_tiny_groups_flops_and_selective() -> None:
     assert ratios["inspo_packed_cached_over_trl_dpo"] > 0 and ratios["standard_packed_cached_over_trl_dpo"] > 0
     assert ratios["peak_mem_inspo_packed_selective_over_trl_dpo"] > 0
     assert ratios["inspo_packed_over_inspo_separate"] is None  # not run: no ratio
+    # Lean layers recompute element-wise work only: the same matrix and attention FLOPs as the model's own modules.
+    assert flops["standard_packed_cached"] == flops["standard_packed_cached_plain"]
+    assert ratios["standard_packed_cached_over_plain"] > 0 and ratios["peak_mem_standard_packed_cached_over_plain"] > 0
