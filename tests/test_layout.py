@@ -74,6 +74,24 @@ def test_target_log_softmax_has_autograds_values_and_gradient():
     assert torch.autograd.gradcheck(lambda x: logprobs.TargetLogSoftmax.apply(x, labels), (logits.detach().requires_grad_(),))
 
 
+def test_head_logits_has_linears_values_and_gradients_also_tied_and_under_autocast():
+    """The output projection with a fresh weight gradient (so a tied embedding's accumulates in place)."""
+    hidden, weight, bias = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in
+                            ((5, 4), (9, 4), (9,)))
+    assert torch.autograd.gradcheck(logprobs.HeadLogits.apply, (hidden, weight, bias))
+    ids = torch.tensor([1, 8, 8, 0, 3])
+    grads = []
+    for head in (torch.nn.functional.linear, logprobs.HeadLogits.apply):  # tied: embedding lookup + head
+        out = head(torch.nn.functional.embedding(ids, weight) * hidden, weight, None).logsumexp(-1).sum()
+        grads.append(torch.autograd.grad(out, [hidden, weight]))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    w32 = weight.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logprobs.HeadLogits.apply(hidden.detach().float(), w32, None).float().sum().backward()
+    assert w32.grad.dtype == torch.float32
+
+
 def test_bf16_logps_are_fp32_and_close_to_fp32_model():
     """Log-softmax runs in fp32 also for bf16 models; bf16 and fp32 sums agree within 0.5 nats per 10 tokens."""
     rows = make_layout("packed").build(
