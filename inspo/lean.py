@@ -96,17 +96,27 @@ class SwiGLUDownFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         gate, up, weight = ctx.saved_tensors
         silu = F.silu(gate)
-        grad = grad.to(ctx.compute_dtype)
-        flat = grad.reshape(-1, grad.shape[-1])
-        grad_weight = grad_bias = None
-        if ctx.needs_input_grad[2]:  # the weight's gradient in its own dtype, as autocast's cast would pass it back
-            product = (silu * up).to(ctx.compute_dtype)
-            grad_weight = (flat.t() @ product.reshape(-1, product.shape[-1])).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_bias = flat.sum(0).to(weight.dtype)
-        grad_product = (grad @ weight.to(ctx.compute_dtype)).to(up.dtype)
+        product = silu * up if ctx.needs_input_grad[2] else None
+        grad_product, grad_weight, grad_bias = linear_grads(
+            ctx, grad, product, up.dtype, weight, (True, ctx.needs_input_grad[2], ctx.needs_input_grad[3]))
         grad_gate, grad_up = _swiglu_backward(ctx, grad_product, gate, up, silu)
         return grad_gate, grad_up, grad_weight, grad_bias
+
+
+def linear_grads(ctx: Any, grad: Tensor, inp: Tensor | None, inp_dtype: torch.dtype, weight: Tensor,
+                 needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """Gradients of ``F.linear(inp, weight, bias)`` for the (input, weight, bias) that ``needs`` asks for, as
+    autograd under autocast returns them: the products in ``ctx.compute_dtype`` (the dtype the forward's product ran
+    in: bf16 under bf16-mixed), each gradient in its input's dtype. ``inp`` is read only for the weight's gradient;
+    ``ctx.has_bias`` says whether there is a bias."""
+    grad = grad.to(ctx.compute_dtype)
+    flat = grad.reshape(-1, grad.shape[-1])
+    grad_inp = (grad @ weight.to(ctx.compute_dtype)).to(inp_dtype) if needs[0] else None
+    grad_weight = None
+    if needs[1]:
+        grad_weight = (flat.t() @ inp.reshape(-1, inp.shape[-1]).to(ctx.compute_dtype)).to(weight.dtype)
+    grad_bias = flat.sum(0).to(weight.dtype) if ctx.has_bias and needs[2] else None
+    return grad_inp, grad_weight, grad_bias
 
 
 def _swiglu_backward(ctx: Any, grad: Tensor, gate: Tensor, up: Tensor, silu: Tensor) -> tuple[Tensor | None, ...]:
@@ -145,7 +155,7 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
-def _agrees(module: nn.Module, forward: Any) -> bool:
+def _agrees(module: nn.Module, kind: str, forward: Any) -> bool:
     """Whether ``forward`` equals the module's own forward on a small random input (values exactly, gradients of
     the input and the parameters to 1e-5 relative in fp32, 1e-2 in lower precision)."""
     floating = [p for p in module.parameters() if p.is_floating_point()]
@@ -153,7 +163,7 @@ def _agrees(module: nn.Module, forward: Any) -> bool:
         return False  # no weights to compare on yet
     params = [p for p in module.parameters() if p.requires_grad]
     dtype, device = floating[0].dtype, floating[0].device
-    width = floating[0].shape[-1] if _kind(module) == "norm" else module.gate_proj.in_features
+    width = floating[0].shape[-1] if kind == "norm" else module.gate_proj.in_features
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(2, 3, width, dtype=dtype, device=device, generator=generator).requires_grad_()
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
@@ -193,14 +203,13 @@ def use_lean_layers(model: nn.Module) -> list[str]:
         kind = _kind(module)
         if kind is None or getattr(module, "_inspo_lean", False):
             continue
-        cls = type(module)
+        cls, lean = type(module), _lean_class(type(module), kind)
         first = next(module.parameters())
         key = (cls, first.dtype, first.device)
         if key not in verdicts:
-            lean = _lean_class(cls, kind)
-            verdicts[key] = _agrees(module, lean.forward)
+            verdicts[key] = _agrees(module, kind, lean.forward)
         if verdicts[key]:
-            module.__class__ = _lean_class(cls, kind)
+            module.__class__ = lean
             swapped.add(cls.__name__)
         else:
             kept.add(cls.__name__)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from inspo.layout import ModelRows, to_block_mask
+from inspo.lean import linear_grads
 
 KEEP_LOGITS_BYTES = 256 * 2**20
 """Most bytes of [targets x vocab] fp32 log-softmax kept for backward instead of recomputed (:func:`token_logps`)."""
@@ -100,15 +101,7 @@ class HeadLogits(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         hidden, weight = ctx.saved_tensors
-        grad = grad.to(ctx.compute_dtype)
-        grad_hidden = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_hidden = (grad @ weight.to(ctx.compute_dtype)).to(hidden.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_weight = (grad.t() @ hidden.to(ctx.compute_dtype)).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(0).to(weight.dtype)
-        return grad_hidden, grad_weight, grad_bias
+        return linear_grads(ctx, grad, hidden, hidden.dtype, weight, ctx.needs_input_grad)
 
 
 def _project(head: nn.Module, hidden: Tensor) -> Tensor:

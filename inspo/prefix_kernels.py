@@ -88,8 +88,8 @@ class SplitChainAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         q, k_anc, v_anc, k_own, v_own, out, lse = ctx.saved_tensors
-        backward, heads, kv_heads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward, q.shape[1], \
-            k_anc.shape[1]
+        backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        heads, kv_heads = q.shape[1], k_anc.shape[1]
         grad = grad.contiguous()
         parts = []
         for k, v, causal in ((k_anc, v_anc, False), (k_own, v_own, True)):
