@@ -19,8 +19,10 @@ dpo, simpo, ipo, rdpo, orpo that has a job waiting):
 1. **lr sweep** (standard, seed 0) over ``--grid``; the winner is the highest final validation reward accuracy
    (ties: lower validation loss). While the winner sits at an edge of the tried rates, the grid grows by a
    factor 2 past that edge (at most ``--max-extensions`` times), so the chosen rate is bracketed.
-2. **seeds** (3 for DPO and SimPO, 1 for the others; ``--seeds`` overrides): standard and InSPO with the chosen
-   rate (the sweep's seed-0 standard run is reused).
+2. **seeds** (3 for DPO and SimPO, 1 for the others; ``--seeds N`` or ``--seeds dpo=12 simpo=4`` overrides):
+   standard and InSPO with the chosen rate (the sweep's seed-0 standard run is reused). Seeds past those defaults
+   are queued after every other job of the grid, sensitivity runs included (more seeds narrow a standard error
+   once every loss has its minimum).
 3. **sensitivity** (``--sensitivity``, default DPO and SimPO): the sweep picks by validation accuracy, whose
    standard error on 116 pairs (~4 points) exceeds the differences between rates. When the lowest validation loss
    sits at another rate, seed 0 is also trained there with both conditionings (after every other job of the grid;
@@ -214,14 +216,16 @@ class Driver:
         self._write(record, {"loss": loss, "conditioning": conditioning, "commit": self.commit,
                              "val": {**(curve[-1] if curve else {}), "step": 0}})
 
-    def priority(self, loss: str) -> int:
-        """Slot priority of a loss's jobs: its place in ``--losses`` (the start model's evaluation: -1)."""
-        return self.args.losses.index(loss) if loss in self.args.losses else -1
+    def priority(self, loss: str, tier: int = 0) -> int:
+        """Slot priority of a loss's jobs: its place in ``--losses`` (the start model's evaluation: -1), after every
+        job of a lower ``tier`` (0: the grid, 1: sensitivity runs, 2: seeds past the defaults)."""
+        return len(self.args.losses) * tier + (self.args.losses.index(loss) if loss in self.args.losses else -1)
 
     def train_and_evaluate(self, loss: str, conditioning: str, seed: int, lr: float, sensitivity: bool = False) -> None:
         """Train (or read back) and evaluate one model; ``sensitivity``: a run at the sweep's other rate, named
-        ``LOSS-CONDITIONING-sSEED-lrLR`` and queued after every job of the grid itself."""
-        priority = len(self.args.losses) * sensitivity + self.priority(loss)
+        ``LOSS-CONDITIONING-sSEED-lrLR`` and queued after every job of the grid itself; a seed past the loss's
+        default count is queued after those."""
+        priority = self.priority(loss, tier=2 if seed >= table.SEEDS[loss] else int(sensitivity))
         name = f"{loss}-{conditioning}-s{seed}" + (f"-lr{lr:g}" if sensitivity else "")
         # One slot for the fit and its evaluation: a freed slot went to another loss's waiting fit before this
         # thread asked again, and the evaluation waited a whole run (~30 min) for the next one.
@@ -261,10 +265,11 @@ class Driver:
         for conditioning in CONDITIONINGS:
             self.step0(loss, conditioning)
         lr = self.sweep(loss)
-        seeds = self.args.seeds or table.SEEDS[loss]
-        jobs = [(loss, c, s, lr) for s in range(seeds) for c in CONDITIONINGS]
+        seeds, default = self.args.seeds.get(loss, table.SEEDS[loss]), table.SEEDS[loss]
+        jobs = [(loss, c, s, lr) for s in range(min(seeds, default)) for c in CONDITIONINGS]
         if loss in self.args.sensitivity and (other := self.sensitivity_lr(loss)) is not None:
             jobs += [(loss, c, 0, other, True) for c in CONDITIONINGS]
+        jobs += [(loss, c, s, lr) for s in range(default, seeds) for c in CONDITIONINGS]  # after the rest
         with ThreadPoolExecutor(self.args.jobs) as pool:
             list(pool.map(lambda job: self.train_and_evaluate(*job), jobs))
 
@@ -347,7 +352,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=512, help="training pairs per run (4 per optimizer step)")
     parser.add_argument("--val-every", type=int, default=32, help="optimizer steps between validations")
     parser.add_argument("--losses", nargs="+", choices=LOSSES, default=LOSSES)
-    parser.add_argument("--seeds", type=int, help="seeds for every loss (default: 3 for DPO and SimPO, 1 else)")
+    parser.add_argument("--seeds", nargs="+", default=[], metavar="[LOSS=]N",
+                        help="seeds for every loss (N) or for some (dpo=12); default: 3 for DPO and SimPO, 1 else")
     parser.add_argument("--grid", type=float, nargs="+", default=GRID, help="initial learning rates of the sweep")
     parser.add_argument("--max-extensions", type=int, default=3, help="grid extensions past an edge winner")
     parser.add_argument("--sensitivity", nargs="*", choices=LOSSES, default=["dpo", "simpo"],
@@ -375,6 +381,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.set_defaults(pairs=8, val_every=1, grid=[1e-4, 1e-3], own=8, ifeval=4, ifbench=4, max_new_tokens=8,
                             eval_batch_size=8, external_batch_size=4)
     args = parser.parse_args(argv)
+    args.seeds = parse_seeds(parser, args.seeds)
     if args.ifeval or args.ifbench:
         missing = missing_extras()
         if missing:  # fail now, not after hours of training
@@ -386,6 +393,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         smoke(args)
     args.steps = max(1, args.pairs // 4)
     return args
+
+
+def parse_seeds(parser: argparse.ArgumentParser, values: list[str]) -> dict[str, int]:
+    """``--seeds``: ``N`` (every loss) and/or ``LOSS=N`` entries, later ones winning -> seeds per loss."""
+    seeds: dict[str, int] = {}
+    for value in values:
+        loss, _, count = value.rpartition("=")
+        if loss and loss not in LOSSES:
+            parser.error(f"--seeds {value}: unknown loss {loss!r} (one of {', '.join(LOSSES)})")
+        if not count.isdigit() or int(count) < 1:
+            parser.error(f"--seeds {value}: the count must be a whole number >= 1")
+        seeds.update({loss: int(count)} if loss else dict.fromkeys(LOSSES, int(count)))
+    return seeds
 
 
 def smoke(args: argparse.Namespace) -> None:

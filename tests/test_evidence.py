@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 import threading
 import time
@@ -400,3 +401,43 @@ def test_a_seed_runs_evaluation_follows_it_in_its_slot(fakes: Fakes, tmp_path: P
     assert len(seed_fits) == 6  # per loss: InSPO s0, standard and InSPO s1
     for i in seed_fits:
         assert events[i + 1] == ("suite", events[i][1].rsplit("-lr", 1)[0])
+
+
+def test_seeds_per_loss_and_extra_seeds_queue_last(fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys) -> None:
+    """``--seeds dpo=4 simpo=1``: DPO's fourth seed (past its default 3) waits for every other job of the grid,
+    the other loss's and the sensitivity runs included; bad entries are refused with the entry named."""
+    parse = lambda *v: run_evidence.parse_args(["--smoke", "--seeds", *v]).seeds
+    assert parse("2", "dpo=5") == {**dict.fromkeys(run_evidence.LOSSES, 2), "dpo": 5}
+    for bad, why in (("dpo=0", "whole number >= 1"), ("ppo=3", "unknown loss 'ppo'"), ("dpo=x", "whole number")):
+        with pytest.raises(SystemExit):
+            parse(bad)
+        err = capsys.readouterr().err
+        assert f"--seeds {bad}: " in err and why in err
+    fits, real_fit = [], fakes.fit
+
+    def fit(driver, loss, conditioning, seed, lr, folder):
+        fits.append(folder.name)
+        time.sleep(0.01)
+        return real_fit(loss, conditioning, seed, lr, folder)
+
+    monkeypatch.setattr(run_evidence.Driver, "fit", fit)
+    out = tmp_path / "out"
+    run_evidence.main(["--smoke", "--losses", "dpo", "simpo", "--seeds", "dpo=4", "simpo=1", "--jobs", "1",
+                       "--sensitivity", "dpo", "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    extra = [i for i, name in enumerate(fits) if name.startswith("dpo-") and "-s3-" in name]
+    assert len(extra) == 2 and extra == [len(fits) - 2, len(fits) - 1]  # both conditionings, after all else
+    assert any(name.startswith("simpo-inspo-s0") for name in fits) and not any("simpo-" in n and "-s1-" in n
+                                                                               for n in fits)
+    assert json.loads((out / "summary.json").read_text())["dpo"]["seeds"] == 4
+    # Across losses the order is the slots' priority (test_slots_go_to_the_earliest_loss_first): seeds past the
+    # defaults come after every loss's grid and sensitivity jobs.
+    driver = run_evidence.Driver(run_evidence.parse_args(["--smoke", "--losses", "dpo", "simpo"]))
+    assert driver.priority("simpo", 0) < driver.priority("dpo", 1) < driver.priority("simpo", 1) < driver.priority("dpo", 2)
+    queued = []
+    monkeypatch.setattr(run_evidence.Driver, "priority", lambda d, loss, tier=0: queued.append((loss, tier)) or tier)
+    shutil.rmtree(out / "eval")
+    run_evidence.main(["--smoke", "--losses", "dpo", "simpo", "--seeds", "dpo=4", "simpo=1", "--sensitivity", "dpo",
+                       "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    tiers = {tier for loss, tier in queued if loss == "dpo"}
+    assert tiers == {0, 1, 2} and queued.count(("dpo", 2)) == 2 and queued.count(("simpo", 2)) == 0
