@@ -14,6 +14,7 @@ machine wall time mostly measures the other jobs; wall time is reported too. Pri
 ``--layers`` / ``--vocab`` shrink the model (every layer is the same, so per-layer ratios hold; 5 layers with an
 8,192 vocabulary keep SmolLM2-135M's ratio of output-head to decoder FLOPs per token, 30 x 3.5M : 576 x 49,152).
 ``--cached``: no reference forward (a cached reference), the setting of the README's scaling table.
+The policy uses lean layers (``inspo.lean``) as training does; ``--plain`` keeps the model's own norms and MLPs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from inspo.lean import use_lean_layers
 
 HERE = Path(__file__).resolve().parent
 SMOLLM2_135M = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
@@ -67,6 +70,7 @@ def main() -> None:
     parser.add_argument("--cached", action="store_true", help="no reference forward (cached reference)")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--plain", action="store_true", help="without lean layers (inspo.lean), as before them")
     parser.add_argument("--warmup", type=int, help="warm-up rounds (default: the case's)")
     parser.add_argument("--rounds", type=int, help="timed rounds (default: the case's)")
     args = parser.parse_args()
@@ -76,11 +80,13 @@ def main() -> None:
             **({"vocab_size": args.vocab} if args.vocab else {})}
     gc.SIZES["135m"] = size
     policy = gc.build_model("135m", "cpu").train()
+    lean = [] if args.plain else use_lean_layers(policy)
     reference = None if args.cached else gc.build_model("135m", "cpu").requires_grad_(False)
     pad_id = size["vocab_size"] - 1
     cases = {**CASES, **{f"T{t}": (t // 2, t // 4, t // 4, ("inspo",), 1, 1, 2) for t in args.scaling or []}}
     result = {"model": "SmolLM2-135M-shaped random Llama, fp32", "size": size, "threads": args.threads,
               "reference": "cached (not run)" if args.cached else "live", "clock": "process CPU time",
+              "lean_layers": lean,
               "command": " ".join(["python", "scripts/bench_prefix.py", *sys.argv[1:]]), "cases": {}}
     paths = tuple(args.paths)
     for case in [f"T{t}" for t in args.scaling] if args.scaling else args.cases:
