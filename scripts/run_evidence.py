@@ -229,9 +229,11 @@ class Driver:
         name = f"{loss}-{conditioning}-s{seed}" + (f"-lr{lr:g}" if sensitivity else "")
         # One slot for the fit and its evaluation: a freed slot went to another loss's waiting fit before this
         # thread asked again, and the evaluation waited a whole run (~30 min) for the next one.
+        if (self.out / "eval" / f"{name}.json").is_file():
+            return  # finished before (its numbers are in the summary): a resumed driver hands the slots on at once
         with self.slots(priority):
             run = self.train(loss, conditioning, seed, lr, held=True)
-            if not (self.out / "eval" / f"{name}.json").is_file() and not Path(run["model"]).is_dir():
+            if not Path(run["model"]).is_dir():
                 (self.out / "runs" / f"{run['run']}.json").unlink()  # metrics kept but the model is gone: retrain
                 run = self.train(loss, conditioning, seed, lr, held=True)
             self.evaluate(name, run["model"], held=True)

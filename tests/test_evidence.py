@@ -252,6 +252,10 @@ def test_a_killed_run_is_redone_and_finished_ones_are_kept(fakes: Fakes, tmp_pat
     run_evidence.main(argv)
     assert fakes.fits == 4  # only the InSPO run was trained again
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["simpo"]["seeds"] == 1
+    summaries = []  # a third run finds everything finished: one summary at the end, none per finished job
+    monkeypatch.setattr(run_evidence.Driver, "summary", lambda driver, plots=True: summaries.append(plots))
+    run_evidence.main(argv)
+    assert fakes.fits == 4 and summaries == [False]
 
 
 def test_missing_eval_extra_fails_before_training(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
