@@ -323,6 +323,8 @@ def summarise(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict
             "standard_packed_cached_over_trl_dpo": ratio("standard_packed_cached", "trl_dpo"),
             "inspo_packed_model_tokens_per_s_over_separate": ratio("inspo_packed_live", "inspo_separate_live",
                                                                    "model_tokens_per_s"),
+            "inspo_packed_cached_model_tokens_per_s_over_separate_cached": ratio(
+                "inspo_packed_cached", "inspo_separate_cached", "model_tokens_per_s"),
             "peak_mem_inspo_packed_over_trl_dpo": ratio("inspo_packed_live", "trl_dpo", "peak_memory_mib"),
             "peak_mem_inspo_packed_cached_over_trl_dpo": ratio("inspo_packed_cached", "trl_dpo", "peak_memory_mib"),
             "peak_mem_inspo_packed_selective_over_trl_dpo": ratio("inspo_packed_live_selective", "trl_dpo",

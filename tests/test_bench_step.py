@@ -38,6 +38,7 @@ def test_bench_step_tiny_groups_flops_selective_and_plain() -> None:
     assert ratios["inspo_packed_cached_over_trl_dpo"] > 0 and ratios["standard_packed_cached_over_trl_dpo"] > 0
     assert ratios["peak_mem_inspo_packed_selective_over_trl_dpo"] > 0
     assert ratios["inspo_packed_over_inspo_separate"] is None  # not run: no ratio
+    assert ratios["inspo_packed_cached_model_tokens_per_s_over_separate_cached"] is None
     # Lean layers recompute element-wise work only: the same matrix and attention FLOPs as the model's own modules.
     assert flops["standard_packed_cached"] == flops["standard_packed_cached_plain"]
     assert ratios["standard_packed_cached_over_plain"] > 0 and ratios["peak_mem_standard_packed_cached_over_plain"] > 0
