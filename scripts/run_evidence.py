@@ -227,10 +227,10 @@ class Driver:
         default count is queued after those."""
         priority = self.priority(loss, tier=2 if seed >= table.SEEDS[loss] else int(sensitivity))
         name = f"{loss}-{conditioning}-s{seed}" + (f"-lr{lr:g}" if sensitivity else "")
-        # One slot for the fit and its evaluation: a freed slot went to another loss's waiting fit before this
-        # thread asked again, and the evaluation waited a whole run (~30 min) for the next one.
         if (self.out / "eval" / f"{name}.json").is_file():
             return  # finished before (its numbers are in the summary): a resumed driver hands the slots on at once
+        # One slot for the fit and its evaluation: a freed slot went to another loss's waiting fit before this
+        # thread asked again, and the evaluation waited a whole run (~30 min) for the next one.
         with self.slots(priority):
             run = self.train(loss, conditioning, seed, lr, held=True)
             if not Path(run["model"]).is_dir():

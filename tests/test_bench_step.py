@@ -19,15 +19,16 @@ def test_bench_step_tiny_groups_flops_selective_and_plain() -> None:
     command = [sys.executable, str(ROOT / "scripts" / "bench_step.py"), "--json", "--model-size", "tiny", "--threads",
                "1", "--steps", "1", "--warmup", "1", "--prompt", "8", "--chosen", "8", "--rejected", "8", "--flops",
                "--groups", "inspo_packed_cached,trl_dpo,standard_packed_cached,standard_packed_cached_plain",
-               "inspo_packed_live_selective"]
+               "inspo_packed_live_selective,inspo_separate_cached"]
     proc = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     variants, ratios = result["variants"], result["ratios"]
     assert set(variants) == {"inspo_packed_cached", "trl_dpo", "standard_packed_cached", "standard_packed_cached_plain",
-                             "inspo_packed_live_selective"}
-    assert {v["group"] for k, v in variants.items() if k != "inspo_packed_live_selective"} == {0}
+                             "inspo_packed_live_selective", "inspo_separate_cached"}
+    assert {v["group"] for k, v in variants.items() if k not in ("inspo_packed_live_selective",
+                                                                 "inspo_separate_cached")} == {0}
     for row in variants.values():
         assert row["seconds_per_pair"] > 0 and row["peak_memory_mib"] > 0 and row["flops_per_pair"] > 0
     flops = {k: v["flops_per_pair"] for k, v in variants.items()}
@@ -38,7 +39,8 @@ def test_bench_step_tiny_groups_flops_selective_and_plain() -> None:
     assert ratios["inspo_packed_cached_over_trl_dpo"] > 0 and ratios["standard_packed_cached_over_trl_dpo"] > 0
     assert ratios["peak_mem_inspo_packed_selective_over_trl_dpo"] > 0
     assert ratios["inspo_packed_over_inspo_separate"] is None  # not run: no ratio
-    assert ratios["inspo_packed_cached_model_tokens_per_s_over_separate_cached"] is None
+    # Model tokens/s compares rates, so it needs no shared group (separate rows: 2(P+W+L) tokens, packed P+2W+2L).
+    assert ratios["inspo_packed_cached_model_tokens_per_s_over_separate_cached"] > 0
     # Lean layers recompute element-wise work only: the same matrix and attention FLOPs as the model's own modules.
     assert flops["standard_packed_cached"] == flops["standard_packed_cached_plain"]
     assert ratios["standard_packed_cached_over_plain"] > 0 and ratios["peak_mem_standard_packed_cached_over_plain"] > 0
