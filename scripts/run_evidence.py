@@ -45,6 +45,7 @@ import heapq
 import importlib.util
 import itertools
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -92,17 +93,27 @@ def val_curve(folder: Path, fit: bool = False) -> list[dict[str, float]]:
 
 class Slots:
     """At most ``n`` jobs (fits, validations, evaluations) at once; a freed slot goes to the waiting job of the
-    lowest priority number (the earliest loss), then to the earliest asked."""
+    lowest priority number (the earliest loss), then to the earliest asked, ``grace`` seconds after it was freed:
+    the pipeline that freed it has queued its next job by then (a sweep's next rate, the InSPO run after the
+    sweep), which would otherwise lose the slot to a later loss's job that was already waiting."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, grace: float = 0.0) -> None:
         self.free, self.waiting, self.order, self.cond = n, [], itertools.count(), threading.Condition()
+        self.grace, self.freed_at = grace, -math.inf
+
+    def _wait(self, ticket: tuple[int, int]) -> float | None:
+        """Seconds until ``ticket`` may take a slot: 0 now, None when it is not its turn (wait for a change)."""
+        if not (self.free > 0 and self.waiting[0] == ticket):
+            return None
+        return max(0.0, self.freed_at + self.grace - time.monotonic())
 
     @contextmanager
     def __call__(self, priority: int):
         with self.cond:
             ticket = (priority, next(self.order))
             heapq.heappush(self.waiting, ticket)
-            self.cond.wait_for(lambda: self.free > 0 and self.waiting[0] == ticket)
+            while (wait := self._wait(ticket)) != 0:
+                self.cond.wait(wait)
             heapq.heappop(self.waiting)
             self.free -= 1
             self.cond.notify_all()  # the next waiter may take another free slot
@@ -110,7 +121,7 @@ class Slots:
             yield
         finally:
             with self.cond:
-                self.free += 1
+                self.free, self.freed_at = self.free + 1, time.monotonic()
                 self.cond.notify_all()
 
 
@@ -126,7 +137,7 @@ class Driver:
         self.args, self.out, self.runs = args, Path(args.out), Path(args.runs)
         self.commit = code_commit()
         self.lock = threading.Lock()
-        self.slots = Slots(args.jobs)
+        self.slots = Slots(args.jobs, grace=args.slot_grace)
         self.changed = False  # whether this invocation trained or evaluated anything (then the plots are redrawn)
 
     # --- the two expensive steps (subprocesses); the tests replace them ---------------------------------------
@@ -256,9 +267,10 @@ class Driver:
             grid = [*grid, lrs[-1] * 2 if best["lr"] == lrs[-1] else lrs[0] / 2]
         with self.lock:
             sweeps = json.loads(path.read_text()) if path.is_file() else {}
-            sweeps[loss] = {"chosen_lr": best["lr"], "bracketed": bracketed, "commit": self.commit,
+            sweeps[loss] = {"chosen_lr": best["lr"], "bracketed": bracketed,
                             "tried": [{"lr": r["lr"], **{k: r["final_val"].get(k) for k in
-                                      ("val/reward_accuracy", "val/loss", "val/reward_margin")}} for r in tried]}
+                                      ("val/reward_accuracy", "val/loss", "val/reward_margin")},
+                                       "commit": r["commit"]} for r in tried]}  # the code that trained each
             self._write(path, sweeps)
         return best["lr"]
 
@@ -363,6 +375,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "validation loss, when accuracy chose another; after the rest of the grid")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    parser.add_argument("--slot-grace", type=float, default=15.0, help="seconds a freed slot waits before it "
+                        "is handed on, so the loss that freed it queues its next job first")
     parser.add_argument("--own", type=int, default=1000, help="held-out prompts of our families")
     parser.add_argument("--ifeval", type=int, default=120, help="IFEval-style prompts (0: none)")
     parser.add_argument("--ifbench", type=int, default=120, help="IFBench prompts, evenly spaced over the 276 kept "
@@ -381,7 +395,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="a tiny random model, 24 pairs, a few prompts")
     if "--smoke" in (sys.argv[1:] if argv is None else argv):  # smaller defaults; explicit options still win
         parser.set_defaults(pairs=8, val_every=1, grid=[1e-4, 1e-3], own=8, ifeval=4, ifbench=4, max_new_tokens=8,
-                            eval_batch_size=8, external_batch_size=4)
+                            eval_batch_size=8, external_batch_size=4, slot_grace=0.0)
     args = parser.parse_args(argv)
     args.seeds = parse_seeds(parser, args.seeds)
     if args.ifeval or args.ifbench:

@@ -346,6 +346,28 @@ def test_slots_go_to_the_earliest_loss_first() -> None:
     assert order == [0, 1, 2]
 
 
+@pytest.mark.parametrize("grace", [0.0, 0.5])
+def test_a_freed_slot_waits_for_the_pipeline_that_freed_it(grace: float) -> None:
+    """A loss whose job just ended asks again a moment later (its sweep's next rate, its InSPO run): with a grace
+    it gets the slot ahead of a later loss's job that was already waiting; without one, the waiting job takes it."""
+    slots, order, asked = run_evidence.Slots(1, grace=grace), [], threading.Event()
+
+    def job(priority: int) -> None:
+        asked.set()
+        with slots(priority):
+            order.append(priority)
+
+    late = threading.Thread(target=job, args=(9,))
+    with slots(0):
+        late.start()
+        asked.wait()
+        time.sleep(0.05)  # the later loss's job is waiting
+    time.sleep(0.1)  # the freeing pipeline's bookkeeping before it asks again
+    job(0)
+    late.join()
+    assert order == ([0, 9] if grace else [9, 0])
+
+
 def test_transfer_reading_explains_a_tied_start() -> None:
     from inspo.eval.evidence_report import LOSSES, transfer_reading
 
