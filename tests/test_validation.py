@@ -181,6 +181,37 @@ def test_response_histories_must_be_one_conversation_and_the_prompt(row, reason)
     assert info.value.reason == reason
 
 
+@pytest.mark.parametrize("rejected", [[*CONVERSATION, answer("Rome.")], [answer("Rome.")], "Rome."],
+                         ids=["both-repeat-it", "one-repeats-it", "string-rejected"])
+def test_without_a_prompt_field_the_repeated_conversation_is_the_prompt(rejected):
+    """TRL's implicit prompt (Anthropic HH): the row reads as the same pair with the conversation as its prompt."""
+    explicit = to_record({"prompt": CONVERSATION, "chosen": "Paris.", "rejected": "Rome."}, "mem", 1)
+    implicit = to_record({"chosen": [*CONVERSATION, answer("Paris.")], "rejected": rejected}, "mem", 1)
+    assert (implicit.prompt, implicit.chosen, implicit.rejected) == (CONVERSATION, "Paris.", "Rome.")
+    assert implicit == explicit
+
+
+@pytest.mark.parametrize(
+    ("row", "reason", "detail"),
+    [
+        ({"chosen": "Human: hi Assistant: hello", "rejected": "Human: hi Assistant: go"}, "missing_field",
+         "missing field 'prompt' (fields present: 'chosen', 'rejected'); without it, the responses must be message "
+         "lists that repeat the conversation before their answers"),
+        ({"chosen": [answer("Paris.")], "rejected": [answer("Rome.")]}, "missing_field", "missing field 'prompt'"),
+        ({"chosen": [user("Capital of France?"), answer("Paris.")], "rejected": [user("Of Italy?"), answer("Rome.")]},
+         "different_histories", "fields 'chosen' and 'rejected' follow different conversations"),
+        ({"chosen": [user("Hi"), answer("Hello."), answer("Paris.")], "rejected": [answer("Rome.")]},
+         "prompt_ends_with_assistant", "field 'prompt': the last message has role 'assistant'"),
+    ],
+    ids=["strings", "answers-only", "different-conversations", "history-ends-with-assistant"],
+)
+def test_an_implicit_prompt_needs_one_conversation_before_the_answers(row, reason, detail):
+    with pytest.raises(RowError) as info:
+        to_record(row, "mem", 1)
+    assert info.value.reason == reason
+    assert str(info.value).startswith(f"mem: row 1: {detail}")
+
+
 def test_skip_reports_counts_and_logs_them(tokenizer, tmp_path, caplog):
     rows = [*GOOD[:20], {"prompt": "p"}, *GOOD[20:], GOOD[0], GOOD[1]]  # 1 invalid of 43, 2 duplicates
     path = write(tmp_path, rows)

@@ -6,6 +6,8 @@ Two row shapes are accepted, both mapped to :class:`PreferenceRecord`:
 - conversational: ``prompt`` is a list of chat messages ``{"role", "content"}`` (or a string), and ``chosen`` /
   ``rejected`` are either strings or message lists whose last message is the assistant's answer. A message list
   may repeat the whole conversation (as in UltraFeedback-binarized); only its final assistant message is kept.
+  Without a ``prompt`` field (TRL's "implicit prompt", as in Anthropic HH), the conversation the response lists
+  repeat before their answers is the prompt (the two must agree, as above).
 
 A pair must answer one conversation. The turns a response list repeats before its answer (its history) are checked,
 since only the answer is kept: when both lists carry a history, the two must be equal (else the row is invalid as
@@ -235,9 +237,12 @@ def to_record(
     if not isinstance(raw, dict):
         raise at.error("not_an_object", None, f"expected an object with fields {prompt_field!r}, {chosen_field!r}, "
                        f"{rejected_field!r}, got {type(raw).__name__}")
-    prompt = _prompt(raw, prompt_field, at)
+    implicit = prompt_field not in raw
+    prompt = None if implicit else _prompt(raw, prompt_field, at)
     chosen, chosen_history = _response(raw, chosen_field, at)
     rejected, rejected_history = _response(raw, rejected_field, at)
+    if implicit:
+        prompt = _implicit_prompt(raw, prompt_field, chosen_history or rejected_history, at)
     _check_histories(prompt, [(chosen_field, chosen_history), (rejected_field, rejected_history)], at)
     # Compared without surrounding whitespace: such a pair carries no preference, and under standard DPO its
     # log-ratio difference is exactly 0 (a wasted, noisy step).
@@ -258,12 +263,15 @@ class _Where:
 
 def _field(raw: dict[str, Any], name: str, at: _Where) -> Any:
     if name not in raw:
-        raise at.error("missing_field", name,
-                       f"missing field {name!r} (fields present: {', '.join(map(repr, raw)) or 'none'})")
+        raise at.error("missing_field", name, _field_missing(raw, name))
     value = raw[name]
     if value is None:
         raise at.error("null_field", name, f"field {name!r} is null")
     return value
+
+
+def _field_missing(raw: dict[str, Any], name: str) -> str:
+    return f"missing field {name!r} (fields present: {', '.join(map(repr, raw)) or 'none'})"
 
 
 def _prompt(raw: dict[str, Any], name: str, at: _Where) -> Prompt:
@@ -286,6 +294,15 @@ def _prompt(raw: dict[str, Any], name: str, at: _Where) -> Prompt:
         return messages
     raise at.error("wrong_type", name,
                    f"field {name!r} must be a string or a list of messages, got {type(value).__name__}")
+
+
+def _implicit_prompt(raw: dict[str, Any], name: str, history: list[dict[str, str]], at: _Where) -> Prompt:
+    """The prompt of a row without one: the conversation its response lists repeat before their answers."""
+    if not history:
+        detail = _field_missing(raw, name)
+        raise at.error("missing_field", name, f"{detail}; without it, the responses must be message lists that "
+                       "repeat the conversation before their answers (TRL's implicit prompt)")
+    return _prompt({name: history}, name, at)
 
 
 def _response(raw: dict[str, Any], name: str, at: _Where) -> tuple[str, list[dict[str, str]]]:
