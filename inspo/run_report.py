@@ -49,6 +49,9 @@ def find_run(path: Path) -> Path:
     """``path`` if it holds ``metrics.csv``, else its newest ``version_N`` (or ``*/version_N``) that does."""
     if (path / METRICS).is_file():
         return path
+    if not path.is_dir():
+        raise ConfigError(f"run folder not found: {path}" if not path.exists() else
+                          f"{path}: not a run folder (give the folder `inspo fit` wrote, e.g. runs/NAME/inspo)")
     candidates = [p.parent for p in [*path.glob(f"version_*/{METRICS}"), *path.glob(f"*/version_*/{METRICS}")]]
     if not candidates:
         raise ConfigError(f"{path}: no metrics.csv here or in a version_N folder below it (the report reads the CSV "

@@ -208,6 +208,22 @@ def test_report_writes_non_empty_pngs_and_a_summary(lora_run, tmp_path):
         assert text in report, text
 
 
+@pytest.mark.parametrize(("where", "message"), [
+    ("missing", "run folder not found: {path}"),
+    ("a-file.csv", "{path}: not a run folder (give the folder `inspo fit` wrote"),
+    ("empty", "{path}: no metrics.csv here or in a version_N folder below it"),
+])
+def test_report_on_a_folder_that_is_no_run_says_which_in_one_line(tmp_path, capsys, where, message):
+    (tmp_path / "a-file.csv").write_text("step,loss\n")
+    (tmp_path / "empty").mkdir()
+    path = tmp_path / where
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert err[0].startswith("inspo: error: " + message.format(path=path))
+
+
 def test_help_lists_the_extra_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
