@@ -127,14 +127,19 @@ def check_trainer_counts(trainer: Any) -> None:
 
 
 def check_data_paths(data: Any) -> None:
-    """``data.source.path`` / ``data.source.val_path``: a folder is named as a folder (it was "not found")."""
+    """``data.source.path`` / ``data.source.val_path``: a missing file stops the run before anything is built (a
+    missing ``val_path`` was found only after the training file had been read), and a folder is named as a folder."""
     source = data.get("source") if data is not None else None
-    if source is None:
-        return
+    if source is None or (source.get("path") is not None and source.get("dataset") is not None):
+        return  # DataSource refuses a path and a dataset together, with its own message
     for option in ("path", "val_path"):
         value = source.get(option)
-        if isinstance(value, str) and not value.startswith("bundled:") and Path(value).is_dir():
-            name = f"data.source.{option}"
+        if not isinstance(value, str) or value.startswith("bundled:"):
+            continue
+        name = f"data.source.{option}"
+        if not Path(value).exists():
+            raise ConfigError(f"{name}: data file not found: {value}")
+        if Path(value).is_dir():
             shards = sorted(p.name for p in Path(value).iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
             if not shards:
                 raise ConfigError(f"{name} {value} is a folder, not a data file, and holds no .jsonl, .json or "

@@ -140,6 +140,16 @@ def test_data_path_that_is_a_folder_says_so(capsys, tmp_path):
                                         "and holds no .jsonl, .json or .parquet file")]
 
 
+@pytest.mark.parametrize("option", ["path", "val_path"])
+def test_a_missing_data_file_stops_before_anything_is_built(capsys, caplog, tmp_path, option):
+    """A missing ``val_path`` was found only after the training file had been read, named as a bare path."""
+    missing = tmp_path / "nope.jsonl"
+    code, err = run_main(capsys, tmp_path / "run", f"--data.source.{option}", str(missing))
+    assert code == 2 and err.strip().splitlines() == [f"inspo: error: data.source.{option}: data file not found: "
+                                                      f"{missing}"]
+    assert "rows read" not in caplog.text and not (tmp_path / "run").exists()
+
+
 def test_model_folder_without_a_tokenizer_says_so(capsys, tmp_path):
     """A folder holding only a model's config (and weights) ended in transformers' ValueError about converting a
     slow tokenizer, which named no folder."""
