@@ -132,6 +132,8 @@ def _expanding_action(base: type, registry: Any) -> type:
         expanded = expand(previous)
         if expanded is not previous:  # a short name set earlier (a config file, the default): nested options apply
             cfg[self.dest] = previous = expanded if isinstance(expanded, Namespace) else Namespace(expanded)
+        if _is_nested_arg(value) and isinstance(previous, Namespace) and previous.get("class_path"):
+            _check_init_arg(self.dest, previous["class_path"], value.key)
         named = expand(value)
         if isinstance(value, str) and named is not value and isinstance(previous, Namespace) \
                 and previous.get("class_path") != named["class_path"]:
@@ -139,6 +141,31 @@ def _expanding_action(base: type, registry: Any) -> type:
         return base._check_type_(self, named, **kwargs)
 
     return type(f"ShortName{base.__name__}", (base,), {"_check_type_": _check_type_, "expands_short_names": True})
+
+
+def _is_nested_arg(value: Any) -> bool:
+    """Whether ``value`` is jsonargparse's ``NestedArg``, the value of ``--model.loss.beta`` after ``--model.loss``."""
+    return isinstance(value, tuple) and getattr(value, "_fields", None) == ("key", "val")
+
+
+def _check_init_arg(dest: str, class_path: str, key: str) -> None:
+    """Refuse an init argument the chosen class does not take (``--model.loss simpo --model.loss.bta 2``).
+
+    jsonargparse would go on to read the option as a list item (``model.loss`` may be a list of losses) and the error
+    then spoke of lists; this one names the class and its options."""
+    from inspo.errors import ConfigError
+
+    cls = _nested_class(class_path, None)
+    name = key.removeprefix("init_args.").split(".")[0]
+    if cls is None or name in _init_names(cls) or any(p.kind is p.VAR_KEYWORD
+                                                      for p in inspect.signature(cls).parameters.values()):
+        return
+    option = f"{dest}.{name}"
+    if option in DIVERGENCE_KEYS:
+        raise ConfigError(not_admitted(option))
+    names = _init_names(cls)
+    raise ConfigError(f"unknown option {option!r} for {dest} {cls.__name__}"
+                      f"{suggest(option, [f'{dest}.{n}' for n in names])}; its options: {', '.join(names) or 'none'}")
 
 
 def explain(message: str, parser: LightningArgumentParser) -> str:

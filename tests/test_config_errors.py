@@ -61,9 +61,16 @@ CASES = [
     (["--model.loss.beta", "0"], "DPOLoss: beta must be > 0, got 0.0"),
     # not a float: the parser then read model.loss as a list of losses and said "{'beta': 'abc'} names no loss"
     (["--model.loss.beta", "abc"], "model.loss.beta: 'abc' is not a valid value (expected float)" + HELP),
-    (["--model.loss.betax", "0.1"], ("model.loss[0]: {'betax': 0.1} names no loss (for one loss's option: did you "
-                                     "mean model.loss.beta?); a listed loss takes its arguments in the list: "
-                                     "[{class_path: dpo, init_args: {beta: 0.2}}, sft]")),
+    # an option the chosen loss lacks: the parser then read model.loss as a list ("{'betax': 0.1} names no loss")
+    (["--model.loss.betax", "0.1"], ("unknown option 'model.loss.betax' for model.loss DPOLoss (did you mean "
+                                     "'model.loss.beta'?); its options: beta, label_smoothing, sft_weight, divergence, "
+                                     "alpha_divergence_coef")),
+    (["--model.loss", "simpo", "--model.loss.init_args.gamma_beta_ratio", "0.5"],
+     ("unknown option 'model.loss.gamma_beta_ratio' for model.loss SimPOLoss (did you mean 'model.loss.gamma'?); its "
+      "options: beta, gamma, sft_weight")),
+    (["--model.layout", "packed", "--model.layout.max_tokens", "512"],
+     ("unknown option 'model.layout.max_tokens' for model.layout PackedLayout (did you mean "
+      "'model.layout.max_tokens_per_row'?); its options: max_tokens_per_row")),
     (["--trainer.strategy", "nonsense"],
      ("trainer.strategy 'nonsense' is not a strategy; choose one of: auto, ddp, ddp_spawn, ddp_fork, ddp_notebook, "
      "deepspeed, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_2_offload, deepspeed_stage_3, "
@@ -145,8 +152,8 @@ def test_a_missing_data_file_stops_before_anything_is_built(capsys, caplog, tmp_
     """A missing ``val_path`` was found only after the training file had been read, named as a bare path."""
     missing = tmp_path / "nope.jsonl"
     code, err = run_main(capsys, tmp_path / "run", f"--data.source.{option}", str(missing))
-    assert code == 2 and err.strip().splitlines() == [f"inspo: error: data.source.{option}: data file not found: "
-                                                      f"{missing}"]
+    assert code == 2
+    assert err.strip().splitlines() == [f"inspo: error: data.source.{option}: data file not found: {missing}"]
     assert "rows read" not in caplog.text and not (tmp_path / "run").exists()
 
 

@@ -119,9 +119,9 @@ def test_cli_takes_it_and_refuses_it_in_one_line(capsys, tmp_path) -> None:
     for name in ("simpo", "nca_pair"):
         code, err = run_main(capsys, tmp_path, "--model.loss", name, "--model.loss.divergence", "forward_kl")
         assert code == 2 and err.strip().splitlines() == [
-            ("inspo: error: option 'model.loss.init_args.divergence': this loss has no f-divergence form (the log Z(x) "
+            ("inspo: error: option 'model.loss.divergence': this loss has no f-divergence form (the log Z(x) "
             "term of f-DPO cancels only in a difference of two rewards); the losses that take it: "
-            f"{', '.join(sorted(TAKERS))}; `inspo fit --help` lists every option")]
+            f"{', '.join(sorted(TAKERS))}")]
 
 
 def test_checkpoints_record_a_divergence_and_resume_checks_it() -> None:
