@@ -195,8 +195,8 @@ def test_without_a_prompt_field_the_repeated_conversation_is_the_prompt(rejected
     ("row", "reason", "detail"),
     [
         ({"chosen": "Human: hi Assistant: hello", "rejected": "Human: hi Assistant: go"}, "missing_field",
-         "missing field 'prompt' (fields present: 'chosen', 'rejected'); without it, the responses must be message "
-         "lists that repeat the conversation before their answers"),
+         ("missing field 'prompt' (fields present: 'chosen', 'rejected'); without it, the responses must be message "
+         "lists that repeat the conversation before their answers")),
         ({"chosen": [answer("Paris.")], "rejected": [answer("Rome.")]}, "missing_field", "missing field 'prompt'"),
         ({"chosen": [user("Capital of France?"), answer("Paris.")], "rejected": [user("Of Italy?"), answer("Rome.")]},
          "different_histories", "fields 'chosen' and 'rejected' follow different conversations"),
