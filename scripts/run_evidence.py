@@ -25,8 +25,9 @@ dpo, simpo, ipo, rdpo, orpo that has a job waiting):
    once every loss has its minimum).
 3. **sensitivity** (``--sensitivity``, default DPO and SimPO): the sweep picks by validation accuracy, whose
    standard error on 116 pairs (~4 points) exceeds the differences between rates. When the lowest validation loss
-   sits at another rate, seed 0 is also trained there with both conditionings (after every other job of the grid;
-   the sweep's standard run is reused while its model is on disk), so the head-to-head can be read at both rates.
+   sits at another rate, seeds 0 .. N-1 (``--sensitivity-seeds``, default 1, ``dpo=5`` per loss) are also trained
+   there with both conditionings (after every other job of the grid but before the extra seeds of step 2; the
+   sweep's standard run is reused while its model is on disk), so the head-to-head can be read at both rates.
 4. **evaluation** of every seed's two models and of the untrained start with ``inspo.eval.suite``: ``--own``
    held-out prompts of our families (gold reward), ``--ifeval`` IFEval-style prompts and the IFBench test set
    (IFEval's metrics; ``pip install 'inspo[eval]'``), greedy, ``--max-new-tokens``.
@@ -229,14 +230,14 @@ class Driver:
 
     def priority(self, loss: str, tier: int = 0) -> int:
         """Slot priority of a loss's jobs: its place in ``--losses`` (the start model's evaluation: -1), after every
-        job of a lower ``tier`` (0: the grid, 1: sensitivity runs, 2: seeds past the defaults)."""
+        job of a lower ``tier`` (0: the grid, 1: sensitivity runs, 2: seeds past the defaults at the chosen rate)."""
         return len(self.args.losses) * tier + (self.args.losses.index(loss) if loss in self.args.losses else -1)
 
     def train_and_evaluate(self, loss: str, conditioning: str, seed: int, lr: float, sensitivity: bool = False) -> None:
         """Train (or read back) and evaluate one model; ``sensitivity``: a run at the sweep's other rate, named
         ``LOSS-CONDITIONING-sSEED-lrLR`` and queued after every job of the grid itself; a seed past the loss's
-        default count is queued after those."""
-        priority = self.priority(loss, tier=2 if seed >= table.SEEDS[loss] else int(sensitivity))
+        default count at the chosen rate is queued after those."""
+        priority = self.priority(loss, tier=1 if sensitivity else 2 if seed >= table.SEEDS[loss] else 0)
         name = f"{loss}-{conditioning}-s{seed}" + (f"-lr{lr:g}" if sensitivity else "")
         if (self.out / "eval" / f"{name}.json").is_file():
             return  # finished before (its numbers are in the summary): a resumed driver hands the slots on at once
@@ -282,7 +283,8 @@ class Driver:
         seeds, default = self.args.seeds.get(loss, table.SEEDS[loss]), table.SEEDS[loss]
         jobs = [(loss, c, s, lr) for s in range(min(seeds, default)) for c in CONDITIONINGS]
         if loss in self.args.sensitivity and (other := self.sensitivity_lr(loss)) is not None:
-            jobs += [(loss, c, 0, other, True) for c in CONDITIONINGS]
+            jobs += [(loss, c, s, other, True) for s in range(self.args.sensitivity_seeds.get(loss, 1))
+                     for c in CONDITIONINGS]
         jobs += [(loss, c, s, lr) for s in range(default, seeds) for c in CONDITIONINGS]  # after the rest
         with ThreadPoolExecutor(self.args.jobs) as pool:
             list(pool.map(lambda job: self.train_and_evaluate(*job), jobs))
@@ -371,8 +373,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grid", type=float, nargs="+", default=GRID, help="initial learning rates of the sweep")
     parser.add_argument("--max-extensions", type=int, default=3, help="grid extensions past an edge winner")
     parser.add_argument("--sensitivity", nargs="*", choices=LOSSES, default=["dpo", "simpo"],
-                        help="losses whose head-to-head is also measured (seed 0) at the swept rate of lowest "
+                        help="losses whose head-to-head is also measured at the swept rate of lowest "
                         "validation loss, when accuracy chose another; after the rest of the grid")
+    parser.add_argument("--sensitivity-seeds", nargs="+", default=[], metavar="[LOSS=]N",
+                        help="seeds of those runs, as --seeds (default 1: seed 0); before the extra seeds of --seeds")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--slot-grace", type=float, default=15.0, help="seconds a freed slot waits before it "
@@ -398,6 +402,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             eval_batch_size=8, external_batch_size=4, slot_grace=0.0)
     args = parser.parse_args(argv)
     args.seeds = parse_seeds(parser, args.seeds)
+    args.sensitivity_seeds = parse_seeds(parser, args.sensitivity_seeds, "--sensitivity-seeds")
     if args.ifeval or args.ifbench:
         missing = missing_extras()
         if missing:  # fail now, not after hours of training
@@ -411,15 +416,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def parse_seeds(parser: argparse.ArgumentParser, values: list[str]) -> dict[str, int]:
+def parse_seeds(parser: argparse.ArgumentParser, values: list[str], option: str = "--seeds") -> dict[str, int]:
     """``--seeds``: ``N`` (every loss) and/or ``LOSS=N`` entries, later ones winning -> seeds per loss."""
     seeds: dict[str, int] = {}
     for value in values:
         loss, _, count = value.rpartition("=")
         if loss and loss not in LOSSES:
-            parser.error(f"--seeds {value}: unknown loss {loss!r} (one of {', '.join(LOSSES)})")
+            parser.error(f"{option} {value}: unknown loss {loss!r} (one of {', '.join(LOSSES)})")
         if not count.isdigit() or int(count) < 1:
-            parser.error(f"--seeds {value}: the count must be a whole number >= 1")
+            parser.error(f"{option} {value}: the count must be a whole number >= 1")
         seeds.update({loss: int(count)} if loss else dict.fromkeys(LOSSES, int(count)))
     return seeds
 

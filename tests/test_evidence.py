@@ -173,7 +173,8 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Fakes:
 
 def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    argv = ["--smoke", "--losses", "dpo", "--seeds", "2", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    argv = ["--smoke", "--losses", "dpo", "--seeds", "2", "--sensitivity-seeds", "2", "--runs", str(tmp_path / "runs"),
+            "--out", str(out)]
     run_evidence.main(argv)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pairs_per_run"] == 8 and summary["heldout_prompts"] == 8
@@ -187,7 +188,8 @@ def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
 
     evals = {p.stem: json.loads(p.read_text()) for p in (out / "eval").glob("*.json")}
     assert set(evals) == {"start", "dpo-standard-s0", "dpo-inspo-s0", "dpo-standard-s1", "dpo-inspo-s1",
-                          "dpo-standard-s0-lr0.001", "dpo-inspo-s0-lr0.001"}  # + seed 0 at the lowest val loss
+                          "dpo-standard-s0-lr0.001", "dpo-inspo-s0-lr0.001", "dpo-standard-s1-lr0.001",
+                          "dpo-inspo-s1-lr0.001"}  # + seeds 0 and 1 at the lowest validation loss
     dpo = summary["dpo"]
     h2h = crossed_mean([head_to_head(evals[f"dpo-inspo-s{s}"]["sets"]["own"]["reward"],
                                      evals[f"dpo-standard-s{s}"]["sets"]["own"]["reward"]) for s in (0, 1)])
@@ -206,13 +208,16 @@ def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
     for loss in ("simpo", "ipo", "rdpo", "orpo"):  # not run: present, empty
         assert summary[loss]["seeds"] == 0 and summary[loss]["head_to_head_win_rate"] is None
         assert summary[loss]["inspo"]["ifeval_prompt_strict"] is None
-    # Sensitivity: seed 0's head-to-head at the chosen rate and at the rate of lowest validation loss.
+    # Sensitivity: the head-to-head over both seeds at the chosen rate and at the rate of lowest validation loss.
     assert [(row["lr"], row["chosen"]) for row in dpo["sensitivity"]] == [(1e-3, False), (4e-3, True)]
     for row, suffix in zip(dpo["sensitivity"], ("-lr0.001", "")):
-        h2h0 = head_to_head(evals[f"dpo-inspo-s0{suffix}"]["sets"]["own"]["reward"],
-                            evals[f"dpo-standard-s0{suffix}"]["sets"]["own"]["reward"])
-        assert row["head_to_head_win_rate"] == pytest.approx(np.mean(h2h0)) and row["seeds"] == 1
-    assert "## Sensitivity to the learning rate (seed 0)" in (out / "summary.md").read_text()
+        at_rate = crossed_mean([head_to_head(evals[f"dpo-inspo-s{s}{suffix}"]["sets"]["own"]["reward"],
+                                             evals[f"dpo-standard-s{s}{suffix}"]["sets"]["own"]["reward"])
+                                for s in (0, 1)])
+        assert row["head_to_head_win_rate"] == pytest.approx(at_rate.mean) and row["seeds"] == 2
+        assert row["head_to_head_se"] == pytest.approx(at_rate.se)
+    assert dpo["sensitivity"][1]["head_to_head_win_rate"] == dpo["head_to_head_win_rate"]  # the main table's
+    assert "| dpo | 0.001 | no | 2 | " in (out / "summary.md").read_text()
     transfer = dpo["transfer"]["0"]
     # Each run's own check before step 1 is its step 0 (the step-0 validation serves only runs without one).
     assert transfer["inspo"][0] == [0, 0.0] and transfer["inspo_plain"][0] == [0, 0.5]
@@ -440,6 +445,10 @@ def test_seeds_per_loss_and_extra_seeds_queue_last(fakes: Fakes, tmp_path: Path,
             parse(bad)
         err = capsys.readouterr().err
         assert f"--seeds {bad}: " in err and why in err
+    with pytest.raises(SystemExit):
+        run_evidence.parse_args(["--smoke", "--sensitivity-seeds", "ppo=3"])
+    assert "--sensitivity-seeds ppo=3: unknown loss 'ppo'" in capsys.readouterr().err
+    assert run_evidence.parse_args(["--smoke", "--sensitivity-seeds", "dpo=5"]).sensitivity_seeds == {"dpo": 5}
     fits, real_fit = [], fakes.fit
 
     def fit(driver, loss, conditioning, seed, lr, folder):
@@ -464,6 +473,9 @@ def test_seeds_per_loss_and_extra_seeds_queue_last(fakes: Fakes, tmp_path: Path,
     monkeypatch.setattr(run_evidence.Driver, "priority", lambda d, loss, tier=0: queued.append((loss, tier)) or tier)
     shutil.rmtree(out / "eval")
     run_evidence.main(["--smoke", "--losses", "dpo", "simpo", "--seeds", "dpo=4", "simpo=1", "--sensitivity", "dpo",
-                       "--runs", str(tmp_path / "runs"), "--out", str(out)])
+                       "--sensitivity-seeds", "dpo=4", "--runs", str(tmp_path / "runs"), "--out", str(out)])
     tiers = {tier for loss, tier in queued if loss == "dpo"}
     assert tiers == {0, 1, 2} and queued.count(("dpo", 2)) == 2 and queued.count(("simpo", 2)) == 0
+    # every sensitivity seed, past the default count too, comes before the extra seeds at the chosen rate
+    assert queued.count(("dpo", 1)) == 8 and queued.index(("dpo", 2)) > max(
+        i for i, job in enumerate(queued) if job == ("dpo", 1))

@@ -107,13 +107,14 @@ def write_summary(out: Path, args: Any = None, plots: bool = True) -> dict[str, 
 
 def sensitivity(chosen: dict[str, dict[int, Any]], other: dict[float, dict[str, dict[int, Any]]],
                 start: dict[str, Any], lr: float | None) -> list[dict[str, Any]]:
-    """Seed 0's head-to-head at the chosen rate and at each other rate it was measured at (``--sensitivity``)."""
+    """The head-to-head at the chosen rate and at each other rate it was measured at (``--sensitivity``), each over
+    the seeds that rate has both models of (the chosen rate: every seed of the main table)."""
     rows = []
     for rate, evals in sorted({**({lr: chosen} if other else {}), **other}.items()):
-        seed0 = {cond: {0: evals[cond][0]} for cond in CONDITIONINGS if 0 in evals.get(cond, {})}
-        if len(seed0) < 2:
+        seeds = sorted(set(evals.get("standard", {})) & set(evals.get("inspo", {})))
+        if not seeds:
             continue
-        entry = loss_summary(seed0, start)
+        entry = loss_summary({cond: {s: evals[cond][s] for s in seeds} for cond in CONDITIONINGS}, start)
         rows.append({"lr": rate, "chosen": rate == lr, **{k: entry.get(k) for k in CONTRACT},
                      **{f"{cond}_{k}": entry[cond].get(k) for cond in CONDITIONINGS
                         for k in ("mean_reward", "truncated")}})
@@ -202,15 +203,15 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
             f"{_pm(ifb.get('mean'), ifb.get('se'))} | {_pm(e.get('head_to_head_mdd'), None)} |")
     rows = [(loss, row) for loss in LOSSES for row in summary[loss].get("sensitivity", [])]
     if rows:
-        lines += ["", "## Sensitivity to the learning rate (seed 0)", "",
+        lines += ["", "## Sensitivity to the learning rate", "",
                   ("The sweep chose each rate by validation reward accuracy, whose standard error on the 116 validation "
-                   "pairs (~4 points) exceeds the differences between rates; seed 0 is also trained at the rate of "
-                   "lowest validation loss. Paired SEs over prompts only (one seed)."), "",
-                  ("| loss | lr | chosen | head-to-head win rate | gold-reward diff | mean gold reward standard / InSPO | "
-                   "cut at max standard / InSPO |"), "|---|---:|---|---:|---:|---:|---:|"]
+                   "pairs (~4 points) exceeds the differences between rates; the first seeds are also trained at the "
+                   "rate of lowest validation loss. Paired SEs over seeds and prompts (one seed: prompts only)."), "",
+                  ("| loss | lr | chosen | seeds | head-to-head win rate | gold-reward diff | mean gold reward standard "
+                   "/ InSPO | cut at max standard / InSPO |"), "|---|---:|---|---:|---:|---:|---:|---:|"]
         for loss, r in rows:
             lines.append(
-                f"| {loss} | {r['lr']:g} | {'yes' if r['chosen'] else 'no'} | "
+                f"| {loss} | {r['lr']:g} | {'yes' if r['chosen'] else 'no'} | {r['seeds']} | "
                 f"{_pm(r['head_to_head_win_rate'], r['head_to_head_se'])} | "
                 f"{_pm(r['gold_reward_diff'], r['gold_reward_diff_se'], 100, 2)} | "
                 f"{_pm(r['standard_mean_reward'], None, 1, 3)} / {_pm(r['inspo_mean_reward'], None, 1, 3)} | "
