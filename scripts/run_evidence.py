@@ -179,12 +179,13 @@ class Driver:
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         tmp.replace(path)  # atomic: a killed driver never leaves half a result
 
-    def train(self, loss: str, conditioning: str, seed: int, lr: float, held: bool = False) -> dict[str, Any]:
+    def train(self, loss: str, conditioning: str, seed: int, lr: float, held: bool = False,
+              again: bool = False) -> dict[str, Any]:
         """One training run's metrics (trained now, or read back when already finished); ``held``: the caller holds
-        a job slot for it."""
+        a job slot for it; ``again``: train it even though its metrics exist (they are replaced when it is done)."""
         name = table.run_name(loss, conditioning, seed, {"lr": lr})
         record = self.out / "runs" / f"{name}.json"
-        if record.is_file():
+        if record.is_file() and not again:
             return json.loads(record.read_text())
         folder = self.runs / name
         shutil.rmtree(folder, ignore_errors=True)  # an unfinished run starts over
@@ -245,9 +246,8 @@ class Driver:
         # thread asked again, and the evaluation waited a whole run (~30 min) for the next one.
         with self.slots(priority):
             run = self.train(loss, conditioning, seed, lr, held=True)
-            if not Path(run["model"]).is_dir():
-                (self.out / "runs" / f"{run['run']}.json").unlink()  # metrics kept but the model is gone: retrain
-                run = self.train(loss, conditioning, seed, lr, held=True)
+            if not Path(run["model"]).is_dir():  # metrics kept but the model is gone (another machine): train again,
+                run = self.train(loss, conditioning, seed, lr, held=True, again=True)  # the record kept till then
             self.evaluate(name, run["model"], held=True)
         with self.lock:
             self.summary(plots=False)  # the numbers as soon as they exist; plots once per loss

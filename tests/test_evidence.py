@@ -434,6 +434,31 @@ def test_a_seed_runs_evaluation_follows_it_in_its_slot(fakes: Fakes, tmp_path: P
         assert events[i + 1] == ("suite", events[i][1].rsplit("-lr", 1)[0])
 
 
+def test_a_run_whose_model_is_gone_is_trained_again_and_keeps_its_metrics_till_then(
+        fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On another machine a finished run's metrics are there but not its model; the evaluation that needs the model
+    trains it again. A driver stopped during that fit deleted the committed metrics (the sweep's record of that rate)."""
+    out = tmp_path / "out"
+    argv = ["--smoke", "--losses", "dpo", "--seeds", "1", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    run_evidence.main(argv)
+    record = out / "runs" / "dpo-standard-s0-lr0.004.json"
+    saved = json.loads(record.read_text())
+    shutil.rmtree(Path(saved["model"]).parents[2])  # the run's folder: another machine
+    (out / "eval" / "dpo-standard-s0.json").unlink()
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_evidence.Driver, "fit", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_evidence.main(argv)
+    assert json.loads(record.read_text()) == saved
+    monkeypatch.setattr(run_evidence.Driver, "fit", fakes.fit)
+    fits, suites = fakes.fits, fakes.suites
+    run_evidence.main(argv)
+    assert (fakes.fits - fits, fakes.suites - suites) == (1, 1) and Path(json.loads(record.read_text())["model"]).is_dir()
+
+
 def test_seeds_per_loss_and_extra_seeds_queue_last(fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys) -> None:
     """``--seeds dpo=4 simpo=1``: DPO's fourth seed (past its default 3) waits for every other job of the grid,
