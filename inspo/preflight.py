@@ -68,7 +68,8 @@ def follow_root_dir(config: Any) -> None:
                 init["save_dir"] = str(root)
 
 
-def _not_a_file(option: str, path: Any) -> None:
+def check_output_folder(option: str, path: Any) -> None:
+    """``path`` (given as ``option``) must be a folder or not exist yet, under a writable parent (URLs pass)."""
     if path is None or (isinstance(path, str) and "://" in path):
         return
     path = Path(path)
@@ -86,14 +87,14 @@ def _not_a_file(option: str, path: Any) -> None:
 def check_output_folders(trainer: Any, model: Any, checkpoint: Any) -> None:
     """``trainer.default_root_dir``, each logger's ``save_dir``, ``checkpoint.dirpath`` and ``model.export_dir``
     must be folders (or not exist yet) under a writable parent."""
-    _not_a_file("trainer.default_root_dir", trainer.get("default_root_dir"))
+    check_output_folder("trainer.default_root_dir", trainer.get("default_root_dir"))
     for spec in logger_specs(trainer.get("logger")):
-        _not_a_file("trainer.logger save_dir", (spec.get("init_args") or {}).get("save_dir"))
+        check_output_folder("trainer.logger save_dir", (spec.get("init_args") or {}).get("save_dir"))
     if checkpoint is not None:
-        _not_a_file("checkpoint.dirpath", checkpoint.get("dirpath"))
+        check_output_folder("checkpoint.dirpath", checkpoint.get("dirpath"))
     export = model.get("export_dir") if model is not None else None
     if export not in (None, "auto"):
-        _not_a_file("model.export_dir", export)
+        check_output_folder("model.export_dir", export)
         if Path(export).is_dir() and any(Path(export).iterdir()) and not (Path(export) / EXPORT_INFO).is_file():
             raise ConfigError(f"model.export_dir {export} is not empty and holds no earlier export (no {EXPORT_INFO}); "
                               "give a new or empty folder (an earlier export there is replaced)")

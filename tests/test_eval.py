@@ -300,6 +300,21 @@ def test_missing_model_folder(tiny_folders, tmp_path: Path, capsys: pytest.Captu
     assert f"model folder not found: {missing}" in err
 
 
+@pytest.mark.parametrize("out", ["taken", "taken/eval"])
+def test_an_output_folder_under_a_file_stops_before_any_model_loads(tiny_folders, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture, monkeypatch,
+                                                                   out: str) -> None:
+    """It ended in a NotADirectoryError traceback, after the baseline had been loaded."""
+    from inspo.eval import evaluate
+
+    monkeypatch.setattr(evaluate, "load_causal_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+    (tmp_path / "taken").write_text("a file")
+    prompts = _prompts_file(tmp_path / "p.jsonl", PROMPTS)
+    err = _error(capsys, "--model", str(tiny_folders[0]), "--baseline", str(tiny_folders[1]), "--prompts",
+                 str(prompts), "--out", str(tmp_path / out))
+    assert err.startswith(f"inspo: error: --out {tmp_path / out}") and f"{tmp_path / 'taken'} is a file" in err
+
+
 @pytest.mark.parametrize(("row", "expected"), [
     ('{"prompt": "Hi", "constraints": [', "line 2: invalid JSON"),
     ({"constraints": [{"family": "no_commas"}]}, "line 2: missing or empty string field 'prompt'"),

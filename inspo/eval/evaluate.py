@@ -36,6 +36,7 @@ from inspo.eval.generate import generate, require_chat_template
 from inspo.eval.winrate import compare
 from inspo.eval.winrate_report import write_markdown, write_plots
 from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
+from inspo.preflight import check_output_folder
 
 log = logging.getLogger("inspo")
 BASELINE = "baseline"
@@ -162,6 +163,7 @@ def family_win_rates(rows: list[dict], baseline: list[dict]) -> dict[str, dict[s
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the whole evaluation (see the module docstring) and write its outputs; returns ``winrate.json``."""
+    check_output_folder("--out", args.out)  # before hours of generation, not when the first answers are saved
     out = Path(args.out)
     models = [parse_model(spec) for spec in args.model]
     names = [name for name, _ in models]
