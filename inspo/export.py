@@ -34,6 +34,7 @@ from inspo.checkpoints import checkpoint_problem
 from inspo.errors import ConfigError
 from inspo.lora import REFERENCE_ADAPTER, TRAINED_ADAPTER, LoraSettings, apply_lora, is_lora, merged_model
 from inspo.models import load_causal_lm, load_tokenizer
+from inspo.preflight import check_output_folder
 from inspo.run_folder import CONFIG, EXPORT_INFO, run_dir
 
 log = logging.getLogger("inspo")
@@ -53,9 +54,8 @@ def export_policy(
         merge: for a LoRA policy, merge the trained adapter into the base (True) or save the adapter only.
         info: extra fields of ``inspo_export.json``.
     """
+    check_output_folder("export folder", out)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"export folder {out} is a file; give a folder path")
     if out.is_dir() and any(out.iterdir()):
         if not (out / EXPORT_INFO).is_file():
             raise ConfigError(f"export folder {out} is not empty and holds no earlier export (no {EXPORT_INFO}); "
@@ -273,5 +273,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--merge", action=argparse.BooleanOptionalAction, default=None,
                         help="LoRA runs: merge the adapter into the base (default: the run's lora.merge_on_export)")
     args = parser.parse_args(argv)
+    check_output_folder("--out", args.out)  # before the checkpoint is read
     out = export_checkpoint(args.ckpt, args.out, merge=args.merge)
     print(f"inspo: exported {args.ckpt} -> {out}")

@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 
 from inspo.callbacks.progress import VIEWS
 from inspo.errors import ConfigError
+from inspo.preflight import check_output_folder
 from inspo.run_folder import CONFIG, EXPORT_INFO, HF_MODEL, HPARAMS, METRICS, REPORT, REPORT_MD, RUN_STATS, SAMPLES
 
 Series = dict[str, list[tuple[int, float]]]
@@ -256,5 +257,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument("run_dir", help="the run folder (e.g. runs/quickstart/inspo/version_0) or a parent of it")
     parser.add_argument("--out", default=None, help="where to write (default: RUN_DIR/report)")
     args = parser.parse_args(argv)
+    check_output_folder("--out", args.out)
     folder = write_report(args.run_dir, args.out)
     print(f"inspo: report written to {folder / REPORT_MD}")

@@ -224,6 +224,20 @@ def test_report_on_a_folder_that_is_no_run_says_which_in_one_line(tmp_path, caps
     assert err[0].startswith("inspo: error: " + message.format(path=path))
 
 
+@pytest.mark.parametrize("command", ["report", "export"])
+@pytest.mark.parametrize(("out", "message"), [("taken", "{out} is a file, not a folder; give a folder path"),
+                                              ("taken/x", "{out}: {taken} is a file, not a folder")])
+def test_an_out_folder_that_is_or_sits_under_a_file_says_so_in_one_line(tmp_path, capsys, command, out, message):
+    """Both ended in a FileExistsError / NotADirectoryError traceback (export after reading the checkpoint)."""
+    (tmp_path / "taken").write_text("a file")
+    args = [str(tmp_path)] if command == "report" else ["--ckpt", str(tmp_path / "any.ckpt")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *args, "--out", str(tmp_path / out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err == [
+        "inspo: error: --out " + message.format(out=tmp_path / out, taken=tmp_path / "taken")]
+
+
 def test_help_lists_the_extra_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
