@@ -46,7 +46,6 @@ import heapq
 import importlib.util
 import itertools
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -96,11 +95,13 @@ class Slots:
     """At most ``n`` jobs (fits, validations, evaluations) at once; a freed slot goes to the waiting job of the
     lowest priority number (the earliest loss), then to the earliest asked, ``grace`` seconds after it was freed:
     the pipeline that freed it has queued its next job by then (a sweep's next rate, the InSPO run after the
-    sweep), which would otherwise lose the slot to a later loss's job that was already waiting."""
+    sweep), which would otherwise lose the slot to a later loss's job that was already waiting. The first slots
+    wait ``grace`` seconds too: a resumed driver's pipelines reach their next job at different times (one reads a
+    longer sweep first), and the earliest loss's job should not lose them to a later loss's that got there first."""
 
     def __init__(self, n: int, grace: float = 0.0) -> None:
         self.free, self.waiting, self.order, self.cond = n, [], itertools.count(), threading.Condition()
-        self.grace, self.freed_at = grace, -math.inf
+        self.grace, self.freed_at = grace, time.monotonic()
 
     def _wait(self, ticket: tuple[int, int]) -> float | None:
         """Seconds until ``ticket`` may take a slot: 0 now, None when it is not its turn (wait for a change)."""

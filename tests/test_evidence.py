@@ -373,6 +373,23 @@ def test_a_freed_slot_waits_for_the_pipeline_that_freed_it(grace: float) -> None
     assert order == ([0, 9] if grace else [9, 0])
 
 
+def test_the_first_slots_also_wait_for_the_earliest_loss() -> None:
+    """A resumed driver: SimPO's pipeline reached its next job (a sensitivity run) before DPO's, which read a longer
+    sweep first, and took both slots for half an hour ahead of DPO's jobs."""
+    slots, order = run_evidence.Slots(1, grace=0.3), []
+
+    def job(priority: int) -> None:
+        with slots(priority):
+            order.append(priority)
+
+    later_loss = threading.Thread(target=job, args=(9,))
+    later_loss.start()
+    time.sleep(0.1)
+    job(0)
+    later_loss.join()
+    assert order == [0, 9]
+
+
 def test_transfer_reading_explains_a_tied_start() -> None:
     from inspo.eval.evidence_report import LOSSES, transfer_reading
 
