@@ -390,6 +390,22 @@ def test_the_first_slots_also_wait_for_the_earliest_loss() -> None:
     assert order == [0, 9]
 
 
+def test_transfer_curves_are_the_chosen_rates_runs() -> None:
+    """A sensitivity run of the same seed (another rate) replaced the InSPO curve when its record was read last."""
+    from inspo.eval.evidence_report import ACC, PLAIN, transfer_curves
+
+    def run(conditioning: str, lr: float, final: float) -> dict:
+        return {"loss": "dpo", "conditioning": conditioning, "seed": 0, "lr": lr,
+                "val_curve": [{"step": 0, ACC: 0.4, PLAIN: 0.5}, {"step": 128, ACC: final, PLAIN: final}]}
+
+    runs = {"_chosen": {"dpo": 8e-5}, "dpo-standard-s0-lr8e-05": run("standard", 8e-5, 0.7),
+            "dpo-inspo-s0-lr8e-05": run("inspo", 8e-5, 0.6), "dpo-inspo-s0-lr4e-05": run("inspo", 4e-5, 0.9),
+            "dpo-standard-s0-lr4e-05": run("standard", 4e-5, 0.9)}
+    curves = transfer_curves(runs, "dpo")["0"]
+    assert curves["standard"][-1] == [128, 0.7] and curves["inspo"][-1] == [128, 0.6]
+    assert curves["inspo_plain"][-1] == [128, 0.6]
+
+
 def test_transfer_reading_explains_a_tied_start() -> None:
     from inspo.eval.evidence_report import LOSSES, transfer_reading
 

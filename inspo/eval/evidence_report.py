@@ -52,7 +52,7 @@ def transfer_curves(runs: dict[str, Any], loss: str) -> dict[str, dict[str, list
     for record in runs.values():
         if record.get("loss") != loss or "val_curve" not in record or record.get("seed") is None:
             continue
-        if record["conditioning"] == "standard" and record["lr"] != runs.get("_chosen", {}).get(loss, record["lr"]):
+        if record["lr"] != runs.get("_chosen", {}).get(loss, record["lr"]):  # a sweep or sensitivity run
             continue
         seed = curves.setdefault(str(record["seed"]), {})
         rows = record["val_curve"]
