@@ -201,7 +201,8 @@ def test_without_a_prompt_field_the_repeated_conversation_is_the_prompt(rejected
         ({"chosen": [user("Capital of France?"), answer("Paris.")], "rejected": [user("Of Italy?"), answer("Rome.")]},
          "different_histories", "fields 'chosen' and 'rejected' follow different conversations"),
         ({"chosen": [user("Hi"), answer("Hello."), answer("Paris.")], "rejected": [answer("Rome.")]},
-         "prompt_ends_with_assistant", "field 'prompt': the last message has role 'assistant'"),
+         "prompt_ends_with_assistant", ("the implicit prompt (no field 'prompt': the turns the responses repeat "
+                                        "before their answers): the last message has role 'assistant'")),
     ],
     ids=["strings", "answers-only", "different-conversations", "history-ends-with-assistant"],
 )

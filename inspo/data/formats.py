@@ -302,7 +302,11 @@ def _implicit_prompt(raw: dict[str, Any], name: str, history: list[dict[str, str
         detail = _field_missing(raw, name)
         raise at.error("missing_field", name, f"{detail}; without it, the responses must be message lists that "
                        "repeat the conversation before their answers (TRL's implicit prompt)")
-    return _prompt({name: history}, name, at)
+    try:
+        return _prompt({name: history}, name, at)
+    except RowError as err:  # the row has no such field: name what was read instead
+        where = f"the implicit prompt (no field {name!r}: the turns the responses repeat before their answers)"
+        raise at.error(err.reason, name, err.detail.replace(f"field {name!r}", where, 1)) from None
 
 
 def _response(raw: dict[str, Any], name: str, at: _Where) -> tuple[str, list[dict[str, str]]]:
