@@ -156,14 +156,14 @@ def _check_init_arg(dest: str, class_path: str, key: str) -> None:
     from inspo.errors import ConfigError
 
     cls = _nested_class(class_path, None)
-    name = key.removeprefix("init_args.").split(".")[0]
-    if cls is None or name in _init_names(cls) or any(p.kind is p.VAR_KEYWORD
-                                                      for p in inspect.signature(cls).parameters.values()):
+    if cls is None or any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values()):
+        return
+    name, names = key.removeprefix("init_args.").split(".")[0], _init_names(cls)
+    if name in names:
         return
     option = f"{dest}.{name}"
     if option in DIVERGENCE_KEYS:
         raise ConfigError(not_admitted(option))
-    names = _init_names(cls)
     raise ConfigError(f"unknown option {option!r} for {dest} {cls.__name__}"
                       f"{suggest(option, [f'{dest}.{n}' for n in names])}; its options: {', '.join(names) or 'none'}")
 
