@@ -169,6 +169,10 @@ def checkpoint_problem(path: str | Path) -> str | None:
         return f"it is a link to {os.readlink(path)}, which does not exist" if path.is_symlink() else "not found"
     if path.is_dir() and not (path / META).is_file():
         return f"a folder but not a sharded checkpoint of `inspo fit` (no {META} in it)"
+    if path.is_file() and path.stat().st_size == 0:
+        return "it is empty (0 bytes; a save that never finished?)"
+    if path.is_file() and not _starts_as_zip(path):
+        return "not a checkpoint (not a zip archive, the format torch.save and Lightning write)"
     try:
         meta = read_meta(path)
     except READ_ERRORS as err:  # any failure to read means "not usable"; the reason is shown, not a traceback
@@ -180,6 +184,15 @@ def checkpoint_problem(path: str | Path) -> str | None:
     if "state_dict" not in meta:
         return "it holds no weights (no state_dict)"
     return None
+
+
+def _starts_as_zip(path: Path) -> bool:
+    """Whether a file starts as a zip archive does (an unreadable one is left for torch.load to report)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return True
 
 
 def _first_line(err: BaseException) -> str:

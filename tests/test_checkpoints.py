@@ -47,6 +47,11 @@ def test_problems_are_named(tmp_path):
     cut.write_bytes(good.read_bytes()[:200])
     assert checkpoint_problem(cut) == ("it cannot be read, it is truncated or not a checkpoint (PytorchStreamReader "
                                        "failed reading zip archive: failed finding central directory)")
+    (tmp_path / "empty.ckpt").touch()
+    assert checkpoint_problem(tmp_path / "empty.ckpt") == "it is empty (0 bytes; a save that never finished?)"
+    (tmp_path / "text.ckpt").write_text('{"prompt": "not a checkpoint"}')
+    assert checkpoint_problem(tmp_path / "text.ckpt") == (
+        "not a checkpoint (not a zip archive, the format torch.save and Lightning write)")
     torch.save({"state_dict": {}}, tmp_path / "no_step.ckpt")
     assert checkpoint_problem(tmp_path / "no_step.ckpt") == "not a Lightning checkpoint (no global_step in it)"
     (tmp_path / "folder.ckpt").mkdir()
