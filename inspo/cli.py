@@ -1,6 +1,7 @@
 """The ``inspo`` command: LightningCLI over PreferenceModule and PreferenceDataModule.
 
-``inspo fit --config configs/quickstart.yaml`` trains; ``validate``, ``test`` and ``predict`` work the same way.
+``inspo fit --config configs/quickstart.yaml`` trains; ``validate``, ``test`` and ``predict`` work the same way
+(``predict`` writes every pair's loss, rewards and log-probs to ``pair_scores.jsonl``: inspo.callbacks.PairScoreWriter).
 Configs combine left to right: ``--config configs/quickstart.yaml --config configs/loss/simpo.yaml``.
 Errors a user can cause (bad data, bad config, missing files) print one line and exit with status 2; set
 ``INSPO_DEBUG=1`` for the full traceback.
@@ -33,7 +34,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from inspo.callbacks import GracefulStop, InspoProgressBar, ResumableCheckpoint, SampleGenerations, TrainingMonitor
+from inspo.callbacks import (
+    GracefulStop,
+    InspoProgressBar,
+    PairScoreWriter,
+    ResumableCheckpoint,
+    SampleGenerations,
+    TrainingMonitor,
+)
 from inspo.checkpoints import (
     KEYWORDS,
     check_left_to_train,
@@ -164,9 +172,11 @@ class InspoCLI(LightningCLI):
             keys = [key for key in keys if key != "progress_bar"]
         if trainer.get("enable_checkpointing") is False:  # no checkpoints: no checkpoint callback either
             keys = [key for key in keys if key != "checkpoint"]
-        callbacks = [self._get(self.config_init, key) for key in keys]
+        callbacks = [self._get(self.config_init, key) for key in keys] + [GracefulStop()]
+        if self.subcommand == "predict":
+            callbacks.append(PairScoreWriter())
         try:
-            return self._instantiate_trainer(trainer, [*callbacks, GracefulStop()])
+            return self._instantiate_trainer(trainer, callbacks)
         except (ValueError, MisconfigurationException) as err:  # Trainer's own checks of its arguments
             raise ConfigError(f"trainer: {str(err).strip().splitlines()[0]}") from None
 

@@ -376,11 +376,20 @@ class PreferenceModule(LightningModule):
         self._common_step(batch, "test")
 
     @override
-    def predict_step(self, batch: PairBatch, batch_idx: int) -> dict[str, Tensor]:
-        policy, reference = self.pair_logps(batch)
-        out = self.mixed_loss(policy, reference)
-        return {"rows": torch.tensor(batch.rows), "loss": out.losses, "chosen_reward": out.chosen_rewards,
-                "rejected_reward": out.rejected_rewards}
+    def predict_step(self, batch: PairBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Per pair: its row, loss, rewards and log-probs under the run's conditioning, the reference's log-probs, and
+        under InSPO the loss, rewards and log-probs on log pi(y|x) (``plain_*``); ``inspo predict`` writes them
+        (:class:`inspo.callbacks.PairScoreWriter`)."""
+        policy, reference = self.pair_logps(batch, plain=True)
+        scores = {"row": torch.tensor(batch.rows), **_pair_scores(self.mixed_loss(policy, reference), policy)}
+        if reference is not None:
+            scores |= {"ref_chosen_logp": reference.chosen, "ref_rejected_logp": reference.rejected}
+        plain = plain_view(policy)
+        if plain is not None:
+            out = self.loss_options.apply(self.loss, plain, reference)
+            scores |= {f"plain_{name}": value for name, value in _pair_scores(out, plain).items()}
+        return {name: value.detach().float().cpu() if value.is_floating_point() else value
+                for name, value in scores.items()}
 
     @override
     def configure_optimizers(self) -> dict:
@@ -451,3 +460,9 @@ class PreferenceModule(LightningModule):
         if self.hparams.export_dir != "auto":
             return Path(self.hparams.export_dir)
         return Path(self.trainer.log_dir or self.trainer.default_root_dir) / HF_MODEL
+
+
+def _pair_scores(out: LossOutput, policy: PairLogps) -> dict[str, Tensor]:
+    """Per pair: the loss, both rewards and both policy log-probs (``inspo predict``)."""
+    return {"loss": out.losses, "chosen_reward": out.chosen_rewards, "rejected_reward": out.rejected_rewards,
+            "chosen_logp": policy.chosen, "rejected_logp": policy.rejected}

@@ -8,6 +8,7 @@ A run folder is the logger's version folder, e.g. ``runs/quickstart/inspo/versio
         metrics.csv             METRICS      per-step and per-validation metrics (the CSV logger)
         run_stats.json          RUN_STATS    data counts, parameters, throughput, memory (inspo.callbacks.TrainingMonitor)
         samples.jsonl           SAMPLES      sample generations (inspo.callbacks.SampleGenerations)
+        pair_scores.jsonl       PAIR_SCORES  per-pair loss, rewards, log-probs (``inspo predict``, PairScoreWriter)
         checkpoints/            CHECKPOINTS  Lightning's ModelCheckpoint folder (inspo.callbacks.ResumableCheckpoint)
             last.ckpt           LAST         a link to the newest checkpoint
         hf_model/               HF_MODEL     the trained policy as a plain HF folder (module.export_dir ``auto``)
@@ -31,6 +32,7 @@ HPARAMS = "hparams.yaml"
 METRICS = "metrics.csv"
 RUN_STATS = "run_stats.json"
 SAMPLES = "samples.jsonl"
+PAIR_SCORES = "pair_scores.jsonl"
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 HF_MODEL = "hf_model"

@@ -209,8 +209,12 @@ class PreferenceDataModule(LightningDataModule):
         return self.val_dataloader()
 
     @override
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+    def predict_dataloader(self) -> list[DataLoader]:
+        """Every pair, in source order: the training split's, then the validation split's (``inspo predict`` names
+        them ``train`` and ``val``; ``--data.source.val_fraction 0`` scores a whole file as ``train``)."""
+        batch_size = self.loader.eval_batch_size or self.loader.batch_size
+        return [self._loader(sorted(self._pairs(split), key=lambda pair: pair.row), batch_size, shuffle=False)
+                for split in ("train", "val")]
 
     def _pairs(self, split: str) -> list[TokenizedPair]:
         pairs = self.train_pairs if split == "train" else self.val_pairs
