@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 import inspo
 from inspo.data import datamodule as datamodule_module
@@ -22,6 +23,7 @@ from inspo.data.datamodule import (
     PreferenceDataModule,
     bundled_dataset,
     collate_pairs,
+    shared_prompts,
     split_pairs,
 )
 from inspo.data.formats import PreferenceRecord, read_rows, to_record
@@ -282,16 +284,47 @@ def test_truncation_budget_is_validated():
 # ---------------------------------------------------------------- datamodule
 
 
+def numbered(prompts: list[int]) -> list[TokenizedPair]:
+    """One pair per entry, prompt ``[entry]``, rows 1, 2, ..."""
+    return [TokenizedPair([prompt], [200], [300], row=row) for row, prompt in enumerate(prompts, start=1)]
+
+
 def test_split_is_deterministic_from_the_seed():
-    pairs = [make_pair(1, 1, 1) for _ in range(50)]
-    for index, pair in enumerate(pairs):
-        pair.row = index + 1
+    pairs = numbered(list(range(50)))
     train, val = split_pairs(pairs, 0.2, seed=3)
     assert len(val) == 10 and len(train) == 40
+    held_out = torch.randperm(50, generator=torch.Generator().manual_seed(3))[:10]  # one pair per prompt: as before
+    assert [p.row for p in val] == sorted(int(i) + 1 for i in held_out)
     assert [p.row for p in val] == sorted(p.row for p in val)
     assert split_pairs(pairs, 0.2, seed=3) == (train, val)
     assert split_pairs(pairs, 0.2, seed=4)[1] != val
     assert split_pairs(pairs[:1], 0.5, seed=3) == (pairs[:1], [])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_keeps_every_prompt_on_one_side(seed):
+    """Prompts with 1-4 pairs each (UltraFeedback-style): no prompt is in both splits, about the asked fraction is
+    held out (at most one prompt's pairs over), and a file of one prompt is not split."""
+    sizes = [1 + (7 * k) % 4 for k in range(40)]
+    pairs = numbered([k for k, size in enumerate(sizes) for _ in range(size)])
+    train, val = split_pairs(pairs, 0.2, seed=seed)
+    assert {p.prompt[0] for p in train}.isdisjoint(p.prompt[0] for p in val) and len(train) + len(val) == len(pairs)
+    assert round(0.2 * len(pairs)) <= len(val) < round(0.2 * len(pairs)) + 4
+    assert shared_prompts(train, val) == 0 and shared_prompts(pairs, val) == len(val)
+    assert split_pairs(numbered([5, 5, 5]), 0.5, seed=seed) == (numbered([5, 5, 5]), [])
+
+
+def test_a_validation_file_sharing_prompts_with_training_is_flagged(tmp_path, caplog):
+    train, val = write_jsonl(tmp_path / "train.jsonl", ROWS), write_jsonl(tmp_path / "val.jsonl", ROWS[3:6])
+    dm = PreferenceDataModule(source=DataSource(path=str(train), val_path=str(val)))
+    with caplog.at_level(logging.INFO, logger="inspo"):
+        dm.setup("fit")
+    assert f"data: 3 of 3 validation pairs ({val}) have a prompt of the training data ({train})" in caplog.text
+    caplog.clear()
+    other = write_jsonl(tmp_path / "other.jsonl", [dict(row, prompt=row["prompt"] + " (new)") for row in ROWS[:3]])
+    with caplog.at_level(logging.INFO, logger="inspo"):
+        PreferenceDataModule(source=DataSource(path=str(train), val_path=str(other))).setup("fit")
+    assert "have a prompt of the training data" not in caplog.text
 
 
 def test_datamodule_end_to_end(tmp_path, tokenizer, caplog):

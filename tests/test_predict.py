@@ -33,7 +33,7 @@ def predict(root: Path, *args: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def split_pairs(tmp_path: Path, *args: str) -> dict[str, list]:
+def splits(tmp_path: Path, *args: str) -> dict[str, list]:
     cli = InspoCLI(PreferenceModule, PreferenceDataModule, run=False,
                    args=["--config", str(CONFIGS / "tiny.yaml"), "--trainer.default_root_dir", str(tmp_path), *args])
     cli.datamodule.setup("predict")
@@ -53,7 +53,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 def test_predict_scores_every_pair_with_the_checkpoint(trained, tmp_path):
     ckpt, exported = trained
     lines = predict(tmp_path / "scores", "--ckpt_path", str(ckpt))
-    pairs = split_pairs(tmp_path)
+    pairs = splits(tmp_path)
     assert [(line["split"], line["row"]) for line in lines] == [
         (split, pair.row) for split in ("train", "val") for pair in sorted(pairs[split], key=lambda p: p.row)]
     assert sorted(line["row"] for line in lines) == list(range(1, 65))  # the 64 rows of the bundled pairs, once

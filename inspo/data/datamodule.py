@@ -143,6 +143,11 @@ class PreferenceDataModule(LightningDataModule):
             val_pairs, val_report = read_pairs(val_path, read_rows(val_path, keep_going=True), tokenizer, options)
             self.reports.append(val_report)
             train_pairs = pairs
+            shared = shared_prompts(train_pairs, val_pairs)
+            if shared:
+                log.warning("data: %d of %d validation pairs (%s) have a prompt of the training data (%s): their "
+                            "validation metrics measure fit to trained prompts, not generalisation", shared,
+                            len(val_pairs), val_path, source)
         else:
             train_pairs, val_pairs = split_pairs(pairs, self.source.val_fraction, self.source.seed)
         self.train_pairs, self.val_pairs = train_pairs, val_pairs
@@ -231,15 +236,31 @@ class PreferenceDataModule(LightningDataModule):
 def split_pairs(
     pairs: list[TokenizedPair], val_fraction: float, seed: int
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
-    """Hold out ``round(n * val_fraction)`` pairs (at least one, and never all) chosen by a seeded permutation.
+    """Hold out about ``round(n * val_fraction)`` pairs (at least one, never all), whole prompts at a time.
 
-    Both parts keep the source order; the same seed always gives the same split, whatever the worker count.
+    Every pair of a prompt lands in the same split, so validation never scores a prompt that was trained on.
+    Prompts, in the order they first appear, are taken in a seeded permutation until that many pairs are held out
+    (at most one prompt's pairs more; the last prompt of the permutation always trains): with one pair per prompt,
+    exactly that many. Both parts keep the source order; the same seed always gives the same split.
     """
-    n = len(pairs)
-    n_val = 0 if val_fraction <= 0 or n < 2 else min(max(round(n * val_fraction), 1), n - 1)
-    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held_out = set(permutation[:n_val])
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, pair in enumerate(pairs):
+        groups.setdefault(tuple(pair.prompt), []).append(index)
+    members, n = list(groups.values()), len(pairs)
+    n_val = 0 if val_fraction <= 0 or len(members) < 2 else min(max(round(n * val_fraction), 1), n - 1)
+    permutation = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed)).tolist()
+    held_out: set[int] = set()
+    for group in permutation[:-1]:
+        if len(held_out) >= n_val:
+            break
+        held_out.update(members[group])
     train = [pair for index, pair in enumerate(pairs) if index not in held_out]
     val = [pair for index, pair in enumerate(pairs) if index in held_out]
     return train, val
+
+
+def shared_prompts(train: list[TokenizedPair], val: list[TokenizedPair]) -> int:
+    """How many validation pairs have a prompt that some training pair has too."""
+    trained = {tuple(pair.prompt) for pair in train}
+    return sum(tuple(pair.prompt) in trained for pair in val)
 

@@ -41,8 +41,10 @@ class DataSource:
             ``datasets.load_dataset(dataset, dataset_config, split=split)``.
         dataset_config: the dataset configuration name, if it has several.
         split: the dataset split to read.
-        val_path: an explicit validation file instead of a split of the training data.
-        val_fraction: fraction of the pairs held out for validation (ignored when val_path is given).
+        val_path: an explicit validation file instead of a split of the training data (a warning names how many of
+            its pairs have a prompt that training has too).
+        val_fraction: fraction of the pairs held out for validation, whole prompts at a time: the pairs of a prompt
+            are all trained on or all held out (ignored when val_path is given).
         seed: seed of the validation split and (unless ``data.loader.order_seed`` is set) of the training order.
     """
 
