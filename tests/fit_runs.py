@@ -60,6 +60,20 @@ def run_fit(root: Path, *args: str, callbacks: list[dict] | None = None, env: di
     return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600, check=False)
 
 
+def run_predict(root: Path, *args: str) -> list[dict]:
+    """``python -m inspo predict`` of configs/tiny.yaml writing under ``root``: the lines of its ``pair_scores*.jsonl``
+    (one file, or one per rank), after checking that it succeeded and said where they went."""
+    command = [sys.executable, "-m", "inspo", "predict", "--config", str(TINY_YAML), "--trainer.default_root_dir",
+               str(root), "--trainer.logger.init_args.save_dir", str(root), "--trainer.enable_progress_bar", "false",
+               *args]
+    result = subprocess.run(command, cwd=ROOT, env=fit_command(root)[1], capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = sorted(root.glob("inspo/version_*/pair_scores*.jsonl"))
+    assert paths and all(f"to {path}" in result.stderr for path in paths), result.stderr[-3000:]
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+
+
 def slurm_env(tmp_path: Path, job: str = "4242") -> tuple[dict[str, str], Path]:
     """SLURM_* of a one-task job and a stub ``scontrol`` on PATH that records its arguments (in the returned file)."""
     bin_dir = tmp_path / "bin"

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from inspo.cli import main
-from tests.fit_runs import losses, run_fit, tail
+from tests.fit_runs import losses, run_fit, run_predict, tail
 from tests.helpers import ROOT, TINY_YAML
 
 STRATEGY = ROOT / "configs" / "strategy"
@@ -86,6 +86,22 @@ def test_sharded_checkpoint_exports_to_the_live_models_log_probs(fsdp2, tmp_path
         logps = [m(input_ids=x).logits.log_softmax(-1) for m in (exported, live, fresh)]
     torch.testing.assert_close(logps[0], logps[1], atol=1e-6, rtol=0)
     assert not torch.allclose(logps[2], logps[1], atol=1e-3)  # the comparison can tell weights apart
+
+
+def test_fsdp2_predict_scores_each_pair_once_with_the_sharded_checkpoint(fsdp2, tmp_path):
+    """``inspo predict`` on 2 processes from the sharded checkpoint: one file per rank, every pair in exactly one, and
+    the policy's log-probs those of the live policy exported at the end of the fit (scored in one process)."""
+    sharded = run_predict(tmp_path / "two", "--config", str(STRATEGY / "fsdp2.yaml"), "--trainer.devices", "2",
+                      "--ckpt_path", str(fsdp2 / "inspo/version_0/checkpoints/last.ckpt"))
+    assert len(list((tmp_path / "two").glob("inspo/version_0/pair_scores.rank*.jsonl"))) == 2
+    one = run_predict(tmp_path / "one", "--model.model", str(fsdp2 / "live"), "--model.random_init", "null")
+    key = lambda line: (line["split"], line["row"])
+    assert sorted(map(key, sharded)) == sorted(map(key, one)) and len(one) == 64
+    names = ("chosen_logp", "rejected_logp", "plain_chosen_logp", "plain_rejected_logp")
+    by_pair = {key(line): line for line in one}
+    got = torch.tensor([[line[n] for n in names] for line in sharded], dtype=torch.float64)
+    want = torch.tensor([[by_pair[key(line)][n] for n in names] for line in sharded], dtype=torch.float64)
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-5)
 
 
 def test_fsdp1_config_on_cpu_is_one_clear_line(tmp_path, capsys):

@@ -6,9 +6,7 @@ target, :func:`tests.helpers.logp`) and the untrained start (the reference), und
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,20 +15,8 @@ from transformers import AutoModelForCausalLM
 from inspo.cli import InspoCLI
 from inspo.data.datamodule import PreferenceDataModule
 from inspo.module import PreferenceModule
-from tests.fit_runs import fit_command
+from tests.fit_runs import fit_command, run_predict
 from tests.helpers import CONFIGS, ROOT, logp, tiny_model
-
-
-def predict(root: Path, *args: str) -> list[dict]:
-    command = [sys.executable, "-m", "inspo", "predict", "--config", str(CONFIGS / "tiny.yaml"),
-               "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
-               "--trainer.enable_progress_bar", "false", *args]
-    result = subprocess.run(command, cwd=ROOT, env=fit_command(root)[1], capture_output=True, text=True, timeout=600,
-                            check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (path,) = root.glob("inspo/version_*/pair_scores.jsonl")
-    assert "scores of " in result.stderr and str(path) in result.stderr
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def splits(tmp_path: Path, *args: str) -> dict[str, list]:
@@ -52,7 +38,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_predict_scores_every_pair_with_the_checkpoint(trained, tmp_path):
     ckpt, exported = trained
-    lines = predict(tmp_path / "scores", "--ckpt_path", str(ckpt))
+    lines = run_predict(tmp_path / "scores", "--ckpt_path", str(ckpt))
     pairs = splits(tmp_path)
     assert [(line["split"], line["row"]) for line in lines] == [
         (split, pair.row) for split in ("train", "val") for pair in sorted(pairs[split], key=lambda p: p.row)]
@@ -75,7 +61,7 @@ def test_predict_scores_every_pair_with_the_checkpoint(trained, tmp_path):
 def test_reference_free_standard_run_scores_a_whole_file(tmp_path):
     """SimPO, standard, ``val_fraction 0``: no reference and no second view, so no ``ref_*`` and no ``plain_*``."""
     args = ["--model.loss", "simpo", "--model.conditioning", "standard", "--data.source.val_fraction", "0"]
-    lines = predict(tmp_path / "scores", *args)
+    lines = run_predict(tmp_path / "scores", *args)
     assert [line["row"] for line in lines] == list(range(1, 65)) and {line["split"] for line in lines} == {"train"}
     assert set(lines[0]) == {"split", "row", "loss", "chosen_reward", "rejected_reward", "chosen_logp",
                              "rejected_logp"}
