@@ -1,6 +1,7 @@
 """Multi-process training on CPU (gloo): 2-process DDP and FSDP2 runs of configs/tiny.yaml follow the 1-process run
 with the same global batch; an FSDP2 run resumes exactly from its sharded checkpoint, and that checkpoint exports to
-an HF folder whose log-probs equal the live model's; the FSDP1 config stops with one line on a CPU.
+an HF folder whose log-probs equal the live model's, and ``inspo predict`` from it scores each pair once; the FSDP1
+config stops with one line on a CPU.
 
 Same global batch: 1 process x 4 pairs against 2 processes x 2 pairs, ``bucket_batches: 1`` (the ranks' shards of
 one seeded permutation then make up exactly the 1-process batches, see ``inspo.data.sampler``)."""
