@@ -216,6 +216,10 @@ def test_run_evidence_smoke_end_to_end(fakes: Fakes, tmp_path: Path) -> None:
                                 for s in (0, 1)])
         assert row["head_to_head_win_rate"] == pytest.approx(at_rate.mean) and row["seeds"] == 2
         assert row["head_to_head_se"] == pytest.approx(at_rate.se)
+        assert row["head_to_head_per_seed"] == pytest.approx([np.mean(head_to_head(
+            evals[f"dpo-inspo-s{s}{suffix}"]["sets"]["own"]["reward"],
+            evals[f"dpo-standard-s{s}{suffix}"]["sets"]["own"]["reward"])) for s in (0, 1)])
+        assert len(row["gold_reward_diff_per_seed"]) == 2
     assert dpo["sensitivity"][1]["head_to_head_win_rate"] == dpo["head_to_head_win_rate"]  # the main table's
     assert "| dpo | 0.001 | no | 2 | " in (out / "summary.md").read_text()
     transfer = dpo["transfer"]["0"]

@@ -115,7 +115,8 @@ def sensitivity(chosen: dict[str, dict[int, Any]], other: dict[float, dict[str, 
         if not seeds:
             continue
         entry = loss_summary({cond: {s: evals[cond][s] for s in seeds} for cond in CONDITIONINGS}, start)
-        rows.append({"lr": rate, "chosen": rate == lr, **{k: entry.get(k) for k in CONTRACT},
+        per_seed = {k: entry.get(k) for k in ("head_to_head_per_seed", "gold_reward_diff_per_seed")}
+        rows.append({"lr": rate, "chosen": rate == lr, **{k: entry.get(k) for k in CONTRACT}, **per_seed,
                      **{f"{cond}_{k}": entry[cond].get(k) for cond in CONDITIONINGS
                         for k in ("mean_reward", "truncated")}})
     return rows
@@ -208,14 +209,16 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
                    "pairs (~4 points) exceeds the differences between rates; the first seeds are also trained at the "
                    "rate of lowest validation loss. Paired SEs over seeds and prompts (one seed: prompts only)."), "",
                   ("| loss | lr | chosen | seeds | head-to-head win rate | gold-reward diff | mean gold reward standard "
-                   "/ InSPO | cut at max standard / InSPO |"), "|---|---:|---|---:|---:|---:|---:|---:|"]
+                   "/ InSPO | cut at max standard / InSPO | win rate per seed |"),
+                  "|---|---:|---|---:|---:|---:|---:|---:|---|"]
         for loss, r in rows:
             lines.append(
                 f"| {loss} | {r['lr']:g} | {'yes' if r['chosen'] else 'no'} | {r['seeds']} | "
                 f"{_pm(r['head_to_head_win_rate'], r['head_to_head_se'])} | "
                 f"{_pm(r['gold_reward_diff'], r['gold_reward_diff_se'], 100, 2)} | "
                 f"{_pm(r['standard_mean_reward'], None, 1, 3)} / {_pm(r['inspo_mean_reward'], None, 1, 3)} | "
-                f"{_pm(r['standard_truncated'], None)} / {_pm(r['inspo_truncated'], None)} |")
+                f"{_pm(r['standard_truncated'], None)} / {_pm(r['inspo_truncated'], None)} | "
+                f"{', '.join(_pm(v, None) for v in r.get('head_to_head_per_seed') or [])} |")
     lines += ["", "## Does conditioning transfer?", "", "![transfer](transfer.png)", "",
               ("Per InSPO run: the conditioned validation reward accuracy (log pi(y|x, y_alt), what InSPO trains) and "
                "the unconditioned one (log pi(y|x), what is deployed), from step 0 to the end, next to the standard "
