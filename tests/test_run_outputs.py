@@ -191,7 +191,8 @@ def test_export_command_errors_are_one_line(tmp_path, capsys):
         main(["export", "--ckpt", str(garbage), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1
-    assert err[0].startswith(f"inspo: error: {garbage}: it cannot be read, it is truncated or not a checkpoint (")
+    assert err[0] == (f"inspo: error: {garbage}: not a checkpoint (not a zip archive, the format torch.save and "
+                      "Lightning write)")
     assert not (tmp_path / "out").exists()
 
 
