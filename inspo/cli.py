@@ -75,7 +75,8 @@ log = logging.getLogger("inspo")
 COMMANDS = {"export": "inspo.export", "report": "inspo.run_report", "eval": "inspo.eval.evaluate"}
 """Subcommands outside LightningCLI (name -> module with a ``main(argv)``), imported only when used."""
 DESCRIPTION = ("Preference optimisation (InSPO and the DPO family). Lightning subcommands: fit, validate, test, "
-               "predict (--config X.yaml, see `inspo fit --help`). Other subcommands: `inspo export --ckpt PATH "
+               "predict (--config X.yaml, see `inspo fit --help`; predict writes every pair's loss, rewards and "
+               "log-probs to pair_scores.jsonl in the run folder). Other subcommands: `inspo export --ckpt PATH "
                "--out DIR` writes a checkpoint as a plain Hugging Face folder; `inspo report RUN_DIR` writes plots "
                "and a markdown summary of a run; `inspo eval --model DIR` reports the gold-reward win rate on held-out "
                "verifiable prompts.")
