@@ -61,15 +61,16 @@ def run_fit(root: Path, *args: str, callbacks: list[dict] | None = None, env: di
 
 
 def run_predict(root: Path, *args: str) -> list[dict]:
-    """``python -m inspo predict`` of configs/tiny.yaml writing under ``root``: the lines of its ``pair_scores*.jsonl``
-    (one file, or one per rank), after checking that it succeeded and said where they went."""
+    """``python -m inspo predict`` of configs/tiny.yaml writing under ``root``: the lines of the ``pair_scores*.jsonl``
+    it wrote (one file, or one per rank), after checking that it succeeded and said where they went."""
     command = [sys.executable, "-m", "inspo", "predict", "--config", str(TINY_YAML), "--trainer.default_root_dir",
                str(root), "--trainer.logger.init_args.save_dir", str(root), "--trainer.enable_progress_bar", "false",
                *args]
+    before = set(root.rglob("pair_scores*.jsonl"))
     result = subprocess.run(command, cwd=ROOT, env=fit_command(root)[1], capture_output=True, text=True, timeout=600,
                             check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    paths = sorted(root.glob("inspo/version_*/pair_scores*.jsonl"))
+    paths = sorted(set(root.rglob("pair_scores*.jsonl")) - before)
     assert paths and all(f"to {path}" in result.stderr for path in paths), result.stderr[-3000:]
     return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
 

@@ -65,3 +65,11 @@ def test_reference_free_standard_run_scores_a_whole_file(tmp_path):
     assert [line["row"] for line in lines] == list(range(1, 65)) and {line["split"] for line in lines} == {"train"}
     assert set(lines[0]) == {"split", "row", "loss", "chosen_reward", "rejected_reward", "chosen_logp",
                              "rejected_logp"}
+
+
+def test_a_reused_run_folder_keeps_the_earlier_scores(tmp_path):
+    """Without a logger every predict writes to ``default_root_dir``: the second one goes to ``pair_scores-2.jsonl``."""
+    args = ["--trainer.logger", "false", "--data.read.max_pairs", "8"]
+    first, second = run_predict(tmp_path, *args), run_predict(tmp_path, *args, "--model.conditioning", "standard")
+    assert sorted(p.name for p in tmp_path.glob("pair_scores*.jsonl")) == ["pair_scores-2.jsonl", "pair_scores.jsonl"]
+    assert "plain_loss" in first[0] and "plain_loss" not in second[0] and len(first) == len(second) == 8
