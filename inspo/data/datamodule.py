@@ -263,4 +263,3 @@ def shared_prompts(train: list[TokenizedPair], val: list[TokenizedPair]) -> int:
     """How many validation pairs have a prompt that some training pair has too."""
     trained = {tuple(pair.prompt) for pair in train}
     return sum(tuple(pair.prompt) in trained for pair in val)
-
