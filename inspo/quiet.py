@@ -27,6 +27,7 @@ WARNINGS = [
     {"category": DeprecationWarning, "module": LIBRARIES},  # a library's own use of a deprecated API
     {"category": FutureWarning, "module": LIBRARIES},
     {"message": r".*isinstance\(treespec, LeafSpec\)"},  # torch deprecation raised inside Lightning
+    {"message": r"The dirpath has changed from"},  # a checkpoint of another version folder: a new version is documented
 ]
 LOGGERS = ("", "lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning")
 """Loggers whose handlers get the filter (Lightning's own loggers have handlers and do not propagate)."""

@@ -72,6 +72,7 @@ def run_predict(root: Path, *args: str) -> list[dict]:
     assert result.returncode == 0, result.stderr[-3000:]
     paths = sorted(set(root.rglob("pair_scores*.jsonl")) - before)
     assert paths and all(f"to {path}" in result.stderr for path in paths), result.stderr[-3000:]
+    assert "dirpath has changed" not in result.stderr  # Lightning's warning on a checkpoint of another run folder
     return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
 
 
