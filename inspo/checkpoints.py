@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -338,10 +339,8 @@ def check_same_data(meta: dict[str, Any], data_hparams: dict[str, Any], source: 
     the rest of the epoch would skip pairs never trained on and repeat others. At an epoch boundary nothing is
     skipped, and the data may change.
     """
-    saved = meta.get("datamodule_hyper_parameters")
-    states = meta.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [{}]
-    position = states[0] if isinstance(states[0], dict) else {}
-    if not saved or not position.get("batches"):
+    saved, position = meta.get("datamodule_hyper_parameters"), _mid_epoch(meta)
+    if not saved or position is None:
         return
     def flat(hparams: dict[str, Any]) -> dict[str, Any]:
         out = {}
@@ -356,3 +355,24 @@ def check_same_data(meta: dict[str, Any], data_hparams: dict[str, Any], source: 
                               f"{position['batches']} batches) with data.{key}={before[key]!r}, this run has "
                               f"data.{key}={got!r}, so the rest of the epoch would skip or repeat pairs; resume with "
                               "the data settings it was trained with, or start a new run without --ckpt_path")
+
+
+def check_same_pairs(meta: dict[str, Any], saved: str | None, fingerprint: Callable[[], str], source: str) -> None:
+    """Refuse to resume mid-epoch when the training pairs differ from those the checkpoint trained on, with the same
+    settings: the data file was edited since (or the code that reads or splits it changed). ``saved``: the
+    checkpoint's fingerprint (None in checkpoints that predate it: not checked); ``fingerprint``: this run's, read
+    only when needed."""
+    position = _mid_epoch(meta)
+    if position is None or saved is None or fingerprint() == saved:
+        return
+    raise ConfigError(f"cannot resume from {source}: it stopped mid-epoch (epoch {position.get('epoch')}, after "
+                      f"{position['batches']} batches), and the training pairs are not the ones it was trained on "
+                      "(the data file changed since, or how it is read or split), so the rest of the epoch would skip "
+                      "or repeat pairs; restore the data it was trained with, or start a new run without --ckpt_path")
+
+
+def _mid_epoch(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved training-loader position (epoch, batches) of a checkpoint that stopped mid-epoch, else None."""
+    states = meta.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [{}]
+    position = states[0] if isinstance(states[0], dict) else {}
+    return position if position.get("batches") else None

@@ -46,6 +46,7 @@ from inspo.checkpoints import (
     KEYWORDS,
     check_left_to_train,
     check_same_data,
+    check_same_pairs,
     check_training_state,
     checkpoint_folders,
     checkpoint_problem,
@@ -53,7 +54,7 @@ from inspo.checkpoints import (
     resolve_last,
     slurm_restart,
 )
-from inspo.data.datamodule import PreferenceDataModule
+from inspo.data.datamodule import TRAIN_FINGERPRINT, PreferenceDataModule
 from inspo.errors import ConfigError, InspoError
 from inspo.module import PreferenceModule
 from inspo.parser import InspoArgumentParser, expand_short_names
@@ -198,6 +199,9 @@ class InspoCLI(LightningCLI):
                 check_training_state(meta, ckpt)
                 if self.datamodule is not None:
                     check_same_data(meta, dict(self.datamodule.hparams), ckpt)
+                if isinstance(self.datamodule, PreferenceDataModule):
+                    saved = meta.get(type(self.datamodule).__qualname__) or {}
+                    check_same_pairs(meta, saved.get(TRAIN_FINGERPRINT), self.datamodule.train_fingerprint, ckpt)
 
     def before_fit(self) -> None:
         self._prepare_checkpoint()

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch import Callback
 
 from inspo.cli import main
+from inspo.data.datamodule import bundled_dataset
 from inspo.errors import ConfigError
 from tests.fit_runs import QUICK, last_target, losses, run_fit, slurm_env, tail
 from tests.helpers import TINY_YAML
@@ -361,6 +362,32 @@ def test_resume_mid_epoch_with_changed_data_settings_stops(crashed, tmp_path, ca
     error = _one_error_line(capsys, root, "--ckpt_path", str(target), "--data.read.max_pairs", "32")
     assert "data.read.max_pairs=64, this run has data.read.max_pairs=32" in error
     _fit_in_process(root, "--ckpt_path", str(target), "--data.loader.num_workers", "0", "--trainer.max_steps", "5")
+    assert not _no_training_step(root)
+
+
+def test_resume_mid_epoch_from_an_edited_data_file_stops(crashed, tmp_path, capsys):
+    """Same settings, same path, but the file was edited after the checkpoint: the loader's saved position would have
+    served the rest of the epoch from other pairs, silently. The checkpoint's fingerprint of the training pairs
+    (``PreferenceDataModule.state_dict``) stops it with one line; the unedited file still resumes."""
+    root = tmp_path / "copy"
+    copy_crashed(crashed, root)
+    pairs = tmp_path / "pairs.jsonl"
+    shutil.copy(bundled_dataset("prefs"), pairs)
+    checkpoint = torch.load(root / STEP4, map_location="cpu", weights_only=False)
+    assert len(checkpoint["PreferenceDataModule"]["train_pairs_sha256"]) == 64
+    checkpoint["datamodule_hyper_parameters"]["source"]["path"] = str(pairs)  # as if trained on this file
+    target = root / "inspo/version_0/checkpoints/moved.ckpt"
+    torch.save(checkpoint, target)
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    edited = [dict(row, chosen=row["chosen"] + " Indeed.") if n < 10 else row for n, row in enumerate(rows)]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in edited))
+    error = _one_error_line(capsys, root, "--ckpt_path", str(target), "--data.source.path", str(pairs))
+    assert error == (f"cannot resume from {target}: it stopped mid-epoch (epoch 0, after 4 batches), and the training "
+                     "pairs are not the ones it was trained on (the data file changed since, or how it is read or "
+                     "split), so the rest of the epoch would skip or repeat pairs; restore the data it was trained "
+                     "with, or start a new run without --ckpt_path")
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    _fit_in_process(root, "--ckpt_path", str(target), "--data.source.path", str(pairs), "--trainer.max_steps", "5")
     assert not _no_training_step(root)
 
 

@@ -8,6 +8,8 @@ bad row stops setup with a :class:`~inspo.errors.DataError` naming file, rows, f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -31,6 +33,9 @@ from inspo.errors import ConfigError, DataError
 from inspo.models import BUNDLED_SMOLLM2, load_tokenizer, resolve_model
 
 log = logging.getLogger("inspo")
+
+TRAIN_FINGERPRINT = "train_pairs_sha256"
+"""The key of :meth:`PreferenceDataModule.state_dict` (Lightning saves it under the datamodule's class name)."""
 
 
 BUNDLED_DATA = {"prefs": "prefs.jsonl", "verifiable": "verifiable/train.jsonl"}
@@ -110,6 +115,7 @@ class PreferenceDataModule(LightningDataModule):
         self.stats: dict[str, int] = {}
         self.reports: list[DataReport] = []
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._fingerprint: str | None = None
 
     def token_settings(self) -> dict[str, Any]:
         """The settings that decide a pair's token ids besides its text (part of the reference cache's key)."""
@@ -156,6 +162,23 @@ class PreferenceDataModule(LightningDataModule):
             stats.update(one.stats())
         self.stats = {**stats, "train": len(train_pairs), "val": len(val_pairs)}
         log.info("data: train=%d val=%d (source %s)", len(train_pairs), len(val_pairs), source)
+
+    def train_fingerprint(self) -> str:
+        """SHA-256 of the training pairs (row numbers and token ids, in split order), reading the data if needed: a
+        mid-epoch resume checks it against the checkpoint's (:func:`inspo.checkpoints.check_same_data`), so an
+        edited data file cannot silently shift the rest of the epoch."""
+        self.setup("fit")
+        if self._fingerprint is None:  # the pairs never change once read
+            digest = hashlib.sha256()
+            for pair in self._pairs("train"):
+                digest.update(json.dumps([pair.row, pair.prompt, pair.chosen, pair.rejected]).encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the fingerprint of the training pairs (nothing before the data is read)."""
+        return {TRAIN_FINGERPRINT: self.train_fingerprint()} if self.train_pairs is not None else {}
 
     def _main_rows(self) -> tuple[str, Iterable[tuple[int, Any]]]:
         source = self.source
