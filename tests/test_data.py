@@ -346,7 +346,13 @@ def test_datamodule_end_to_end(tmp_path, tokenizer, caplog):
     val_rows = [row for b in dm.val_dataloader() for row in b.rows]
     assert val_rows == sorted(val_rows) and len(val_rows) == 5
     assert [b.rows for b in dm.test_dataloader()] == [b.rows for b in dm.val_dataloader()]
-    assert dm.state_dict() == {}
+    (fingerprint,) = dm.state_dict().values()  # all a checkpoint holds of the data: a SHA-256 of the training pairs
+    assert len(fingerprint) == 64 and PreferenceDataModule().state_dict() == {}  # nothing before the data is read
+    again = PreferenceDataModule(source=DataSource(path=str(tmp_path / "x.jsonl"), val_fraction=0.25))
+    assert again.train_fingerprint() == fingerprint
+    edited = [dict(row, chosen=row["chosen"] + " Sure.") for row in ROWS]
+    other = PreferenceDataModule(source=DataSource(path=str(write_jsonl(tmp_path / "x.jsonl", edited)), val_fraction=0.25))
+    assert other.train_fingerprint() != fingerprint
 
 
 def test_training_order_depends_only_on_the_seed(tmp_path):
