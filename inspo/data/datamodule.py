@@ -165,7 +165,7 @@ class PreferenceDataModule(LightningDataModule):
 
     def train_fingerprint(self) -> str:
         """SHA-256 of the training pairs (row numbers and token ids, in split order), reading the data if needed: a
-        mid-epoch resume checks it against the checkpoint's (:func:`inspo.checkpoints.check_same_data`), so an
+        mid-epoch resume checks it against the checkpoint's (:func:`inspo.checkpoints.check_same_pairs`), so an
         edited data file cannot silently shift the rest of the epoch."""
         self.setup("fit")
         if self._fingerprint is None:  # the pairs never change once read
