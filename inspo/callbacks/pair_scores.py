@@ -22,13 +22,10 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from typing_extensions import override
 
+from inspo.data.datamodule import PREDICT_SPLITS
 from inspo.run_folder import PAIR_SCORES, run_dir
 
 log = logging.getLogger("inspo")
-
-SPLITS = ("train", "val")
-"""The ``split`` of each predict loader, by its index."""
-
 
 class PairScoreWriter(BasePredictionWriter):
     """Write each predicted batch to the run folder's ``pair_scores.jsonl`` (see the module docstring)."""
@@ -64,7 +61,7 @@ class PairScoreWriter(BasePredictionWriter):
         assert self._file is not None
         values = {name: value.tolist() for name, value in prediction.items()}
         for i in range(len(values["row"])):
-            line = {"split": SPLITS[dataloader_idx], **{name: column[i] for name, column in values.items()}}
+            line = {"split": PREDICT_SPLITS[dataloader_idx], **{name: column[i] for name, column in values.items()}}
             self._file.write(json.dumps(line) + "\n")
         self._file.flush()
         self._lines += len(values["row"])

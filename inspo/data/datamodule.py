@@ -34,6 +34,8 @@ from inspo.models import BUNDLED_SMOLLM2, load_tokenizer, resolve_model
 
 log = logging.getLogger("inspo")
 
+PREDICT_SPLITS = ("train", "val")
+"""The splits ``predict_dataloader`` serves, one loader each, in this order."""
 TRAIN_FINGERPRINT = "train_pairs_sha256"
 """The key of :meth:`PreferenceDataModule.state_dict` (Lightning saves it under the datamodule's class name)."""
 
@@ -229,8 +231,7 @@ class PreferenceDataModule(LightningDataModule):
 
     @override
     def val_dataloader(self) -> DataLoader:
-        batch_size = self.loader.eval_batch_size or self.loader.batch_size
-        return self._loader(self._pairs("val"), batch_size, shuffle=False)
+        return self._eval_loader("val")
 
     @override
     def test_dataloader(self) -> DataLoader:
@@ -238,11 +239,13 @@ class PreferenceDataModule(LightningDataModule):
 
     @override
     def predict_dataloader(self) -> list[DataLoader]:
-        """Every pair, in source order: the training split's, then the validation split's (``inspo predict`` names
-        them ``train`` and ``val``; ``--data.source.val_fraction 0`` scores a whole file as ``train``)."""
-        batch_size = self.loader.eval_batch_size or self.loader.batch_size
-        return [self._loader(sorted(self._pairs(split), key=lambda pair: pair.row), batch_size, shuffle=False)
-                for split in ("train", "val")]
+        """Every pair, in source order: one loader per split of :data:`PREDICT_SPLITS` (``inspo predict`` names each
+        line by it; ``--data.source.val_fraction 0`` scores a whole file as ``train``)."""
+        return [self._eval_loader(split) for split in PREDICT_SPLITS]
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        """The pairs of ``split`` in source order (both splits keep it), in evaluation batches."""
+        return self._loader(self._pairs(split), self.loader.eval_batch_size or self.loader.batch_size, shuffle=False)
 
     def _pairs(self, split: str) -> list[TokenizedPair]:
         pairs = self.train_pairs if split == "train" else self.val_pairs
