@@ -326,10 +326,12 @@ class PreferenceModule(LightningModule):
         loss = out.loss
         if stage == "train" and not torch.isfinite(loss):
             return self._nonfinite_loss(loss, batch)
-        self._log_metrics(stage, pair_metrics(out, policy), len(batch))
+        counted = batch.counted()  # evaluation shards' repeats (several processes) weigh 0
+        weight = None if counted is None else torch.tensor(counted, dtype=torch.float32, device=out.losses.device)
+        self._log_metrics(stage, pair_metrics(out, policy), weight)
         plain = plain_view(policy) if stage in PLAIN_STAGES else None
         if plain is not None:  # InSPO: the same loss on log pi(y|x), what a standard evaluation reports
-            self._log_metrics(stage, pair_metrics(self.loss_options.apply(self.loss, plain, reference)), len(batch),
+            self._log_metrics(stage, pair_metrics(self.loss_options.apply(self.loss, plain, reference)), weight,
                               plain=True)
         return loss
 
@@ -354,13 +356,15 @@ class PreferenceModule(LightningModule):
         if self._trainer is not None:
             self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, batch_size=len(batch))
 
-    def _log_metrics(self, stage: str, values: dict[str, Tensor], batch_size: int, plain: bool = False) -> None:
-        """Log ``<stage>/<name>`` (``plain``: ``<stage>/plain_<name>``) for every value."""
+    def _log_metrics(self, stage: str, values: dict[str, Tensor], weight: Tensor | None, plain: bool = False) -> None:
+        """Log ``<stage>/<name>`` (``plain``: ``<stage>/plain_<name>``) for every per-pair value, pairs weighted by
+        ``weight`` (None: all 1)."""
         for name, value in values.items():
             key = f"{stage}/plain_{name}" if plain else f"{stage}/{name}"
             metric = self.metrics[key]
-            metric(value)  # forward: accumulates for the epoch and keeps this batch's value for on_step logging
-            self.log(key, metric, on_step=stage == "train", on_epoch=True, batch_size=batch_size,
+            # forward: accumulates for the epoch and keeps this batch's value for on_step logging
+            metric(value, 1.0 if weight is None else weight)
+            self.log(key, metric, on_step=stage == "train", on_epoch=True, batch_size=len(value),
                      prog_bar=not plain and name in PROGRESS_BAR)
 
     @override
@@ -388,8 +392,10 @@ class PreferenceModule(LightningModule):
         if plain is not None:
             out = self.loss_options.apply(self.loss, plain, reference)
             scores |= {f"plain_{name}": value for name, value in _pair_scores(out, plain).items()}
-        return {name: value.detach().float().cpu() if value.is_floating_point() else value
-                for name, value in scores.items()}
+        scores = {name: value.detach().float().cpu() if value.is_floating_point() else value
+                  for name, value in scores.items()}
+        counted = batch.counted()  # an evaluation shard's repeats (several processes) are written by another rank
+        return scores if counted is None else {name: value[torch.tensor(counted)] for name, value in scores.items()}
 
     @override
     def configure_optimizers(self) -> dict:

@@ -3,6 +3,7 @@ tests/test_signals.py and tests/test_distributed.py (Lightning is imported here,
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import stat
@@ -74,6 +75,18 @@ def run_predict(root: Path, *args: str) -> list[dict]:
     assert paths and all(f"to {path}" in result.stderr for path in paths), result.stderr[-3000:]
     assert "dirpath has changed" not in result.stderr  # Lightning's warning on a checkpoint of another run folder
     return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+
+
+def run_validate(root: Path, *args: str, devices: int = 1) -> dict[str, float]:
+    """``python -m inspo validate`` of configs/tiny.yaml on its whole validation split, writing under ``root``: the
+    ``val/*`` values of the ``metrics.csv`` it wrote."""
+    command, env = fit_command(root, "--trainer.limit_val_batches", "1.0", *args, devices=devices)
+    command[command.index("fit")] = "validate"
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, tail(result)
+    (path,) = root.glob("inspo/version_*/metrics.csv")
+    (row,) = [row for row in csv.DictReader(path.open()) if row.get("val/loss")]
+    return {key: float(value) for key, value in row.items() if key.startswith("val/") and value}
 
 
 def slurm_env(tmp_path: Path, job: str = "4242") -> tuple[dict[str, str], Path]:

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from inspo.cli import main
-from tests.fit_runs import losses, run_fit, run_predict, tail
+from tests.fit_runs import losses, run_fit, run_predict, run_validate, tail
 from tests.helpers import ROOT, TINY_YAML
 
 STRATEGY = ROOT / "configs" / "strategy"
@@ -91,18 +91,32 @@ def test_sharded_checkpoint_exports_to_the_live_models_log_probs(fsdp2, tmp_path
 
 def test_fsdp2_predict_scores_each_pair_once_with_the_sharded_checkpoint(fsdp2, tmp_path):
     """``inspo predict`` on 2 processes from the sharded checkpoint: one file per rank, every pair in exactly one, and
-    the policy's log-probs those of the live policy exported at the end of the fit (scored in one process)."""
+    the policy's log-probs those of the live policy exported at the end of the fit (scored in one process). 63 pairs
+    (57 train, 6 val) in batches of 1: the ranks' train shards differ by one pair, and without the repeat that evens
+    them (``inspo.data.sampler.EvenShards``) rank 0's last sharded forward waited for a rank that had finished."""
+    uneven = ["--data.read.max_pairs", "63", "--data.loader.eval_batch_size", "1"]
     sharded = run_predict(tmp_path / "two", "--config", str(STRATEGY / "fsdp2.yaml"), "--trainer.devices", "2",
-                      "--ckpt_path", str(fsdp2 / "inspo/version_0/checkpoints/last.ckpt"))
+                          "--ckpt_path", str(fsdp2 / "inspo/version_0/checkpoints/last.ckpt"), *uneven)
     assert len(list((tmp_path / "two").glob("inspo/version_0/pair_scores.rank*.jsonl"))) == 2
-    one = run_predict(tmp_path / "one", "--model.model", str(fsdp2 / "live"), "--model.random_init", "null")
+    one = run_predict(tmp_path / "one", "--model.model", str(fsdp2 / "live"), "--model.random_init", "null", *uneven)
     key = lambda line: (line["split"], line["row"])
-    assert sorted(map(key, sharded)) == sorted(map(key, one)) and len(one) == 64
+    assert sorted(map(key, sharded)) == sorted(map(key, one)) and len(one) == 63
     names = ("chosen_logp", "rejected_logp", "plain_chosen_logp", "plain_rejected_logp")
     by_pair = {key(line): line for line in one}
     got = torch.tensor([[line[n] for n in names] for line in sharded], dtype=torch.float64)
     want = torch.tensor([[by_pair[key(line)][n] for n in names] for line in sharded], dtype=torch.float64)
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-5)
+
+
+def test_ddp_validation_counts_every_pair_once(tmp_path):
+    """5 validation pairs on 2 ranks in batches of 2: each rank scores 3, one of them a repeat that only evens out the
+    shards and weighs 0, so the metrics equal one process's (Lightning's own sampler counted the repeat: 6 pairs)."""
+    args = ["--data.read.max_pairs", "50", "--data.loader.eval_batch_size", "2"]
+    one = run_validate(tmp_path / "one", *args)
+    two = run_validate(tmp_path / "two", "--config", str(STRATEGY / "ddp.yaml"), *args, devices=2)
+    assert sorted(two) == sorted(one) and "val/plain_reward_accuracy" in one
+    torch.testing.assert_close(torch.tensor([two[k] for k in sorted(one)], dtype=torch.float64),
+                               torch.tensor([one[k] for k in sorted(one)], dtype=torch.float64), atol=1e-6, rtol=1e-6)
 
 
 def test_fsdp1_config_on_cpu_is_one_clear_line(tmp_path, capsys):

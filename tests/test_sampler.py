@@ -10,9 +10,10 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
-from inspo.data.datamodule import PreferenceDataModule
+from inspo.data.datamodule import EvalPairs, PreferenceDataModule, collate_eval_pairs
 from inspo.data.options import DataSource, LoaderOptions
-from inspo.data.sampler import LengthBucketBatchSampler
+from inspo.data.sampler import EvenShards, LengthBucketBatchSampler
+from inspo.data.tokenize import TokenizedPair
 from inspo.module import PreferenceModule
 from tests.helpers import TINY_CONFIG
 
@@ -152,3 +153,24 @@ def test_shuffle_false_resumes_exactly_in_file_order(tmp_path):
     assert full == [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]]
     resumed = fit_rows(tmp_path / "again", path, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"))
     assert resumed == full[2:]
+
+
+def test_even_shards_score_every_pair_once_in_equal_shards() -> None:
+    """Every rank runs the same number of pairs; leaving out the repeats, the ranks' shards are the pairs, each once."""
+    for n in range(9):
+        for ranks in range(1, 5):
+            pairs = EvalPairs([TokenizedPair([1], [2], [3], row) for row in range(1, n + 1)])
+            shards = [[pairs[i] for i in EvenShards(pairs, ranks, rank)] for rank in range(ranks)]
+            assert len({len(shard) for shard in shards}) == 1 and len(shards[0]) == -(-n // ranks)
+            rows = sorted(pair.row for shard in shards for pair, repeat in shard if not repeat)
+            assert rows == list(range(1, n + 1)), (n, ranks)
+            assert all(repeat == (shard.index((pair, repeat)) == len(shard) - 1 and rank >= n % ranks > 0)
+                       for rank, shard in enumerate(shards) for pair, repeat in shard)
+
+
+def test_eval_batches_mark_their_repeats() -> None:
+    pairs = EvalPairs([TokenizedPair([1], [2], [3], 7), TokenizedPair([4], [5], [6], 8)])
+    assert isinstance(EvenShards(pairs, 2, 1), DistributedSampler)  # so Lightning does not put in its own
+    batch = collate_eval_pairs([pairs[1], pairs[2]])
+    assert batch.rows == [8, 7] and batch.repeats == [False, True] and batch.counted() == [True, False]
+    assert collate_eval_pairs([pairs[0], pairs[1]]).counted() is None

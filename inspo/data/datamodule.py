@@ -19,14 +19,14 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
 import inspo
 from inspo.data.formats import read_rows
 from inspo.data.options import DataSource, LoaderOptions, ReadOptions
-from inspo.data.sampler import LengthBucketBatchSampler, ResumableDataLoader
+from inspo.data.sampler import EvenShards, LengthBucketBatchSampler, ResumableDataLoader
 from inspo.data.tokenize import TokenizedPair, has_chat_template
 from inspo.data.validate import DataReport, read_pairs
 from inspo.errors import ConfigError, DataError
@@ -61,15 +61,22 @@ class PairBatch:
         chosen: B lists of chosen-response ids, each ending with its EOS / end-of-turn token unless truncated.
         rejected: B lists of rejected-response ids.
         rows: B 1-based source row numbers (for logs and per-example outputs).
+        repeats: None, or per pair whether it only fills up a rank's evaluation shard (:class:`EvenShards`):
+            scored like the others, so the ranks stay in step, but left out of metrics and predictions.
     """
 
     prompt: list[list[int]]
     chosen: list[list[int]]
     rejected: list[list[int]]
     rows: list[int]
+    repeats: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def counted(self) -> list[bool] | None:
+        """Per pair whether it counts in metrics and predictions; None when all do."""
+        return None if self.repeats is None or not any(self.repeats) else [not r for r in self.repeats]
 
 
 def collate_pairs(pairs: list[TokenizedPair]) -> PairBatch:
@@ -80,6 +87,27 @@ def collate_pairs(pairs: list[TokenizedPair]) -> PairBatch:
         rejected=[pair.rejected for pair in pairs],
         rows=[pair.row for pair in pairs],
     )
+
+
+class EvalPairs(Dataset):
+    """The pairs of an evaluation split as ``(pair, repeat)``: index i < N is pair i; the indices N and above that
+    :class:`EvenShards` hands out to even the ranks' shards serve pair i - N again, marked as a repeat."""
+
+    def __init__(self, pairs: list[TokenizedPair]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[TokenizedPair, bool]:
+        return self.pairs[index % len(self.pairs)], index >= len(self.pairs)
+
+
+def collate_eval_pairs(items: list[tuple[TokenizedPair, bool]]) -> PairBatch:
+    """Collate :class:`EvalPairs` items into a :class:`PairBatch` that knows its repeats."""
+    batch = collate_pairs([pair for pair, _ in items])
+    batch.repeats = [repeat for _, repeat in items]
+    return batch
 
 
 class PreferenceDataModule(LightningDataModule):
@@ -244,19 +272,20 @@ class PreferenceDataModule(LightningDataModule):
         return [self._eval_loader(split) for split in PREDICT_SPLITS]
 
     def _eval_loader(self, split: str) -> DataLoader:
-        """The pairs of ``split`` in source order (both splits keep it), in evaluation batches."""
-        return self._loader(self._pairs(split), self.loader.eval_batch_size or self.loader.batch_size, shuffle=False)
+        """The pairs of ``split`` in source order (both splits keep it), in evaluation batches; under several
+        processes each rank scores its :class:`EvenShards` shard, so every pair counts exactly once."""
+        pairs = EvalPairs(self._pairs(split))
+        shards = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        workers = self.loader.num_workers
+        return DataLoader(pairs, batch_size=self.loader.eval_batch_size or self.loader.batch_size,
+                          sampler=EvenShards(pairs, **(shards or {})), collate_fn=collate_eval_pairs,
+                          num_workers=workers, persistent_workers=workers > 0)
 
     def _pairs(self, split: str) -> list[TokenizedPair]:
         pairs = self.train_pairs if split == "train" else self.val_pairs
         if pairs is None:
             raise RuntimeError("PreferenceDataModule.setup() must run before its dataloaders are requested")
         return pairs
-
-    def _loader(self, pairs: list[TokenizedPair], batch_size: int, **kwargs: Any) -> DataLoader:
-        workers = self.loader.num_workers
-        return DataLoader(pairs, batch_size=batch_size, collate_fn=collate_pairs, num_workers=workers,
-                          persistent_workers=workers > 0, **kwargs)
 
 
 def split_pairs(

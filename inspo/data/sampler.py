@@ -14,6 +14,9 @@ saves them in every checkpoint): the epoch and how many of its batches the train
 loader serves the same epoch's batches from the next one on, so a resumed run sees exactly the pairs that the
 interrupted run would have seen.
 
+Validation, test and predict under several processes: :class:`EvenShards` gives each rank every R-th pair and
+fills the short shards up with repeats that the module does not count (see its docstring).
+
 ``shuffle=False`` serves the pairs in the dataset's order: the inner sampler does not permute (also the
 ``DistributedSampler`` Lightning puts in under DDP, which it always creates shuffling, so the ranks take every
 R-th pair and a global batch is R consecutive pairs), and no window is sorted or reordered.
@@ -21,7 +24,7 @@ R-th pair and a global batch is R consecutive pairs), and no window is sorted or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
 import torch
@@ -145,3 +148,22 @@ class ResumableDataLoader(DataLoader):
         if not isinstance(sampler, LengthBucketBatchSampler):
             raise TypeError("ResumableDataLoader.load_state_dict needs a LengthBucketBatchSampler as batch_sampler")
         sampler.resume_at(int(state["epoch"]), int(state["batches"]))
+
+
+class EvenShards(DistributedSampler):
+    """Evaluation shards that score every pair exactly once and keep the ranks in step.
+
+    Lightning's own choices fail one way each when the pairs do not divide by the number of ranks R: its validation
+    sampler repeats pairs to even the shards, and the repeats then count twice in the validation metrics; its predict
+    sampler does not repeat, so the ranks run different numbers of batches, and under FSDP the ranks that finished
+    first leave the others waiting forever in a parameter all-gather. Here rank r takes positions r, r + R, ... of
+    ``range(R * ceil(N / R))`` in order: positions below N are the pairs, in source order, and the few at N and
+    above (the last one of some shards) are repeats that :class:`inspo.data.datamodule.EvalPairs` marks, so the
+    ranks run the same batches and the module weighs the repeats 0. A ``DistributedSampler``, so Lightning keeps it.
+    """
+
+    def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
