@@ -11,7 +11,7 @@ import torch
 
 from inspo.cli import main as cli_main
 from inspo.eval.generate import encode_prompts, generate, left_pad
-from inspo.eval.stats import crossed_mean, head_to_head, paired_difference
+from inspo.eval.stats import crossed_mean, head_to_head, paired_difference, seeds_for_se
 from inspo.eval.winrate import compare, fit_logistic, lc_win_rate, outcomes
 from inspo.models import BUNDLED_SMOLLM2, load_causal_lm, load_tokenizer
 from tests.helpers import TINY_CONFIG
@@ -166,6 +166,17 @@ def test_crossed_mean_se_is_unbiased_under_the_crossed_model() -> None:
     assert np.mean(se2) / truth == pytest.approx(1.0, abs=0.1)
     assert np.var(estimates) / truth == pytest.approx(1.0, abs=0.1)
     assert np.mean(prompt_se2) < 0.5 * truth
+
+
+def test_seeds_for_se_golden() -> None:
+    """h[s, i] = a_s + b_i, a = (0, 0.1), b = (0, 0.06, 0, 0.06): no residual, seed means 0.03 / 0.13 (variance
+    0.005: the variance of one seed), prompt means 0.05 / 0.11 / 0.05 / 0.11 (variance 0.0012, prompt part 0.0003).
+    SE 0.015 needs 0.005 / S <= 0.015^2 - 0.0003 < 0: no number of seeds; SE 0.03 needs S >= 0.005 / 0.0006 = 8.3."""
+    result = crossed_mean([[0, 0.06, 0, 0.06], [0.1, 0.16, 0.1, 0.16]])
+    assert result.seeds * result.seed_se**2 == pytest.approx(0.005) and result.prompt_se**2 == pytest.approx(0.0003)
+    assert seeds_for_se(result, 0.015) is None and seeds_for_se(result, 0.03) == 9
+    assert seeds_for_se(result, 1.0) == 1  # met with fewer seeds than there are
+    assert seeds_for_se(crossed_mean([[0, 0.06, 0, 0.06]]), 0.03) is None  # one seed: no seed variance
 
 
 def test_lc_win_rate_stays_finite_under_separation() -> None:

@@ -22,10 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from inspo.eval.stats import crossed_mean, head_to_head, minimum_detectable_difference
+from inspo.eval.stats import crossed_mean, head_to_head, minimum_detectable_difference, seeds_for_se
 from inspo.eval.winrate import compare
 
 CONDITIONINGS = ("standard", "inspo")
+SE_TARGET = 0.015
+"""Issue 13's target for the head-to-head and gold-reward SEs of DPO and SimPO (1.5 points); the summary says how many
+seeds would reach it (``*_seeds_for_target``)."""
 
 
 def prompt_indicator(scores: Mapping[str, Any], mode: str) -> list[float]:
@@ -113,7 +116,7 @@ def _difference(table_a: list[list[float]], table_b: list[list[float]]) -> dict[
     result = crossed_mean(np.asarray(table_a) - np.asarray(table_b))
     independent = float(np.hypot(crossed_mean(table_a).se, crossed_mean(table_b).se))
     return {"mean": result.mean, "se": result.se, "independent_se": independent, "per_seed": result.per_seed,
-            "beyond_2se": bool(abs(result.mean) > 2 * result.se)}
+            "beyond_2se": bool(abs(result.mean) > 2 * result.se), "seeds_for_target": seeds_for_se(result, SE_TARGET)}
 
 
 def loss_summary(evals: Mapping[str, Mapping[int, Mapping[str, Any]]], start: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,12 +146,14 @@ def loss_summary(evals: Mapping[str, Mapping[int, Mapping[str, Any]]], start: Ma
         out.update(head_to_head_win_rate=h2h.mean, head_to_head_se=h2h.se, head_to_head_prompt_se=h2h.prompt_se,
                    head_to_head_seed_se=h2h.seed_se, head_to_head_per_seed=h2h.per_seed,
                    head_to_head_beyond_2se=bool(abs(h2h.mean - 0.5) > 2 * h2h.se),
-                   head_to_head_mdd=minimum_detectable_difference(h2h.se))
+                   head_to_head_mdd=minimum_detectable_difference(h2h.se),
+                   head_to_head_seeds_for_target=seeds_for_se(h2h, SE_TARGET))
         diff = _difference([a["sets"]["own"]["reward"] for a in inspo], [b["sets"]["own"]["reward"] for b in standard])
         out.update(gold_reward_diff=diff["mean"], gold_reward_diff_se=diff["se"],
                    gold_reward_diff_independent_se=diff["independent_se"], gold_reward_diff_per_seed=diff["per_seed"],
                    gold_reward_diff_beyond_2se=diff["beyond_2se"],
-                   gold_reward_diff_mdd=minimum_detectable_difference(diff["se"]))
+                   gold_reward_diff_mdd=minimum_detectable_difference(diff["se"]),
+                   gold_reward_diff_seeds_for_target=diff["seeds_for_target"])
         base = start["sets"]["own"]["reward"]  # the same baseline answers for both: paired by prompt
         out["win_rate_vs_start_diff"] = _difference(
             [head_to_head(a["sets"]["own"]["reward"], base) for a in inspo],

@@ -150,6 +150,10 @@ def _pm(value: float | None, se: float | None, scale: float = 100, digits: int =
     return f"{scale * value:.{digits}f}" + ("" if se is None else f" ± {scale * se:.{digits}f}")
 
 
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 def write_markdown(summary: dict[str, Any], path: Path) -> None:
     """``summary.md``: per loss and conditioning against the start, the head-to-head, and the transfer reading."""
     s = summary["start"]
@@ -186,13 +190,15 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
               ("Win rate of InSPO's answer over standard's by gold reward (ties half; 50 = no difference), mean "
                "gold-reward difference (points of reward x 100), and the IFEval / IFBench prompt-level differences; "
                "paired standard errors (seed x prompt). MDD: the smallest true difference this SE detects with "
-               "80% power at 5%."), "",
+               "80% power at 5%. Seeds for SE 1.5: how many seeds, at the seed scatter seen so far, would bring the "
+               "win rate's / gold difference's SE to 1.5 points (issue 13's target; - with one seed)."), "",
               ("| loss | seeds | head-to-head win rate | beyond 2 SE | gold-reward diff | (unpaired SE) | beyond 2 SE | "
-               "IFEval strict diff | IFBench loose diff | MDD (win rate) |"), "|---|---:|---:|---|---:|---:|---|---:|---:|---:|"]
+               "IFEval strict diff | IFBench loose diff | MDD (win rate) | seeds for SE 1.5 |"),
+              "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|"]
     for loss in LOSSES:
         e = summary[loss]
         if not e.get("seeds"):
-            lines.append(f"| {loss} | 0 | not run yet | | | | | | | |")
+            lines.append(f"| {loss} | 0 | not run yet | | | | | | | | |")
             continue
         ife, ifb = e.get("ifeval_prompt_strict_diff", {}), e.get("ifbench_prompt_loose_diff", {})
         lines.append(
@@ -201,7 +207,8 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
             f"{_pm(e['gold_reward_diff'], e['gold_reward_diff_se'], 100, 2)} | "
             f"{_pm(e.get('gold_reward_diff_independent_se'), None, 100, 2)} | "
             f"{'yes' if e.get('gold_reward_diff_beyond_2se') else 'no'} | {_pm(ife.get('mean'), ife.get('se'))} | "
-            f"{_pm(ifb.get('mean'), ifb.get('se'))} | {_pm(e.get('head_to_head_mdd'), None)} |")
+            f"{_pm(ifb.get('mean'), ifb.get('se'))} | {_pm(e.get('head_to_head_mdd'), None)} | "
+            f"{_count(e.get('head_to_head_seeds_for_target'))} / {_count(e.get('gold_reward_diff_seeds_for_target'))} |")
     rows = [(loss, row) for loss in LOSSES for row in summary[loss].get("sensitivity", [])]
     if rows:
         lines += ["", "## Sensitivity to the learning rate", "",

@@ -29,6 +29,7 @@ treat "beyond 2 SE" as indicative, not as a test at 5%.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -135,3 +136,14 @@ def crossed_mean(table: Sequence[Sequence[float]] | np.ndarray) -> CrossedMean:
 def minimum_detectable_difference(se: float, z_alpha: float = 1.96, z_power: float = 0.84) -> float:
     """Smallest true difference a two-sided 5% test detects with 80% power given its standard error se."""
     return (z_alpha + z_power) * se
+
+
+def seeds_for_se(result: CrossedMean, target: float) -> int | None:
+    """Seeds a crossed mean like ``result`` needs for a standard error of at most ``target``: S with
+    ``seed_var / S + prompt_se**2 <= target**2``, where seed_var = S * seed_se**2 is the estimated variance of one
+    seed's mean around the grand mean; None with one seed (no seed variance estimate) or when the prompt part alone
+    exceeds the target (more prompts are needed, not more seeds)."""
+    room = target**2 - result.prompt_se**2
+    if result.seed_se is None or room <= 0:
+        return None
+    return max(1, math.ceil(result.seeds * result.seed_se**2 / room))
