@@ -24,11 +24,11 @@ R-th pair and a global batch is R consecutive pairs), and no window is sorted or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 
 class LengthBucketBatchSampler(BatchSampler):
@@ -162,8 +162,8 @@ class EvenShards(DistributedSampler):
     ranks run the same batches and the module weighs the repeats 0. A ``DistributedSampler``, so Lightning keeps it.
     """
 
-    def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.total_size, self.num_replicas))
