@@ -32,6 +32,10 @@ dpo, simpo, ipo, rdpo, orpo that has a job waiting):
    held-out prompts of our families (gold reward), ``--ifeval`` IFEval-style prompts and the IFBench test set
    (IFEval's metrics; ``pip install 'inspo[eval]'``), greedy, ``--max-new-tokens``.
 
+A run saves a checkpoint every ``--checkpoint-every`` steps and when the driver is stopped with SIGTERM (``kill --
+-PGID`` of its process group): a driver started later resumes the unfinished run from it, exactly (``inspo fit
+--ckpt_path last``), and its record lists the attempts (code commit, first step, seconds).
+
 Results (metrics, never weights) go to ``--out`` as they finish, each stamped with the git commit of the code
 that produced it: ``runs/NAME.json`` (validation curve, time, setting), ``eval/NAME.json`` (per-prompt scores),
 ``sweep.json``; then ``summary.json``, ``summary.md`` and the plots (``inspo.eval.evidence_report``).
@@ -46,6 +50,7 @@ import heapq
 import importlib.util
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -82,13 +87,23 @@ def val_curve(folder: Path, fit: bool = False) -> list[dict[str, float]]:
     Lightning logs a validation inside training at the step count before the one that triggered it, and the full
     sanity check before step 1 (``num_sanity_val_steps: -1``, logged by our monitor) at step -1.
     """
-    rows = []
-    for path in sorted(folder.glob("inspo/version_*/metrics.csv")):
+    rows: dict[int, dict[str, float]] = {}
+    for path in sorted(folder.glob("inspo/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
         for row in csv.DictReader(path.open()):
             values = {k: float(v) for k, v in row.items() if k.startswith("val/") and v not in ("", None)}
             if values:
-                rows.append({"step": int(float(row.get("step") or 0)) + (1 if fit else 0), **values})
-    return rows
+                step = int(float(row.get("step") or 0)) + (1 if fit else 0)
+                rows[step] = {"step": step, **values}  # a resumed run's next version redoes the steps after its checkpoint
+    return [rows[step] for step in sorted(rows)]
+
+
+def last_checkpoint_step(folder: Path) -> int | None:
+    """The step of a run's newest checkpoint (``last.ckpt`` of any version; 0 if its name does not say), or None
+    without one."""
+    links = [link.resolve().name for link in folder.glob("inspo/version_*/checkpoints/last.ckpt") if link.exists()]
+    if not links:
+        return None
+    return max(int(m.group(1)) if (m := re.search(r"step=(\d+)", name)) else 0 for name in links)
 
 
 class Slots:
@@ -144,13 +159,22 @@ class Driver:
 
     # --- the two expensive steps (subprocesses); the tests replace them ---------------------------------------
 
-    def fit(self, loss: str, conditioning: str, seed: int, lr: float, folder: Path) -> Path:
-        """Train one run into ``folder``; returns its HF model folder."""
+    def fit(self, loss: str, conditioning: str, seed: int, lr: float, folder: Path, resume: bool = False) -> Path:
+        """Train one run into ``folder`` (``resume``: from its newest checkpoint); returns its HF model folder.
+
+        The run saves a checkpoint every ``--checkpoint-every`` steps (one kept), and on SIGTERM (``kill`` of the
+        driver's process group) after its current step: a driver started later resumes it exactly (``inspo fit
+        --ckpt_path last``) instead of training it again (:meth:`train` removes the checkpoints afterwards). A
+        validation due at the very step a SIGTERM saved is not run by either part: the curve lacks that point."""
         command = table.fit_command(self.args, loss, conditioning, seed, {"lr": lr}, folder)
-        table.run_logged(command, folder / "fit.log", table.job_env(self.args), f"run {folder.name}")
+        command += ["--trainer.enable_checkpointing", "true",
+                    "--checkpoint.every_n_train_steps", str(self.args.checkpoint_every)]
+        log = folder / ("fit-resumed.log" if resume else "fit.log")
+        table.run_logged(command + (["--ckpt_path", "last"] if resume else []), log, table.job_env(self.args),
+                         f"run {folder.name}")
         model = table.hf_model(folder)
         if model is None:
-            raise RuntimeError(f"run {folder.name} wrote no HF model; see {folder / 'fit.log'}")
+            raise RuntimeError(f"run {folder.name} wrote no HF model; see {log}")
         return model
 
     def validate_untrained(self, loss: str, conditioning: str, folder: Path) -> list[dict[str, float]]:
@@ -189,16 +213,32 @@ class Driver:
         if record.is_file() and not again:
             return json.loads(record.read_text())
         folder = self.runs / name
-        shutil.rmtree(folder, ignore_errors=True)  # an unfinished run starts over
-        folder.mkdir(parents=True)
+        attempts_file = folder / "attempts.json"  # when and with which code each attempt at this run started
+        resume_step = None if again else last_checkpoint_step(folder)
+        if resume_step is None:  # an unfinished run without a checkpoint starts over
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        attempts = json.loads(attempts_file.read_text()) if resume_step is not None and attempts_file.is_file() else []
         with nullcontext() if held else self.slots(self.priority(loss)):
-            commit, start = self.commit, time.time()
-            model = self.fit(loss, conditioning, seed, lr, folder)
+            start = time.time()
+            if attempts:  # an earlier attempt trained until its newest checkpoint
+                ckpt = max(p.resolve().stat().st_mtime for p in folder.glob("inspo/version_*/checkpoints/last.ckpt"))
+                attempts[-1]["seconds"] = round(max(0.0, ckpt - attempts[-1]["start"]), 1)
+            attempts.append({"commit": self.commit, "start": start, "from_step": resume_step or 0})
+            attempts_file.write_text(json.dumps(attempts, indent=1) + "\n")
+            if resume_step is not None:
+                print(f"resuming {name} from step {resume_step}", flush=True)
+            model = self.fit(loss, conditioning, seed, lr, folder, resume=resume_step is not None)
+        attempts[-1]["seconds"] = round(time.time() - start, 1)
+        for checkpoints in folder.glob("inspo/version_*/checkpoints"):
+            shutil.rmtree(checkpoints)  # ~1.6 GB each (weights and Adam state); the model is in hf_model
         curve = val_curve(folder, fit=True)
         data = {"run": name, "loss": loss, "conditioning": conditioning, "seed": seed, "lr": lr,
                 "pairs": self.args.pairs, "steps": self.args.steps, "val_every": self.args.val_every,
-                "commit": commit, "train_seconds": round(time.time() - start, 1), "model": str(model),
-                "val_curve": curve, "final_val": curve[-1] if curve else {}}
+                "commit": self.commit, "train_seconds": round(sum(a.get("seconds", 0.0) for a in attempts), 1),
+                "model": str(model), "val_curve": curve, "final_val": curve[-1] if curve else {}}
+        if len(attempts) > 1:  # trained in parts: each part's code, first step and seconds
+            data["attempts"] = attempts
         self._write(record, data)
         self.changed = True
         print(f"trained {name} in {data['train_seconds']:.0f} s", flush=True)
@@ -378,6 +418,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "validation loss, when accuracy chose another; after the rest of the grid")
     parser.add_argument("--sensitivity-seeds", nargs="+", default=[], metavar="[LOSS=]N",
                         help="seeds of those runs, as --seeds (default 1: seed 0); before the extra seeds of --seeds")
+    parser.add_argument("--checkpoint-every", type=int, default=16, help="optimizer steps between a run's "
+                        "checkpoints, from which a killed run resumes (also saved on SIGTERM)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--slot-grace", type=float, default=15.0, help="seconds a freed slot waits before it "

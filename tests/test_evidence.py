@@ -127,7 +127,7 @@ class Fakes:
     def __init__(self) -> None:
         self.fits, self.suites = 0, 0
 
-    def fit(self, loss, conditioning, seed, lr, folder: Path) -> Path:
+    def fit(self, loss, conditioning, seed, lr, folder: Path, resume: bool = False) -> Path:
         self.fits += 1
         log = folder / "inspo" / "version_0"
         log.mkdir(parents=True)
@@ -248,7 +248,7 @@ def test_a_killed_run_is_redone_and_finished_ones_are_kept(fakes: Fakes, tmp_pat
             str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     real_fit = fakes.fit
 
-    def dying_fit(driver, loss, conditioning, seed, lr, folder):
+    def dying_fit(driver, loss, conditioning, seed, lr, folder, resume=False):
         if conditioning == "inspo":
             raise RuntimeError("killed")
         return real_fit(loss, conditioning, seed, lr, folder)
@@ -265,6 +265,45 @@ def test_a_killed_run_is_redone_and_finished_ones_are_kept(fakes: Fakes, tmp_pat
     monkeypatch.setattr(run_evidence.Driver, "summary", lambda driver, plots=True: summaries.append(plots))
     run_evidence.main(argv)
     assert fakes.fits == 4 and summaries == [False]
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_from_it(fakes: Fakes, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed after its step-4 checkpoint (as SIGTERM leaves it) continues from there (``--ckpt_path last``):
+    its validation curve joins both parts (the redone step from the later one), its time both attempts', and the
+    checkpoints are gone once the model is written."""
+    argv = ["--smoke", "--losses", "simpo", "--seeds", "1", "--grid", "1e-3", "4e-3", "1e-2", "--sensitivity",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    real_fit, calls = fakes.fit, []
+
+    def interrupted_fit(driver, loss, conditioning, seed, lr, folder, resume=False):
+        calls.append((conditioning, resume))
+        if conditioning == "standard":
+            return real_fit(loss, conditioning, seed, lr, folder)
+        version = folder / "inspo" / f"version_{int(resume)}"
+        checkpoints = version / "checkpoints"
+        checkpoints.mkdir(parents=True)
+        rows = [(-1, 0.3), (3, 0.5), (5, 0.55)] if not resume else [(5, 0.6), (7, 0.7)]
+        (version / "metrics.csv").write_text("step,val/reward_accuracy\n" + "".join(f"{a},{b}\n" for a, b in rows))
+        if not resume:
+            (checkpoints / "epoch=0-step=4.ckpt").write_bytes(b"PK")
+            (checkpoints / "last.ckpt").symlink_to("epoch=0-step=4.ckpt")
+            raise RuntimeError("killed")
+        (version / "hf_model").mkdir()
+        return version / "hf_model"
+
+    monkeypatch.setattr(run_evidence.Driver, "fit", interrupted_fit)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_evidence.main(argv)
+    run_evidence.main(argv)
+    assert calls.count(("inspo", False)) == 1 and calls.count(("inspo", True)) == 1
+    record = json.loads((tmp_path / "out" / "runs" / "simpo-inspo-s0-lr0.004.json").read_text())
+    assert [(row["step"], row["val/reward_accuracy"]) for row in record["val_curve"]] == [
+        (0, 0.3), (4, 0.5), (6, 0.6), (8, 0.7)]
+    assert [a["from_step"] for a in record["attempts"]] == [0, 4]
+    assert record["train_seconds"] == pytest.approx(sum(a["seconds"] for a in record["attempts"]))
+    assert record["model"].endswith("version_1/hf_model")
+    assert not list((tmp_path / "runs").glob("*/inspo/version_*/checkpoints"))
 
 
 def test_missing_eval_extra_fails_before_training(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -314,7 +353,7 @@ def test_losses_share_the_job_slots(fakes: Fakes, tmp_path: Path, monkeypatch: p
     lock = threading.Lock()
     real_fit = fakes.fit
 
-    def counted_fit(driver, loss, conditioning, seed, lr, folder):
+    def counted_fit(driver, loss, conditioning, seed, lr, folder, resume=False):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
@@ -452,7 +491,7 @@ def test_a_seed_runs_evaluation_follows_it_in_its_slot(fakes: Fakes, tmp_path: P
     behind the other loss's waiting fits)."""
     events, real_fit, real_suite = [], fakes.fit, fakes.suite
 
-    def fit(driver, loss, conditioning, seed, lr, folder):
+    def fit(driver, loss, conditioning, seed, lr, folder, resume=False):
         events.append(("fit", folder.name))
         time.sleep(0.02)  # the other loss's thread queues its next fit meanwhile
         return real_fit(loss, conditioning, seed, lr, folder)
@@ -483,7 +522,7 @@ def test_a_run_whose_model_is_gone_is_trained_again_and_keeps_its_metrics_till_t
     shutil.rmtree(Path(saved["model"]).parents[2])  # the run's folder: another machine
     (out / "eval" / "dpo-standard-s0.json").unlink()
 
-    def stopped(*args):
+    def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_evidence.Driver, "fit", stopped)
@@ -513,7 +552,7 @@ def test_seeds_per_loss_and_extra_seeds_queue_last(fakes: Fakes, tmp_path: Path,
     assert run_evidence.parse_args(["--smoke", "--sensitivity-seeds", "dpo=5"]).sensitivity_seeds == {"dpo": 5}
     fits, real_fit = [], fakes.fit
 
-    def fit(driver, loss, conditioning, seed, lr, folder):
+    def fit(driver, loss, conditioning, seed, lr, folder, resume=False):
         fits.append(folder.name)
         time.sleep(0.01)
         return real_fit(loss, conditioning, seed, lr, folder)
