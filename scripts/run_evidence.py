@@ -97,13 +97,17 @@ def val_curve(folder: Path, fit: bool = False) -> list[dict[str, float]]:
     return [rows[step] for step in sorted(rows)]
 
 
-def last_checkpoint_step(folder: Path) -> int | None:
-    """The step of a run's newest checkpoint (``last.ckpt`` of any version; 0 if its name does not say), or None
-    without one."""
-    links = [link.resolve().name for link in folder.glob("inspo/version_*/checkpoints/last.ckpt") if link.exists()]
-    if not links:
-        return None
-    return max(int(m.group(1)) if (m := re.search(r"step=(\d+)", name)) else 0 for name in links)
+def run_checkpoints(folder: Path) -> list[Path]:
+    """A run's checkpoints that ``inspo fit --ckpt_path last`` resumes from: ``last.ckpt`` of every version, and
+    ``hpc_ckpt_N.ckpt`` in the run folder (where SIGTERM saves a run that checkpoints nothing else)."""
+    links = [link.resolve() for link in folder.glob("inspo/version_*/checkpoints/last.ckpt") if link.exists()]
+    return links + sorted(folder.glob("hpc_ckpt_*.ckpt"))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step in a checkpoint's name (``epoch=0-step=48.ckpt``), or None (``hpc_ckpt_1.ckpt`` does not say)."""
+    m = re.search(r"step=(\d+)", path.name)
+    return int(m.group(1)) if m else None
 
 
 class Slots:
@@ -214,24 +218,27 @@ class Driver:
             return json.loads(record.read_text())
         folder = self.runs / name
         attempts_file = folder / "attempts.json"  # when and with which code each attempt at this run started
-        resume_step = None if again else last_checkpoint_step(folder)
-        if resume_step is None:  # an unfinished run without a checkpoint starts over
+        checkpoints = [] if again else run_checkpoints(folder)
+        if not checkpoints:  # an unfinished run without a checkpoint starts over
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-        attempts = json.loads(attempts_file.read_text()) if resume_step is not None and attempts_file.is_file() else []
+        attempts = json.loads(attempts_file.read_text()) if checkpoints and attempts_file.is_file() else []
         with nullcontext() if held else self.slots(self.priority(loss)):
             start = time.time()
-            if attempts:  # an earlier attempt trained until its newest checkpoint
-                ckpt = max(p.resolve().stat().st_mtime for p in folder.glob("inspo/version_*/checkpoints/last.ckpt"))
-                attempts[-1]["seconds"] = round(max(0.0, ckpt - attempts[-1]["start"]), 1)
-            attempts.append({"commit": self.commit, "start": start, "from_step": resume_step or 0})
+            if checkpoints:
+                newest = max(checkpoints, key=lambda path: path.stat().st_mtime)
+                if attempts:  # the earlier attempt trained until its newest checkpoint
+                    attempts[-1]["seconds"] = round(max(0.0, newest.stat().st_mtime - attempts[-1]["start"]), 1)
+                print(f"resuming {name} from {newest.name}", flush=True)
+            attempts.append({"commit": self.commit, "start": start,
+                             "from_step": checkpoint_step(newest) if checkpoints else 0})
             attempts_file.write_text(json.dumps(attempts, indent=1) + "\n")
-            if resume_step is not None:
-                print(f"resuming {name} from step {resume_step}", flush=True)
-            model = self.fit(loss, conditioning, seed, lr, folder, resume=resume_step is not None)
+            model = self.fit(loss, conditioning, seed, lr, folder, resume=bool(checkpoints))
         attempts[-1]["seconds"] = round(time.time() - start, 1)
-        for checkpoints in folder.glob("inspo/version_*/checkpoints"):
-            shutil.rmtree(checkpoints)  # ~1.6 GB each (weights and Adam state); the model is in hf_model
+        for path in folder.glob("inspo/version_*/checkpoints"):
+            shutil.rmtree(path)  # ~1.6 GB each (weights and Adam state); the model is in hf_model
+        for path in folder.glob("hpc_ckpt_*.ckpt"):
+            path.unlink()
         curve = val_curve(folder, fit=True)
         data = {"run": name, "loss": loss, "conditioning": conditioning, "seed": seed, "lr": lr,
                 "pairs": self.args.pairs, "steps": self.args.steps, "val_every": self.args.val_every,

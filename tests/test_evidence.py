@@ -267,11 +267,13 @@ def test_a_killed_run_is_redone_and_finished_ones_are_kept(fakes: Fakes, tmp_pat
     assert fakes.fits == 4 and summaries == [False]
 
 
-def test_a_run_killed_after_a_checkpoint_resumes_from_it(fakes: Fakes, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run killed after its step-4 checkpoint (as SIGTERM leaves it) continues from there (``--ckpt_path last``):
-    its validation curve joins both parts (the redone step from the later one), its time both attempts', and the
-    checkpoints are gone once the model is written."""
+@pytest.mark.parametrize("saved", ["last.ckpt", "hpc_ckpt_1.ckpt"])
+def test_a_run_killed_after_a_checkpoint_resumes_from_it(fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         saved: str) -> None:
+    """A run killed after its step-4 checkpoint (as SIGTERM leaves it: ``last.ckpt`` of its version, or
+    ``hpc_ckpt_1.ckpt`` in the run folder when it checkpoints nothing else) continues from there (``--ckpt_path
+    last``): its validation curve joins both parts (the redone step from the later one), its time both attempts',
+    and the checkpoints are gone once the model is written."""
     argv = ["--smoke", "--losses", "simpo", "--seeds", "1", "--grid", "1e-3", "4e-3", "1e-2", "--sensitivity",
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     real_fit, calls = fakes.fit, []
@@ -286,8 +288,11 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it(fakes: Fakes, tmp_path:
         rows = [(-1, 0.3), (3, 0.5), (5, 0.55)] if not resume else [(5, 0.6), (7, 0.7)]
         (version / "metrics.csv").write_text("step,val/reward_accuracy\n" + "".join(f"{a},{b}\n" for a, b in rows))
         if not resume:
-            (checkpoints / "epoch=0-step=4.ckpt").write_bytes(b"PK")
-            (checkpoints / "last.ckpt").symlink_to("epoch=0-step=4.ckpt")
+            if saved == "last.ckpt":
+                (checkpoints / "epoch=0-step=4.ckpt").write_bytes(b"PK")
+                (checkpoints / "last.ckpt").symlink_to("epoch=0-step=4.ckpt")
+            else:
+                (folder / saved).write_bytes(b"PK")
             raise RuntimeError("killed")
         (version / "hf_model").mkdir()
         return version / "hf_model"
@@ -300,10 +305,11 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it(fakes: Fakes, tmp_path:
     record = json.loads((tmp_path / "out" / "runs" / "simpo-inspo-s0-lr0.004.json").read_text())
     assert [(row["step"], row["val/reward_accuracy"]) for row in record["val_curve"]] == [
         (0, 0.3), (4, 0.5), (6, 0.6), (8, 0.7)]
-    assert [a["from_step"] for a in record["attempts"]] == [0, 4]
+    assert [a["from_step"] for a in record["attempts"]] == [0, 4 if saved == "last.ckpt" else None]
     assert record["train_seconds"] == pytest.approx(sum(a["seconds"] for a in record["attempts"]))
     assert record["model"].endswith("version_1/hf_model")
-    assert not list((tmp_path / "runs").glob("*/inspo/version_*/checkpoints"))
+    runs = tmp_path / "runs"
+    assert not [*runs.glob("*/inspo/version_*/checkpoints"), *runs.glob("*/hpc_ckpt_*.ckpt")]
 
 
 def test_missing_eval_extra_fails_before_training(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
