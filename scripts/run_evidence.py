@@ -223,11 +223,13 @@ class Driver:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
         attempts = json.loads(attempts_file.read_text()) if checkpoints and attempts_file.is_file() else []
+        if checkpoints and not attempts:  # started by a driver that kept no record of it: its time is unknown
+            attempts = [{"commit": None, "start": None, "from_step": 0, "seconds": None}]
         with nullcontext() if held else self.slots(self.priority(loss)):
             start = time.time()
             if checkpoints:
                 newest = max(checkpoints, key=lambda path: path.stat().st_mtime)
-                if attempts:  # the earlier attempt trained until its newest checkpoint
+                if attempts[-1]["start"] is not None:  # the earlier attempt trained until its newest checkpoint
                     attempts[-1]["seconds"] = round(max(0.0, newest.stat().st_mtime - attempts[-1]["start"]), 1)
                 print(f"resuming {name} from {newest.name}", flush=True)
             attempts.append({"commit": self.commit, "start": start,
@@ -239,16 +241,17 @@ class Driver:
             shutil.rmtree(path)  # ~1.6 GB each (weights and Adam state); the model is in hf_model
         for path in folder.glob("hpc_ckpt_*.ckpt"):
             path.unlink()
-        curve = val_curve(folder, fit=True)
+        curve, seconds = val_curve(folder, fit=True), [a.get("seconds") for a in attempts]
         data = {"run": name, "loss": loss, "conditioning": conditioning, "seed": seed, "lr": lr,
                 "pairs": self.args.pairs, "steps": self.args.steps, "val_every": self.args.val_every,
-                "commit": self.commit, "train_seconds": round(sum(a.get("seconds", 0.0) for a in attempts), 1),
+                "commit": self.commit, "train_seconds": None if None in seconds else round(sum(seconds), 1),
                 "model": str(model), "val_curve": curve, "final_val": curve[-1] if curve else {}}
         if len(attempts) > 1:  # trained in parts: each part's code, first step and seconds
             data["attempts"] = attempts
         self._write(record, data)
         self.changed = True
-        print(f"trained {name} in {data['train_seconds']:.0f} s", flush=True)
+        print(f"trained {name} in {attempts[-1]['seconds']:.0f} s" + (" (the last part)" if len(attempts) > 1 else ""),
+              flush=True)
         return data
 
     def evaluate(self, name: str, model: str, held: bool = False) -> dict[str, Any]:

@@ -267,13 +267,14 @@ def test_a_killed_run_is_redone_and_finished_ones_are_kept(fakes: Fakes, tmp_pat
     assert fakes.fits == 4 and summaries == [False]
 
 
-@pytest.mark.parametrize("saved", ["last.ckpt", "hpc_ckpt_1.ckpt"])
+@pytest.mark.parametrize(("saved", "recorded"), [("last.ckpt", True), ("hpc_ckpt_1.ckpt", True), ("last.ckpt", False)])
 def test_a_run_killed_after_a_checkpoint_resumes_from_it(fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         saved: str) -> None:
+                                                         saved: str, recorded: bool) -> None:
     """A run killed after its step-4 checkpoint (as SIGTERM leaves it: ``last.ckpt`` of its version, or
     ``hpc_ckpt_1.ckpt`` in the run folder when it checkpoints nothing else) continues from there (``--ckpt_path
-    last``): its validation curve joins both parts (the redone step from the later one), its time both attempts',
-    and the checkpoints are gone once the model is written."""
+    last``): its validation curve joins both parts (the redone step from the later one), its time both attempts'
+    (unknown when a driver that kept no record of its attempts started it), and the checkpoints are gone once the
+    model is written."""
     argv = ["--smoke", "--losses", "simpo", "--seeds", "1", "--grid", "1e-3", "4e-3", "1e-2", "--sensitivity",
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     real_fit, calls = fakes.fit, []
@@ -300,13 +301,20 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_it(fakes: Fakes, tmp_path:
     monkeypatch.setattr(run_evidence.Driver, "fit", interrupted_fit)
     with pytest.raises(RuntimeError, match="killed"):
         run_evidence.main(argv)
+    if not recorded:
+        next((tmp_path / "runs").glob("*/attempts.json")).unlink()
     run_evidence.main(argv)
     assert calls.count(("inspo", False)) == 1 and calls.count(("inspo", True)) == 1
     record = json.loads((tmp_path / "out" / "runs" / "simpo-inspo-s0-lr0.004.json").read_text())
     assert [(row["step"], row["val/reward_accuracy"]) for row in record["val_curve"]] == [
         (0, 0.3), (4, 0.5), (6, 0.6), (8, 0.7)]
     assert [a["from_step"] for a in record["attempts"]] == [0, 4 if saved == "last.ckpt" else None]
-    assert record["train_seconds"] == pytest.approx(sum(a["seconds"] for a in record["attempts"]))
+    if recorded:
+        assert record["train_seconds"] == pytest.approx(sum(a["seconds"] for a in record["attempts"]))
+    else:
+        assert record["train_seconds"] is None and record["attempts"][0]["seconds"] is None
+        summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert "inspo" not in summary["cost"]["train_wall_seconds"]  # its only InSPO run: left out, not counted as 0
     assert record["model"].endswith("version_1/hf_model")
     runs = tmp_path / "runs"
     assert not [*runs.glob("*/inspo/version_*/checkpoints"), *runs.glob("*/hpc_ckpt_*.ckpt")]

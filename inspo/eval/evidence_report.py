@@ -133,7 +133,7 @@ def cost(start: dict[str, Any], grid: dict[str, Any], runs: dict[str, Any]) -> d
                 per_set.setdefault(name, []).append(sec["generate_cpu"] / len(model["sets"][name]["ids"]))
     train: dict[str, list[float]] = {}
     for record in runs.values():
-        if isinstance(record, dict) and "train_seconds" in record:
+        if isinstance(record, dict) and record.get("train_seconds") is not None:  # None: partly unmeasured
             train.setdefault(record["conditioning"], []).append(record["train_seconds"])
     return {"eval_cpu_seconds_per_prompt": {k: sum(v) / len(v) for k, v in per_set.items()},
             "eval_wall_seconds_per_model": (sum(m.get("eval_seconds", 0.0) for m in models) / len(models)),
