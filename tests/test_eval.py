@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from inspo.cli import main as cli_main
+from inspo.eval.evidence import length_reading
 from inspo.eval.generate import encode_prompts, generate, left_pad
 from inspo.eval.stats import crossed_mean, head_to_head, paired_difference, seeds_for_se
 from inspo.eval.winrate import compare, fit_logistic, lc_win_rate, outcomes
@@ -177,6 +178,21 @@ def test_seeds_for_se_golden() -> None:
     assert seeds_for_se(result, 0.015) is None and seeds_for_se(result, 0.03) == 9
     assert seeds_for_se(result, 1.0) == 1  # met with fewer seeds than there are
     assert seeds_for_se(crossed_mean([[0, 0.06, 0, 0.06]]), 0.03) is None  # one seed: no seed variance
+
+
+def test_length_reading_golden() -> None:
+    """Seed 0: InSPO cuts prompt 2, standard prompt 1 (cut-rate difference 0); neither cut 0 and 3: InSPO wins one,
+    ties one (0.75 on 2 prompts). Seed 1: InSPO cuts 3 of 4 and loses everything (difference 0.75; 0 on 1 prompt).
+    Pooled (2 x 0.75 + 0) / 3 = 0.5; SE over seeds sqrt(2 x ((2 x 0.25)^2 + (1 x -0.5)^2)) / 3 = 1/3."""
+    def model(rewards, cut):
+        return {"sets": {"own": {"reward": rewards, "truncated": cut}}}
+    inspo = [model([1, 0, 0.5, 1], [0, 0, 1, 0]), model([0, 0, 0, 0], [1, 1, 1, 0])]
+    standard = [model([0, 0, 0.5, 1], [0, 1, 0, 0]), model([1, 1, 1, 1], [0, 0, 0, 0])]
+    out = length_reading(inspo, standard)
+    assert out["cut_rate_diff_per_seed"] == [0.0, 0.75] and out["finished_prompts_per_seed"] == [2, 1]
+    assert out["finished_head_to_head_per_seed"] == [0.75, 0.0]
+    assert out["finished_head_to_head"] == pytest.approx(0.5) and out["finished_head_to_head_se"] == pytest.approx(1 / 3)
+    assert out["cut_diff_vs_head_to_head_r"] is None  # two seeds: no correlation worth the name
 
 
 def test_lc_win_rate_stays_finite_under_separation() -> None:

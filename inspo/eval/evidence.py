@@ -7,7 +7,10 @@ prompts, so every comparison is paired by prompt:
 - head-to-head win rate: h[s, i] = 1 / 1/2 / 0 as InSPO's gold reward on prompt i beats / ties / loses to
   standard's (``inspo.eval.stats.head_to_head``);
 - gold-reward difference: r_inspo[s, i] - r_standard[s, i];
-- IFEval / IFBench differences: per-prompt indicators (all instructions followed) of the two models.
+- IFEval / IFBench differences: per-prompt indicators (all instructions followed) of the two models;
+- exploratory, on answers cut at ``max_new_tokens`` (``length``): per seed, InSPO's cut rate minus standard's, and
+  the head-to-head on the prompts where neither answer was cut (a subset chosen after the fact: it shows whether
+  the gap survives among finished answers, not a causal effect of stopping).
 
 Each is a seed x prompt table whose grand mean and standard error (seed and prompt variance combined) come from
 ``inspo.eval.stats.crossed_mean``. Against the untrained start: the win rate and the length-controlled win rate
@@ -119,6 +122,39 @@ def _difference(table_a: list[list[float]], table_b: list[list[float]]) -> dict[
             "beyond_2se": bool(abs(result.mean) > 2 * result.se), "seeds_for_target": seeds_for_se(result, SE_TARGET)}
 
 
+def length_reading(inspo: Sequence[Mapping[str, Any]], standard: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per seed (InSPO and standard models of the same seeds, in order): the cut-rate difference, the head-to-head
+    on the prompts where neither answer was cut and how many those are; that head-to-head pooled over all seeds'
+    finished prompts with its SE over seeds, and the correlation over seeds of the cut-rate difference with the
+    whole head-to-head."""
+    cut_diff, finished, counts, h2h = [], [], [], []
+    for a, b in zip(inspo, standard):
+        cut_a, cut_b = (np.asarray(m["sets"]["own"]["truncated"], dtype=bool) for m in (a, b))
+        h = head_to_head(a["sets"]["own"]["reward"], b["sets"]["own"]["reward"])
+        both = ~cut_a & ~cut_b
+        cut_diff.append(float(cut_a.mean() - cut_b.mean()))
+        h2h.append(float(np.mean(h)))
+        counts.append(int(both.sum()))
+        finished.append(float(np.mean(h[both])) if both.any() else None)
+    n = np.asarray(counts, dtype=float)
+    h = np.asarray([0.0 if v is None else v for v in finished])
+    pooled = float((n * h).sum() / n.sum()) if n.sum() else None
+    se = None  # over seeds (clusters of prompts): the ratio estimator's cluster-robust SE
+    if pooled is not None and (n > 0).sum() > 1:
+        k = int((n > 0).sum())
+        se = float(np.sqrt(k / (k - 1) * ((n * (h - pooled)) ** 2).sum()) / n.sum())
+    return {"cut_rate_diff_per_seed": cut_diff, "finished_head_to_head_per_seed": finished,
+            "finished_prompts_per_seed": counts, "finished_head_to_head": pooled, "finished_head_to_head_se": se,
+            "cut_diff_vs_head_to_head_r": _correlation(cut_diff, h2h)}
+
+
+def _correlation(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson's r over 3 or more points, or None (fewer, or one side constant)."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 def loss_summary(evals: Mapping[str, Mapping[int, Mapping[str, Any]]], start: Mapping[str, Any]) -> dict[str, Any]:
     """Per loss: head-to-head (InSPO vs standard, same seed) and per-conditioning metrics.
 
@@ -154,6 +190,8 @@ def loss_summary(evals: Mapping[str, Mapping[int, Mapping[str, Any]]], start: Ma
                    gold_reward_diff_beyond_2se=diff["beyond_2se"],
                    gold_reward_diff_mdd=minimum_detectable_difference(diff["se"]),
                    gold_reward_diff_seeds_for_target=diff["seeds_for_target"])
+        if all("truncated" in m["sets"]["own"] for m in (*inspo, *standard)):
+            out["length"] = length_reading(inspo, standard)
         base = start["sets"]["own"]["reward"]  # the same baseline answers for both: paired by prompt
         out["win_rate_vs_start_diff"] = _difference(
             [head_to_head(a["sets"]["own"]["reward"], base) for a in inspo],

@@ -115,7 +115,7 @@ def sensitivity(chosen: dict[str, dict[int, Any]], other: dict[float, dict[str, 
         if not seeds:
             continue
         entry = loss_summary({cond: {s: evals[cond][s] for s in seeds} for cond in CONDITIONINGS}, start)
-        per_seed = {k: entry.get(k) for k in ("head_to_head_per_seed", "gold_reward_diff_per_seed")}
+        per_seed = {k: entry.get(k) for k in ("head_to_head_per_seed", "gold_reward_diff_per_seed", "length")}
         rows.append({"lr": rate, "chosen": rate == lr, **{k: entry.get(k) for k in CONTRACT}, **per_seed,
                      **{f"{cond}_{k}": entry[cond].get(k) for cond in CONDITIONINGS
                         for k in ("mean_reward", "truncated")}})
@@ -226,6 +226,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
                 f"{_pm(r['standard_mean_reward'], None, 1, 3)} / {_pm(r['inspo_mean_reward'], None, 1, 3)} | "
                 f"{_pm(r['standard_truncated'], None)} / {_pm(r['inspo_truncated'], None)} | "
                 f"{', '.join(_pm(v, None) for v in r.get('head_to_head_per_seed') or [])} |")
+    lines += length_section(summary)
     lines += ["", "## Does conditioning transfer?", "", "![transfer](transfer.png)", "",
               ("Per InSPO run: the conditioned validation reward accuracy (log pi(y|x, y_alt), what InSPO trains) and "
                "the unconditioned one (log pi(y|x), what is deployed), from step 0 to the end, next to the standard "
@@ -234,6 +235,31 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
     lines += ["", "![head to head](head_to_head.png)", "", "![against the start](vs_start.png)", "",
               f"Code commits behind these results: {', '.join(summary['commits'])}."]
     path.write_text("\n".join(lines) + "\n")
+
+
+def length_section(summary: dict[str, Any]) -> list[str]:
+    """The exploratory length table (``inspo.eval.evidence.length_reading``) per loss and rate with 2+ seeds."""
+    rows = []
+    for loss in LOSSES:
+        entries = summary[loss].get("sensitivity") or [{"lr": summary[loss].get("lr"), **summary[loss]}]
+        rows += [(loss, e["lr"], e["length"]) for e in entries if e.get("length") and e.get("seeds", 0) > 1]
+    if not rows:
+        return []
+    lines = ["", "## Answers cut at the length cap (exploratory)", "",
+             ("Per seed, InSPO's share of answers cut at max_new_tokens minus standard's, and the head-to-head on the "
+              "prompts where neither answer was cut (a subset chosen after the fact: whether the gap survives among "
+              "finished answers, not what stopping causes); r: correlation over seeds of the cut-rate difference "
+              "with the whole head-to-head."), "",
+             "| loss | lr | cut-rate diff per seed | finished head-to-head per seed (prompts) | pooled ± SE over seeds | r |",
+             "|---|---:|---|---|---:|---:|"]
+    for loss, lr, x in rows:
+        per_seed = ", ".join(f"{_pm(v, None)} ({n})" if v is not None else f"- ({n})"
+                             for v, n in zip(x["finished_head_to_head_per_seed"], x["finished_prompts_per_seed"]))
+        r = x.get("cut_diff_vs_head_to_head_r")
+        lines.append(f"| {loss} | {lr:g} | {', '.join(_pm(v, None) for v in x['cut_rate_diff_per_seed'])} | {per_seed} "
+                     f"| {_pm(x['finished_head_to_head'], x['finished_head_to_head_se'])} | "
+                     f"{'-' if r is None else f'{r:.2f}'} |")
+    return lines
 
 
 def transfer_reading(summary: dict[str, Any]) -> list[str]:
