@@ -474,6 +474,7 @@ def test_transfer_reading_explains_a_tied_start() -> None:
     tied = transfer_reading(summary(0.0))
     assert tied[0] == "- dpo seed 0: conditioned 40.0 -> 70.0; unconditioned 50.0 -> 70.0; standard 0.0 -> 70.0"
     assert len(tied) == 2 and "every reward margin is exactly 0" in tied[1]
+    assert "rounding noise" in tied[1]  # the plain view of the same weights starts at 0.5: said to be noise too
     assert len(transfer_reading(summary(0.5))) == 1
 
 

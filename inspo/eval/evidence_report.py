@@ -264,7 +264,7 @@ def length_section(summary: dict[str, Any]) -> list[str]:
 
 def transfer_reading(summary: dict[str, Any]) -> list[str]:
     """One line per InSPO run: how much the conditioned and the plain accuracy moved from step 0 to the end."""
-    lines, tied_start = [], False
+    lines, tied_start, noisy_plain = [], False, False
     for loss in LOSSES:
         for seed, curves in sorted(summary[loss]["transfer"].items()):
             if "inspo" not in curves:
@@ -281,11 +281,17 @@ def transfer_reading(summary: dict[str, Any]) -> list[str]:
             if std:
                 text += f"; standard {100 * std[0][1]:.1f} -> {100 * std[-1][1]:.1f}"
             lines.append(text)
-            tied_start |= bool(std) and std[0][1] == 0.0
+            if std and std[0][1] == 0.0:
+                tied_start, noisy_plain = True, noisy_plain or bool(plain) and plain[0][1] > 0.0
     if tied_start:
         lines.append("- A standard run's step-0 accuracy of 0.0 is a tie, not an error: the untrained policy is the "
                      "reference, every reward margin is exactly 0, and a margin of 0 counts as not correct (as in "
-                     "TRL's rewards/accuracies).")
+                     "TRL's rewards/accuracies)."
+                     + (" The unconditioned accuracy of the same untrained weights is not 0 but rounding noise: "
+                        "log pi(y|x) is computed there in another forward than the cached reference's, so each margin "
+                        "is a few float roundings (mean rewards ~1e-7) and they split about evenly; it says nothing "
+                        "either, and both curves' first informative point is the next validation." if noisy_plain
+                        else ""))
     return lines or ["No InSPO run has finished yet."]
 
 
