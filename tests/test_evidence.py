@@ -478,6 +478,21 @@ def test_transfer_reading_explains_a_tied_start() -> None:
     assert len(transfer_reading(summary(0.5))) == 1
 
 
+def test_final_gap_pairs_the_unconditioned_end_with_the_standard_run_of_its_seed() -> None:
+    """Golden: ends 0.6 / 0.7 (seed 9) and 0.8 / 0.8 (seed 10, after 9 in number order); a seed without a standard
+    run is left out. Differences -0.1 and 0.0: mean -0.05, paired SE std([-0.1, 0]) / sqrt(2) = 0.05."""
+    from inspo.eval.evidence_report import final_gap
+
+    def curves(plain: float, standard: float | None) -> dict:
+        out = {"inspo": [[0, 0.4], [128, 0.9]], "inspo_plain": [[0, 0.5], [128, plain]]}
+        return out | ({"standard": [[0, 0.0], [128, standard]]} if standard is not None else {})
+
+    gap = final_gap({"10": curves(0.8, 0.8), "9": curves(0.6, 0.7), "3": curves(0.1, None)})
+    assert gap["n"] == 2 and gap["per_seed"] == pytest.approx([-0.1, 0.0])
+    assert gap["mean"] == pytest.approx(-0.05) and gap["se"] == pytest.approx(0.05)
+    assert final_gap({"0": curves(0.5, None)}) is None
+
+
 def test_reference_cache_travels_with_the_results(fakes: Fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The grid's reference cache is copied to the results and, on a fresh machine, back into $INSPO_CACHE before
     the build (which then finds it instead of recomputing it)."""

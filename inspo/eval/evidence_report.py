@@ -17,6 +17,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from inspo.eval.evidence import CONDITIONINGS, loss_summary, start_metrics
+from inspo.eval.stats import paired_difference
 
 LOSSES = ("dpo", "simpo", "ipo", "rdpo", "orpo")
 CONTRACT = ("seeds", "head_to_head_win_rate", "head_to_head_se", "gold_reward_diff", "gold_reward_diff_se")
@@ -96,6 +97,7 @@ def write_summary(out: Path, args: Any = None, plots: bool = True) -> dict[str, 
         entry["lr"] = sweep.get(loss, {}).get("chosen_lr")
         entry["lr_bracketed"] = sweep.get(loss, {}).get("bracketed")
         entry["transfer"] = transfer_curves(runs, loss)
+        entry["transfer_final_gap"] = final_gap(entry["transfer"])
         entry["sensitivity"] = sensitivity(grid.get(loss, {}), other.get(loss, {}), start, entry["lr"])
         summary[loss] = entry
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -283,6 +285,11 @@ def transfer_reading(summary: dict[str, Any]) -> list[str]:
             lines.append(text)
             if std and std[0][1] == 0.0:
                 tied_start, noisy_plain = True, noisy_plain or bool(plain) and plain[0][1] > 0.0
+    for loss in LOSSES:
+        if gap := summary[loss].get("transfer_final_gap"):
+            lines.append(f"- {loss}: final unconditioned accuracy minus standard's, paired over {gap['n']} seed(s): "
+                         f"{_pm(gap['mean'], gap['se'] if gap['n'] > 1 else None)} points (per seed: "
+                         f"{', '.join(f'{100 * d:+.1f}' for d in gap['per_seed'])}).")
     if tied_start:
         lines.append("- A standard run's step-0 accuracy of 0.0 is a tie, not an error: the untrained policy is the "
                      "reference, every reward margin is exactly 0, and a margin of 0 counts as not correct (as in "
@@ -293,6 +300,16 @@ def transfer_reading(summary: dict[str, Any]) -> list[str]:
                         "either, and both curves' first informative point is the next validation." if noisy_plain
                         else ""))
     return lines or ["No InSPO run has finished yet."]
+
+
+def final_gap(transfer: dict[str, dict[str, list[list[float]]]]) -> dict[str, Any] | None:
+    """The last unconditioned accuracy of each InSPO run minus its seed's standard run's, paired over seeds (how much
+    of the preference InSPO learned in the deployed form): mean, paired SE, n and per seed; None with no such pair."""
+    ends = [(c["inspo_plain"][-1][1], c["standard"][-1][1])
+            for _, c in sorted(transfer.items(), key=lambda item: int(item[0])) if "inspo_plain" in c and "standard" in c]
+    if not ends:
+        return None
+    return paired_difference(*zip(*ends)).to_dict() | {"per_seed": [a - b for a, b in ends]}
 
 
 def write_plots(summary: dict[str, Any], out: Path) -> None:
